@@ -1,1 +1,8 @@
-"""TODO: data"""
+"""Datasets as token tensors. corpus.py: the embedded default (Python's stdlib source), user text files and
+nanoGPT ``.bin`` files, each split into a fixed validation set every peer computes identically;
+stream.py: a per-peer training stream that is a pure function of (seed, peer key, step)."""
+
+from p2pmodel.data.corpus import Corpus, load_corpus
+from p2pmodel.data.stream import TrainStream, validation_batches
+
+__all__ = ["Corpus", "load_corpus", "TrainStream", "validation_batches"]

@@ -1,0 +1,124 @@
+"""Pydantic models for every knob of a peer. Units live in names (``*_s``, ``*_bytes``); bounds live in Field."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SwarmConfig(_Section):
+    initial_peers: list[str] = Field(default_factory=list, description="Multiaddrs of peers to join; empty starts a new swarm.")
+    host_maddrs: list[str] = Field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/0"], description="Multiaddrs to listen on.")
+    announce_maddrs: list[str] = Field(default_factory=list, description="Public multiaddrs to advertise (behind NAT / cloud).")
+    client_mode: bool = Field(False, description="Do not accept incoming connections (peer behind NAT).")
+    record_ttl_s: float = Field(60.0, gt=1, le=3600, description="Lifetime of this peer's signed DHT record.")
+    join_timeout_s: float = Field(30.0, gt=0, le=600, description="Deadline to reach the initial peers.")
+
+
+class DataConfig(_Section):
+    source: Literal["stdlib", "text", "bin"] = Field(
+        "stdlib", description="stdlib: Python's own source (always present); text: files by glob; bin: nanoGPT uint16 .bin dir."
+    )
+    paths: list[str] = Field(default_factory=list, description="Globs (text) or one directory with train.bin/val.bin (bin).")
+    max_corpus_bytes: int = Field(8_000_000, ge=4096, description="Read at most this many bytes of text (stdlib/text).")
+    val_fraction: float = Field(0.05, gt=0, lt=0.5, description="Share of files (by path hash) held out for validation.")
+
+
+class ModelConfig(_Section):
+    kind: Literal["gpt", "hf"] = Field("gpt", description="gpt: the built-in GPT; hf: transformers causal LM from a config.")
+    vocab_size: int = Field(256, ge=2, le=1_000_000, description="Token vocabulary size (256 = bytes).")
+    seq_len: int = Field(128, ge=8, le=65536, description="Context length in tokens (training and eval windows).")
+    n_layer: int = Field(4, ge=1, le=128, description="Transformer blocks.")
+    n_head: int = Field(4, ge=1, le=128, description="Attention heads per block.")
+    n_embd: int = Field(128, ge=8, le=16384, description="Embedding width; multiple of n_head.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout probability (0 keeps training deterministic).")
+    hf_config_path: str | None = Field(None, description="Local transformers config.json (kind = 'hf').")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        return self
+
+
+class TrainConfig(_Section):
+    inner_steps: int = Field(50, ge=1, le=100_000, description="H: local optimizer steps per outer round.")
+    batch_size: int = Field(8, ge=1, le=65536, description="Sequences per optimizer step (after accumulation).")
+    grad_accum_steps: int = Field(1, ge=1, le=1024, description="Micro-batches accumulated per optimizer step.")
+    lr: float = Field(1e-3, gt=0, le=1, description="Peak AdamW learning rate.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine floor as a fraction of lr.")
+    warmup_steps: int = Field(50, ge=0, description="Linear warmup steps.")
+    total_steps: int = Field(5000, ge=1, description="Inner steps over which the cosine schedule decays.")
+    weight_decay: float = Field(0.1, ge=0, le=1, description="AdamW weight decay.")
+    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
+    beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2.")
+    grad_clip: float = Field(1.0, ge=0, description="Max gradient norm (0 disables clipping).")
+    seed: int = Field(0, ge=0, description="Genesis seed: initial weights and data order derive from it.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA if present, else CPU.")
+    torch_threads: int = Field(0, ge=0, le=1024, description="torch intra-op threads (0 = torch default).")
+
+    @model_validator(mode="after")
+    def _accum_divides_batch(self):
+        if self.batch_size % self.grad_accum_steps:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of grad_accum_steps ({self.grad_accum_steps})")
+        return self
+
+
+class SyncConfig(_Section):
+    outer_lr: float = Field(0.7, gt=0, le=10, description="Outer SGD learning rate (DiLoCo).")
+    outer_momentum: float = Field(0.9, ge=0, lt=1, description="Outer Nesterov momentum.")
+    nesterov: bool = Field(True, description="Nesterov momentum for the outer step.")
+    target_group_size: int = Field(64, ge=1, le=1024, description="Peers per averaging group (the whole swarm).")
+    min_group_size: int = Field(2, ge=1, le=1024, description="Fewer peers than this: apply own delta alone.")
+    matchmaking_time_s: float = Field(5.0, gt=0, le=600, description="How long to gather peers for a round.")
+    allreduce_timeout_s: float = Field(60.0, gt=0, le=3600, description="Deadline for the averaging exchange.")
+    request_timeout_s: float = Field(5.0, gt=0, le=600, description="Per-request deadline inside averaging.")
+    download_timeout_s: float = Field(120.0, gt=0, le=3600, description="Deadline to download state from a peer.")
+
+
+class CompressConfig(_Section):
+    codec: Literal["none", "fp16", "int8", "int4"] = Field("int4", description="Codec for pseudo-gradients on the wire.")
+    block_size: int = Field(64, ge=8, le=1 << 20, description="Elements per quantization block.")
+    error_feedback: bool = Field(True, description="Keep the quantization residual and add it next round.")
+
+
+class EvalConfig(_Section):
+    batches: int = Field(8, ge=1, le=10_000, description="Fixed validation batches per evaluation.")
+    batch_size: int = Field(16, ge=1, le=65536, description="Sequences per validation batch.")
+
+
+class VersioningConfig(_Section):
+    release_every: int = Field(2, ge=1, description="Committed rounds between release candidates.")
+    keep_checkpoints: int = Field(3, ge=1, le=10_000, description="Untagged round checkpoints kept on disk.")
+    regression_tolerance: float = Field(0.01, ge=0, le=1, description="Relative val-loss increase still counted as no regression.")
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    format: Literal["text", "json"] = Field("text", description="Log line format.")
+
+
+class Config(_Section):
+    run_name: str = Field("default", min_length=1, max_length=128, description="Human label of the lineage.")
+    swarm: SwarmConfig = Field(default_factory=SwarmConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    sync: SyncConfig = Field(default_factory=SyncConfig)
+    compress: CompressConfig = Field(default_factory=CompressConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    versioning: VersioningConfig = Field(default_factory=VersioningConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    def lineage_spec(self) -> dict:
+        """What defines a run: peers that differ here must not average or vote together."""
+        return {
+            "run_name": self.run_name,
+            "model": self.model.model_dump(),
+            "data": self.data.model_dump(exclude={"paths"}),
+            "eval": self.eval.model_dump(),
+            "seed": self.train.seed,
+        }
