@@ -1,1 +1,7 @@
-"""TODO: swarm"""
+"""The only package that talks to hivemind's DHT / P2P transport (never imports torch).
+
+identity: persistent libp2p RSA key file, PeerID, sign / verify_signature.   signed: signed msgpack envelopes.
+node: start_dht / run_bootstrap with one-line errors, visible_maddrs.        aio: the background event loop.
+records: signed expiring DHT records (peer records, digests), RecordRefresher.
+blobs: BlobServer / fetch_blob, sha256-verified chunked transfers over P2P.
+"""

@@ -1,0 +1,142 @@
+"""Start a hivemind DHT node (or a bootstrap node) with one-line errors, not hivemind's many failure modes.
+
+A malformed multiaddr is the user's fault (UsageError, exit 2); a swarm that cannot be reached, a daemon that
+does not start or a startup past its deadline is a runtime failure (SwarmError, exit 1).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+from collections.abc import Sequence
+
+import hivemind
+from hivemind.utils.multiaddr import Multiaddr
+
+from p2pmodel.core.errors import P2PModelError, SwarmError, UsageError
+from p2pmodel.swarm.identity import Identity
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HOST_MADDRS = ("/ip4/0.0.0.0/tcp/0",)
+
+
+def parse_maddrs(maddrs: Sequence[str] | None, what: str, need_peer_id: bool = False) -> list[str]:
+    """Validate multiaddr strings; UsageError naming the first bad one."""
+    if maddrs is None:
+        return []
+    if isinstance(maddrs, (str, bytes)):
+        raise UsageError(f"{what} must be a list of multiaddrs, got a single string")
+    out = []
+    for text in maddrs:
+        try:
+            maddr = Multiaddr(str(text))
+        except Exception as e:
+            raise UsageError(f"invalid multiaddr in {what}: {text!r} ({e})") from None
+        if need_peer_id and "p2p" not in maddr:
+            raise UsageError(f"{what} entry {text!r} lacks /p2p/<peer id>")
+        out.append(str(maddr))
+    return out
+
+
+def start_dht(
+    identity_path: str | os.PathLike | None = None,
+    initial_peers: Sequence[str] = (),
+    host_maddrs: Sequence[str] | None = DEFAULT_HOST_MADDRS,
+    announce_maddrs: Sequence[str] | None = None,
+    client_mode: bool = False,
+    wait_timeout_s: float = 5.0,
+    startup_timeout_s: float = 30.0,
+) -> hivemind.DHT:
+    """Start a DHT peer in a background process and wait until it joined the swarm.
+
+    ``identity_path`` is created on first run (see Identity.load_or_create); None means an ephemeral PeerID.
+    ``wait_timeout_s`` bounds each DHT RPC and the bootstrap ping. The caller owns
+    the DHT and must call ``dht.shutdown()``.
+    """
+    initial_peers = parse_maddrs(initial_peers, "initial peers", need_peer_id=True)
+    host_maddrs = parse_maddrs(host_maddrs, "host multiaddrs") or list(DEFAULT_HOST_MADDRS)
+    announce_maddrs = parse_maddrs(announce_maddrs, "announce multiaddrs") or None
+    if wait_timeout_s <= 0 or startup_timeout_s <= 0:
+        raise UsageError("wait_timeout_s and startup_timeout_s must be positive")
+    kwargs = {}
+    if identity_path is not None:
+        kwargs["identity_path"] = str(Identity.load_or_create(identity_path).path)
+    try:
+        dht = hivemind.DHT(
+            initial_peers=initial_peers or None,
+            start=False,
+            host_maddrs=host_maddrs,
+            announce_maddrs=announce_maddrs,
+            client_mode=client_mode,
+            wait_timeout=wait_timeout_s,
+            bootstrap_timeout=wait_timeout_s,
+            startup_timeout=startup_timeout_s,
+            **kwargs,
+        )
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"bad DHT settings: {e}") from None
+    try:
+        dht.run_in_background(await_ready=True, timeout=startup_timeout_s)
+    except BaseException as e:
+        _stop_quietly(dht)
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        raise _normalize_start_error(e, initial_peers) from None
+    return dht
+
+
+def _normalize_start_error(e: BaseException, initial_peers: list[str]) -> P2PModelError:
+    text = " ".join(str(e).split())
+    peers = ", ".join(initial_peers) or "none"
+    if isinstance(e, (TimeoutError, concurrent.futures.TimeoutError)):
+        return SwarmError(f"DHT did not start in time (initial peers: {peers})")
+    if "bootstrap" in text or "none of the initial_peers responded" in text:
+        return SwarmError(f"cannot reach any initial peer ({peers})")
+    if "multiaddr" in text or isinstance(e, ValueError):
+        return UsageError(f"bad multiaddr: {_tail(text)}")
+    if "already taken" in text:
+        return UsageError(f"this identity is already used by a running peer: {_tail(text)}")
+    if "address already in use" in text.lower():
+        return UsageError(f"listen address already in use: {_tail(text)}")
+    return SwarmError(f"DHT failed to start: {type(e).__name__}: {_tail(text)}")
+
+
+def _tail(text: str, limit: int = 200) -> str:
+    """Drop p2pd's timestamp prefix and cap the length, for a one-line message."""
+    if "Daemon failed to start:" in text:
+        text = text.split("Daemon failed to start:", 1)[1].strip()
+        parts = text.split(" ", 2)
+        if len(parts) == 3 and parts[0].count("/") == 2:  # "2026/01/02 12:00:00 message"
+            text = parts[2]
+    return text[:limit]
+
+
+def _stop_quietly(dht: hivemind.DHT) -> None:
+    try:
+        if dht.is_alive():
+            dht.shutdown()
+    except Exception:  # best effort on a failed start
+        logger.debug("shutdown of a failed DHT raised", exc_info=True)
+        if dht.is_alive():
+            dht.terminate()
+
+
+def visible_maddrs(dht: hivemind.DHT, latest: bool = True) -> list[str]:
+    """Multiaddrs (with /p2p/<peer id>) other peers can use as initial peers to join through this one."""
+    return [str(m) for m in dht.get_visible_maddrs(latest=latest)]
+
+
+def peer_id_of(dht: hivemind.DHT) -> str:
+    """This DHT peer's base58 PeerID string."""
+    return dht.peer_id.to_base58()
+
+
+def run_bootstrap(
+    identity_path: str | os.PathLike | None = None,
+    host_maddrs: Sequence[str] | None = DEFAULT_HOST_MADDRS,
+    announce_maddrs: Sequence[str] | None = None,
+) -> hivemind.DHT:
+    """A DHT-only server node that others join through (``p2pmodel bootstrap``); print ``visible_maddrs``."""
+    return start_dht(identity_path, [], host_maddrs, announce_maddrs, client_mode=False)
