@@ -23,6 +23,7 @@ from p2pmodel.compress.base import (
     MIN_BLOCK_SIZE,
     Codec,
     CodecError,
+    all_finite,
     check_finite,
     check_input,
     check_length,
@@ -68,7 +69,7 @@ class BlockwiseCodec(Codec):
     ) -> runtime_pb2.Tensor:
         tensor, dtype_name = check_input(self, tensor)
         flat = tensor.reshape(-1).to(torch.float32)
-        if not bool(torch.isfinite(flat).all()):
+        if not all_finite(flat):
             raise ValueError(f"{self.name}: tensor has values outside the float32 range")
         numel, bs = flat.numel(), self.block_size
         n_blocks = -(-numel // bs)
@@ -128,7 +129,7 @@ class Int8BlockwiseCodec(BlockwiseCodec):
 
     def _unpack(self, data: bytes, numel: int) -> torch.Tensor:
         codes = from_bytes(data, torch.int8)
-        if bool((codes == -128).any()):
+        if numel and int(codes.min()) == -128:
             raise CodecError(f"{self.name}: code -128 is outside the symmetric range [-127, 127]")
         return codes
 
@@ -150,10 +151,11 @@ class Int4BlockwiseCodec(BlockwiseCodec):
 
     def _unpack(self, data: bytes, numel: int) -> torch.Tensor:
         packed = from_bytes(data, torch.uint8)
-        nibbles = torch.stack([packed & 15, packed >> 4], dim=1).reshape(-1)
-        if numel % 2 and int(nibbles[-1]) != 8:
+        if numel == 0:
+            return torch.empty(0, dtype=torch.int8)
+        low, high = packed & 15, packed >> 4
+        if numel % 2 and int(high[-1]) != 8:
             raise CodecError(f"{self.name}: non-zero padding nibble")
-        nibbles = nibbles[:numel]
-        if bool((nibbles == 0).any()):
+        if int(low.min()) == 0 or int(high.min()) == 0:  # the padding nibble is 8, so this covers all
             raise CodecError(f"{self.name}: nibble 0 is outside the symmetric range [-7, 7]")
-        return nibbles.to(torch.int8) - 8
+        return (torch.stack([low, high], dim=1).reshape(-1)[:numel]).to(torch.int8) - 8

@@ -44,7 +44,11 @@ class NoCodec(Codec):
 
 
 class Float16Codec(Codec):
-    """IEEE fp16 values, clamped to the fp16 range; the message records the original dtype."""
+    """IEEE fp16 values, clamped to the fp16 range; the message records the original dtype.
+
+    Byte-compatible with hivemind's Float16Compression for float16/32/64 inputs (a bfloat16 input is
+    accepted too, but hivemind's stock deserializer cannot read that message: use `extract`).
+    """
 
     name = "fp16"
     compression_type = runtime_pb2.CompressionType.FLOAT16

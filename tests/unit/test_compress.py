@@ -298,3 +298,11 @@ def test_error_feedback_state_roundtrip_and_checks():
         restored.load_state_dict({"residuals": {0: "nope"}})
     ef.reset(0)
     assert len(ef) == 0
+
+
+def test_finite_check_handles_overflowing_sums_and_out_of_range_fp64():
+    big = torch.tensor([3e38, 3e38, -1.0])  # finite, but its fp32 sum overflows
+    for name in CODEC_NAMES:
+        assert bool(torch.isfinite(make_codec(name, BS).decode(make_codec(name, BS).encode(big))).all())
+    with pytest.raises(ValueError, match="float32 range"):
+        Int8BlockwiseCodec().encode(torch.tensor([1e300], dtype=torch.float64))
