@@ -10,9 +10,15 @@ class _Section(BaseModel):
 
 
 class SwarmConfig(_Section):
-    initial_peers: list[str] = Field(default_factory=list, description="Multiaddrs of peers to join; empty starts a new swarm.")
-    host_maddrs: list[str] = Field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/0"], description="Multiaddrs to listen on.")
-    announce_maddrs: list[str] = Field(default_factory=list, description="Public multiaddrs to advertise (behind NAT / cloud).")
+    initial_peers: list[str] = Field(
+        default_factory=list, description="Multiaddrs of peers to join; empty starts a new swarm."
+    )
+    host_maddrs: list[str] = Field(
+        default_factory=lambda: ["/ip4/0.0.0.0/tcp/0"], description="Multiaddrs to listen on."
+    )
+    announce_maddrs: list[str] = Field(
+        default_factory=list, description="Public multiaddrs to advertise (behind NAT / cloud)."
+    )
     client_mode: bool = Field(False, description="Do not accept incoming connections (peer behind NAT).")
     record_ttl_s: float = Field(60.0, gt=1, le=3600, description="Lifetime of this peer's signed DHT record.")
     join_timeout_s: float = Field(30.0, gt=0, le=600, description="Deadline to reach the initial peers.")
@@ -20,15 +26,22 @@ class SwarmConfig(_Section):
 
 class DataConfig(_Section):
     source: Literal["stdlib", "text", "bin"] = Field(
-        "stdlib", description="stdlib: Python's own source (always present); text: files by glob; bin: nanoGPT uint16 .bin dir."
+        "stdlib",
+        description="stdlib: Python's own source (always present); text: files by glob; bin: nanoGPT uint16 .bin dir.",
     )
-    paths: list[str] = Field(default_factory=list, description="Globs (text) or one directory with train.bin/val.bin (bin).")
+    paths: list[str] = Field(
+        default_factory=list, description="Globs (text) or one directory with train.bin/val.bin (bin)."
+    )
     max_corpus_bytes: int = Field(8_000_000, ge=4096, description="Read at most this many bytes of text (stdlib/text).")
-    val_fraction: float = Field(0.05, gt=0, lt=0.5, description="Share of files (by path hash) held out for validation.")
+    val_fraction: float = Field(
+        0.05, gt=0, lt=0.5, description="Share of files (by path hash) held out for validation."
+    )
 
 
 class ModelConfig(_Section):
-    kind: Literal["gpt", "hf"] = Field("gpt", description="gpt: the built-in GPT; hf: transformers causal LM from a config.")
+    kind: Literal["gpt", "hf"] = Field(
+        "gpt", description="gpt: the built-in GPT; hf: transformers causal LM from a config."
+    )
     vocab_size: int = Field(256, ge=2, le=1_000_000, description="Token vocabulary size (256 = bytes).")
     seq_len: int = Field(128, ge=8, le=65536, description="Context length in tokens (training and eval windows).")
     n_layer: int = Field(4, ge=1, le=128, description="Transformer blocks.")
@@ -63,7 +76,9 @@ class TrainConfig(_Section):
     @model_validator(mode="after")
     def _accum_divides_batch(self):
         if self.batch_size % self.grad_accum_steps:
-            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of grad_accum_steps ({self.grad_accum_steps})")
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of grad_accum_steps ({self.grad_accum_steps})"
+            )
         return self
 
 
@@ -80,7 +95,9 @@ class SyncConfig(_Section):
 
 
 class CompressConfig(_Section):
-    codec: Literal["none", "fp16", "int8", "int4"] = Field("int4", description="Codec for pseudo-gradients on the wire.")
+    codec: Literal["none", "fp16", "int8", "int4"] = Field(
+        "int4", description="Codec for pseudo-gradients on the wire."
+    )
     block_size: int = Field(64, ge=8, le=1 << 20, description="Elements per quantization block.")
     error_feedback: bool = Field(True, description="Keep the quantization residual and add it next round.")
 
@@ -93,7 +110,9 @@ class EvalConfig(_Section):
 class VersioningConfig(_Section):
     release_every: int = Field(2, ge=1, description="Committed rounds between release candidates.")
     keep_checkpoints: int = Field(3, ge=1, le=10_000, description="Untagged round checkpoints kept on disk.")
-    regression_tolerance: float = Field(0.01, ge=0, le=1, description="Relative val-loss increase still counted as no regression.")
+    regression_tolerance: float = Field(
+        0.01, ge=0, le=1, description="Relative val-loss increase still counted as no regression."
+    )
 
 
 class LoggingConfig(_Section):

@@ -10,7 +10,9 @@ from p2pmodel.eval.report import EvalReport
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, val_tokens: torch.Tensor, seq_len: int, batches: int, batch_size: int) -> EvalReport:
+def evaluate(
+    model: torch.nn.Module, val_tokens: torch.Tensor, seq_len: int, batches: int, batch_size: int
+) -> EvalReport:
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -21,4 +23,9 @@ def evaluate(model: torch.nn.Module, val_tokens: torch.Tensor, seq_len: int, bat
         count += y.numel()
     model.train(was_training)
     val = total / count
-    return EvalReport(val_loss=val, perplexity=math.exp(min(val, 50.0)), tokens=count, digest=state_digest(dict(model.named_parameters())))
+    return EvalReport(
+        val_loss=val,
+        perplexity=math.exp(min(val, 50.0)),
+        tokens=count,
+        digest=state_digest(dict(model.named_parameters())),
+    )

@@ -79,5 +79,7 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x)
         logits = self.head(self.ln_f(x))
-        loss = None if targets is None else F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
+        loss = (
+            None if targets is None else F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
+        )
         return logits, loss

@@ -42,8 +42,13 @@ class InnerTrainer:
         self.step = 0  # inner steps done over the whole run
         self.autocast = device.type == "cuda"
 
-    def run(self, stream, n_steps: int, should_stop: Callable[[], bool] = lambda: False,
-            on_step: Callable[[int, float], None] | None = None) -> InnerStats:
+    def run(
+        self,
+        stream,
+        n_steps: int,
+        should_stop: Callable[[], bool] = lambda: False,
+        on_step: Callable[[int, float], None] | None = None,
+    ) -> InnerStats:
         """Up to ``n_steps`` optimizer steps; stops early (between steps) when ``should_stop()``."""
         cfg, model = self.cfg, self.model
         micro = cfg.batch_size // cfg.grad_accum_steps

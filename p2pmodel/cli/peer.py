@@ -1,0 +1,55 @@
+"""``p2pmodel peer run``: train in rounds, alone or in a swarm, checkpointing every committed round."""
+
+import sys
+from pathlib import Path
+
+import typer
+
+from p2pmodel.cli.output import emit_json
+from p2pmodel.config import load_config
+from p2pmodel.core.logging import setup_logging
+
+app = typer.Typer(help="Run and inspect a training peer.", no_args_is_help=True)
+
+
+@app.command()
+def run(
+    config: Path = typer.Option(..., "--config", "-c", help="TOML config file (see configs/)."),
+    set_: list[str] = typer.Option([], "--set", help="Config override, e.g. train.lr=3e-4 (repeatable)."),
+    initial_peers: list[str] = typer.Option([], "--initial-peers", help="Multiaddr of a peer to join (repeatable)."),
+    data_dir: Path = typer.Option(None, "--data-dir", help="Checkpoints and identity [default: runs/<run_name>]."),
+    identity: Path = typer.Option(None, "--identity", help="Private key file [default: <data-dir>/identity.key]."),
+    max_rounds: int = typer.Option(None, "--max-rounds", min=1, help="Stop once this round is committed."),
+    device: str = typer.Option(None, "--device", help="auto, cpu or cuda (overrides train.device)."),
+    as_json: bool = typer.Option(False, "--json", help="End with one JSON summary line on stdout."),
+    log_format: str = typer.Option(None, "--log-format", help="text or json (overrides logging.format)."),
+):
+    """Train in outer rounds of train.inner_steps steps; resume from the last committed round in --data-dir."""
+    overrides = list(set_)
+    if device:
+        overrides.append(f"train.device={device}")
+    if log_format:
+        overrides.append(f"logging.format={log_format}")
+    if initial_peers:
+        overrides.append("swarm.initial_peers=" + __import__("json").dumps(initial_peers))
+    cfg = load_config(config, overrides)
+    setup_logging(cfg.logging.level, cfg.logging.format)
+    data_dir = data_dir or Path("runs") / cfg.run_name
+    identity = identity or data_dir / "identity.key"
+    from p2pmodel.node.runner import run_peer
+
+    result = run_peer(
+        cfg,
+        data_dir,
+        identity,
+        max_rounds,
+        progress=sys.stderr.isatty() and not as_json,
+        on_round=emit_json if as_json else None,
+    )
+    if as_json:
+        emit_json(result)
+    else:
+        typer.echo(
+            f"round {result['round']}  val_loss {result['val_loss']:.4f}  digest {result['digest'][:12]}  "
+            f"sent {result['bytes_sent']} B  received {result['bytes_received']} B"
+        )

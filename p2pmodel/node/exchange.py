@@ -1,0 +1,27 @@
+"""How the deltas of a round are combined. SoloExchange: a peer alone applies its own delta (the swarm's
+exchange lives in swarm_exchange.py). Both return an ExchangeOutcome the round can apply without caring."""
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class ExchangeOutcome:
+    mean_delta: list[torch.Tensor]
+    group_size: int = 1
+    members: list[str] = field(default_factory=list)
+    averaged: bool = False  # True when the delta is the group's weighted mean
+    reason: str = ""  # why the peer ended alone, when it did
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+
+class SoloExchange:
+    """No swarm: the outer step uses this peer's own pseudo-gradient."""
+
+    def average(self, round_: int, delta: list[torch.Tensor], weight: float) -> ExchangeOutcome:
+        return ExchangeOutcome(mean_delta=delta, reason="solo")
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,140 @@
+"""A Peer holds what survives a round: θ_global (CPU fp32), the local model and its inner optimizer, the
+outer optimizer, the data stream and the checkpoint store. commit() and restore() make rounds durable."""
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from p2pmodel import PROTOCOL_VERSION
+from p2pmodel.core.ids import stable_hash
+from p2pmodel.data import TrainStream, load_corpus
+from p2pmodel.eval import EvalReport, evaluate
+from p2pmodel.models import build_model
+from p2pmodel.sync.outer import OuterOptimizer
+from p2pmodel.train import InnerTrainer, pick_device
+from p2pmodel.versioning.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def compute_run_id(cfg, corpus_fingerprint: str) -> str:
+    """A run is one lineage: model, data, eval spec, genesis seed, the validation set and the protocol."""
+    return stable_hash({"spec": cfg.lineage_spec(), "val": corpus_fingerprint, "protocol": PROTOCOL_VERSION})[:16]
+
+
+class Peer:
+    def __init__(self, cfg, data_dir: str | Path, peer_id: str):
+        self.cfg, self.peer_id = cfg, peer_id
+        if cfg.train.torch_threads:
+            torch.set_num_threads(cfg.train.torch_threads)
+        self.device = pick_device(cfg.train.device)
+        self.corpus = load_corpus(
+            cfg.data.source, cfg.data.paths, cfg.data.max_corpus_bytes, cfg.data.val_fraction, cfg.model.seq_len + 2
+        )
+        if self.corpus.max_token >= cfg.model.vocab_size:
+            from p2pmodel.core.errors import DataError
+
+            raise DataError(f"data has token id {self.corpus.max_token} but model.vocab_size is {cfg.model.vocab_size}")
+        self.run_id = compute_run_id(cfg, self.corpus.fingerprint)
+        self.store = Store(Path(data_dir))
+        self.model = build_model(cfg.model, cfg.train.seed).to(self.device)
+        self.names = [n for n, _ in self.model.named_parameters()]
+        self.global_params = [p.detach().to("cpu", torch.float32).clone() for p in self.model.parameters()]
+        self.trainer = InnerTrainer(self.model, cfg.train, self.device)
+        self.outer = OuterOptimizer(
+            self.global_params, lr=cfg.sync.outer_lr, momentum=cfg.sync.outer_momentum, nesterov=cfg.sync.nesterov
+        )
+        self.stream = TrainStream(self.corpus.train, cfg.model.seq_len, cfg.train.seed, peer_id)
+        self.round = 0
+        self.digest = self.global_digest()
+        self.samples_total = 0
+        self.last_report: EvalReport | None = None
+        self.counters = {"bytes_sent": 0, "bytes_received": 0}
+
+    # --- state views -----------------------------------------------------------------------------
+    def global_state(self) -> dict[str, torch.Tensor]:
+        return dict(zip(self.names, self.global_params, strict=True))
+
+    def global_digest(self) -> str:
+        from p2pmodel.eval import state_digest
+
+        return state_digest(self.global_state())
+
+    def pseudo_gradient(self) -> list[torch.Tensor]:
+        """Δ = θ_global − θ_local, on the CPU in fp32."""
+        return [
+            g - p.detach().to("cpu", torch.float32)
+            for g, p in zip(self.global_params, self.model.parameters(), strict=True)
+        ]
+
+    def load_global_into_local(self) -> None:
+        with torch.no_grad():
+            for g, p in zip(self.global_params, self.model.parameters(), strict=True):
+                p.copy_(g.to(p.device, p.dtype))
+
+    def set_global(self, state: dict[str, torch.Tensor]) -> None:
+        """Adopt a verified state (downloaded or restored) as θ_global and as the local weights."""
+        missing = set(self.names) ^ set(state)
+        if missing:
+            from p2pmodel.core.errors import IntegrityError
+
+            raise IntegrityError(f"state does not match the model's parameters: {sorted(missing)[:3]}")
+        with torch.no_grad():
+            for name, g in zip(self.names, self.global_params, strict=True):
+                g.copy_(state[name])
+        self.load_global_into_local()
+        self.digest = self.global_digest()
+
+    def evaluate(self) -> EvalReport:
+        e = self.cfg.eval
+        self.last_report = evaluate(self.model, self.corpus.val, self.cfg.model.seq_len, e.batches, e.batch_size)
+        return self.last_report
+
+    # --- durability ------------------------------------------------------------------------------
+    def private_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors, inner_meta = self.trainer.state_tensors()
+        outer = self.outer.state_dict()
+        tensors.update({f"outer.{i}": b for i, b in enumerate(outer["momentum_buffers"]) if b is not None})
+        return tensors, {**inner_meta, "outer_steps": outer["steps"]}
+
+    def commit(self, round_: int) -> None:
+        """Store θ_global under its digest and make ``round_`` the one a restart resumes from."""
+        self.digest = self.store.put_state(self.global_state())
+        tensors, inner_meta = self.private_tensors()
+        meta = {
+            "inner": inner_meta,
+            "run_id": self.run_id,
+            "samples_total": self.samples_total,
+            "counters": self.counters,
+            "eval": self.last_report.as_dict() if self.last_report else None,
+            "time": time.time(),
+        }
+        self.store.commit(round_, self.digest, tensors, meta, keep=self.cfg.versioning.keep_checkpoints)
+        self.round = round_
+
+    def restore(self) -> bool:
+        """Resume from the last committed round in the store; False when there is none."""
+        head = self.store.head()
+        if head is None:
+            return False
+        meta = head["meta"]
+        if meta.get("run_id") != self.run_id:
+            from p2pmodel.core.errors import UsageError
+
+            raise UsageError(
+                f"data dir {self.store.root} holds run {meta.get('run_id')}, not {self.run_id}: use another --data-dir"
+            )
+        self.set_global(head["state"])
+        private = head["private"]
+        self.trainer.load_state_tensors({k: v for k, v in private.items() if k.startswith("inner.")}, meta["inner"])
+        outer = self.outer.state_dict()
+        outer["steps"] = meta["inner"]["outer_steps"]
+        outer["momentum_buffers"] = [private.get(f"outer.{i}") for i in range(len(self.global_params))]
+        self.outer.load_state_dict(outer)
+        self.round, self.samples_total, self.counters = head["round"], meta["samples_total"], dict(meta["counters"])
+        if meta.get("eval"):
+            self.last_report = EvalReport(**meta["eval"])
+        log.info("resumed from round %d (digest %s)", self.round, self.digest[:12])
+        return True

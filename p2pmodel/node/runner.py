@@ -1,0 +1,165 @@
+"""Peer lifecycle: build the Peer, resume, loop over rounds off the event loop (uvloop), stop between
+steps on SIGINT/SIGTERM without touching the last committed round, and return the run summary."""
+
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+
+from p2pmodel.node.exchange import SoloExchange
+from p2pmodel.node.peer import Peer
+from p2pmodel.node.round import RoundResult, run_round
+
+log = logging.getLogger("p2pmodel.peer")
+
+
+def summary(peer: Peer, extra: dict | None = None) -> dict:
+    rep = peer.last_report
+    out = {
+        "peer_id": peer.peer_id,
+        "run_id": peer.run_id,
+        "round": peer.round,
+        "val_loss": rep.val_loss if rep else None,
+        "perplexity": rep.perplexity if rep else None,
+        "digest": peer.digest,
+        "samples": peer.samples_total,
+        "inner_steps": peer.trainer.step,
+        **peer.counters,
+    }
+    out.update(extra or {})
+    return out
+
+
+def run_peer(
+    cfg,
+    data_dir: Path,
+    identity_path: Path,
+    max_rounds: int | None,
+    progress: bool,
+    on_round: Callable[[dict], None] | None = None,
+) -> dict:
+    """Run a peer until ``max_rounds`` is committed or a signal arrives; returns the summary dict."""
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # Windows
+        runner = asyncio.Runner()
+    with runner:
+        return runner.run(_serve(cfg, data_dir, identity_path, max_rounds, progress, on_round))
+
+
+async def _serve(
+    cfg,
+    data_dir: Path,
+    identity_path: Path,
+    max_rounds: int | None,
+    progress: bool,
+    on_round: Callable[[dict], None] | None,
+) -> dict:
+    from p2pmodel.swarm.identity import Identity
+
+    stop = threading.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, _on_signal, stop, sig)
+    identity = Identity.load_or_create(identity_path)
+    peer = await asyncio.to_thread(Peer, cfg, data_dir, identity.peer_id)
+    resumed = await asyncio.to_thread(peer.restore)
+    if not resumed:
+        await asyncio.to_thread(peer.evaluate)
+    log.info(
+        "peer %s run %s starts at round %d (val_loss %.4f)",
+        peer.peer_id,
+        peer.run_id,
+        peer.round,
+        peer.last_report.val_loss,
+    )
+    exchange = SoloExchange()
+    display = _Progress(cfg.train.inner_steps) if progress else None
+    try:
+        with display or nullcontext():
+            while not stop.is_set() and (max_rounds is None or peer.round < max_rounds):
+                r = peer.round + 1
+                if display:
+                    display.start_round(r)
+                result = await asyncio.to_thread(
+                    run_round, peer, exchange, r, stop.is_set, display.on_step if display else None
+                )
+                if result is None:
+                    break
+                _log_round(result, peer)
+                if on_round:
+                    on_round(
+                        summary(
+                            peer,
+                            {
+                                "event": "round",
+                                "train_loss": result.stats.loss,
+                                "group_size": result.outcome.group_size,
+                            },
+                        )
+                    )
+    finally:
+        exchange.close()
+    if stop.is_set():
+        log.info("stopped; last committed round %d (digest %s)", peer.round, peer.digest[:12])
+    return summary(peer, {"event": "summary"})
+
+
+def _on_signal(stop: threading.Event, sig: int) -> None:
+    if stop.is_set():  # second signal: the user insists
+        raise KeyboardInterrupt
+    log.info("%s received: finishing the current step, keeping round state committed", signal.Signals(sig).name)
+    stop.set()
+
+
+def _log_round(res: RoundResult, peer: Peer) -> None:
+    o = res.outcome
+    log.info(
+        "round %d committed: val_loss %.4f train_loss %.4f steps %d (%.1f steps/s) group %d%s digest %s",
+        res.round,
+        res.report.val_loss,
+        res.stats.loss,
+        res.stats.steps,
+        res.stats.steps / max(res.stats.seconds, 1e-9),
+        o.group_size,
+        f" ({o.reason})" if o.reason and not o.averaged else "",
+        peer.digest[:12],
+    )
+
+
+class _Progress:
+    """A rich progress bar for terminals: inner steps of the current round and the live loss."""
+
+    def __init__(self, inner_steps: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.inner_steps = inner_steps
+        self.bar = Progress(
+            TextColumn("[bold]round {task.fields[round]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            transient=True,
+        )
+        self.task = None
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def start_round(self, r: int) -> None:
+        if self.task is not None:
+            self.bar.remove_task(self.task)
+        self.task = self.bar.add_task("train", total=self.inner_steps, round=r, loss="-")
+
+    def on_step(self, step: int, loss: float) -> None:
+        self.bar.update(self.task, advance=1, loss=f"{loss:.3f}")
