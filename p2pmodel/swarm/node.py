@@ -15,6 +15,7 @@ import hivemind
 from hivemind.utils.multiaddr import Multiaddr
 
 from p2pmodel.core.errors import P2PModelError, SwarmError, UsageError
+from p2pmodel.swarm.aio import release_p2p, run_sync
 from p2pmodel.swarm.identity import Identity
 
 logger = logging.getLogger(__name__)
@@ -121,6 +122,16 @@ def _stop_quietly(dht: hivemind.DHT) -> None:
         logger.debug("shutdown of a failed DHT raised", exc_info=True)
         if dht.is_alive():
             dht.terminate()
+
+
+def stop_dht(dht: hivemind.DHT, timeout_s: float = 10.0) -> None:
+    """Release this process's P2P replica (blob handlers) and shut the DHT down; safe to call twice."""
+    try:
+        if getattr(dht, "_p2p_replica", None) is not None:
+            run_sync(release_p2p(dht), timeout_s, "closing the P2P replica")
+    except Exception as e:
+        logger.debug(f"closing the P2P replica failed: {e}")
+    _stop_quietly(dht)
 
 
 def visible_maddrs(dht: hivemind.DHT, latest: bool = True) -> list[str]:

@@ -1,0 +1,79 @@
+"""Chunked, sha256-verified blob transfer between two real peers on 127.0.0.1."""
+
+import hashlib
+import os
+
+import pytest
+
+from p2pmodel.core.errors import IntegrityError, SwarmError, UsageError, WireError
+from p2pmodel.swarm.blobs import BlobNotFound, BlobServer, fetch_blob
+from p2pmodel.swarm.node import peer_id_of, start_dht, stop_dht, visible_maddrs
+
+LOCAL = ["/ip4/127.0.0.1/tcp/0"]
+BLOB = os.urandom(20 * 2**20 + 12345)
+DIGEST = hashlib.sha256(BLOB).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def pair():
+    dhts = [start_dht(None, [], LOCAL, wait_timeout_s=3)]
+    try:
+        dhts.append(start_dht(None, visible_maddrs(dhts[0]), LOCAL, wait_timeout_s=3))
+        yield dhts
+    finally:
+        for dht in dhts:
+            stop_dht(dht)
+
+
+@pytest.mark.timeout(60)
+def test_transfer_20mb_and_refusals(pair):
+    server_dht, client_dht = pair
+    server_id = peer_id_of(server_dht)
+    with BlobServer(server_dht, {DIGEST: BLOB}.get):
+        assert fetch_blob(client_dht, server_id, DIGEST, max_bytes=len(BLOB), timeout_s=30) == BLOB
+        with pytest.raises(BlobNotFound, match="not found"):
+            fetch_blob(client_dht, server_id, "00" * 32, max_bytes=len(BLOB), timeout_s=10)
+        with pytest.raises(WireError, match="over the limit"):
+            fetch_blob(client_dht, server_id, DIGEST, max_bytes=len(BLOB) - 1, timeout_s=10)
+        with pytest.raises(UsageError):
+            fetch_blob(client_dht, server_id, "not-a-digest", max_bytes=10, timeout_s=10)
+        # the server keeps serving after refused requests
+        assert fetch_blob(client_dht, server_id, DIGEST, max_bytes=len(BLOB), timeout_s=30) == BLOB
+
+
+@pytest.mark.timeout(60)
+def test_corrupted_blob_is_integrity_error(pair):
+    server_dht, client_dht = pair
+    corrupted = bytearray(BLOB[: 3 * 2**20])
+    digest = hashlib.sha256(corrupted).hexdigest()
+    corrupted[2**20 + 7] ^= 0xFF
+    with BlobServer(
+        server_dht, {digest: bytes(corrupted)}.get, chunk_bytes=256 << 10, protocol="/test/corrupt/1"
+    ):
+        with pytest.raises(IntegrityError, match="does not match"):
+            fetch_blob(
+                client_dht, peer_id_of(server_dht), digest, 2**30, timeout_s=20, protocol="/test/corrupt/1"
+            )
+
+
+@pytest.mark.timeout(60)
+def test_lying_size_and_missing_server(pair):
+    server_dht, client_dht = pair
+
+    class Liar(BlobServer):  # announces a small size, then streams more than it announced
+        async def _handle(self, info, reader, writer):
+            from p2pmodel.core import wire
+            from p2pmodel.swarm.blobs import _read_frame, _write_frame
+
+            await _read_frame(reader, 4096)
+            await _write_frame(writer, wire.pack({"size": 10}))
+            await _write_frame(writer, b"x" * 1000)
+            writer.close()
+
+    with Liar(server_dht, lambda d: None, protocol="/test/liar/1"):
+        with pytest.raises(WireError, match="exceeds"):
+            fetch_blob(
+                client_dht, peer_id_of(server_dht), DIGEST, 2**30, timeout_s=10, protocol="/test/liar/1"
+            )
+    with pytest.raises(SwarmError):  # nobody serves this protocol
+        fetch_blob(client_dht, peer_id_of(server_dht), DIGEST, 2**30, timeout_s=10, protocol="/test/none/1")
