@@ -1,0 +1,31 @@
+# Set-up lives here so the README's two commands work on a fresh clone.
+# torch: an already-installed torch (e.g. your CUDA build) is kept; otherwise TORCH is installed
+# (override it, e.g. make test TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128").
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+PEERS ?= 3
+ROUNDS ?= 4
+
+.PHONY: install demo test lint bench
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: install
+	$(BIN)/p2pmodel demo --peers $(PEERS) --rounds $(ROUNDS)
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	$(BIN)/python benchmarks/inner_step.py
