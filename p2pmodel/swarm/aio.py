@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import concurrent.futures
 import os
 import threading
 from collections.abc import Coroutine
@@ -70,7 +69,7 @@ def run_sync(coro: Coroutine[Any, Any, T], timeout_s: float | None, what: str = 
     future = asyncio.run_coroutine_threadsafe(coro, loop)
     try:
         return future.result(timeout_s)
-    except (TimeoutError, concurrent.futures.TimeoutError):
+    except TimeoutError:  # also concurrent.futures / asyncio timeouts since Python 3.11
         future.cancel()
         raise SwarmError(f"{what} timed out after {timeout_s:g} s") from None
 

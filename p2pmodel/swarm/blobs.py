@@ -58,6 +58,7 @@ class BlobServer:
     """Serves the blobs ``provider(digest) -> bytes | None`` knows, until ``close()`` (owner: the caller).
 
     ``provider`` runs in a worker thread (it may read from disk); return None for an unknown digest.
+    At most ``max_concurrent`` transfers run at once (others get "busy"); each is cut after ``serve_timeout_s``.
     """
 
     def __init__(
@@ -68,11 +69,13 @@ class BlobServer:
         max_concurrent: int = 4,
         protocol: str = BLOB_PROTOCOL,
         timeout_s: float = 30.0,
+        serve_timeout_s: float = 600.0,
     ):
         if not 0 < chunk_bytes <= MAX_CHUNK_BYTES:
             raise UsageError(f"chunk_bytes must be in (0, {MAX_CHUNK_BYTES}]")
         self.dht, self.provider, self.chunk_bytes, self.protocol = dht, provider, chunk_bytes, protocol
         self._max_concurrent = max_concurrent
+        self.serve_timeout_s = serve_timeout_s
         self._p2p: hivemind.P2P | None = None
         run_sync(self._start(), timeout_s, "registering the blob handler")
 
@@ -83,41 +86,42 @@ class BlobServer:
 
     async def _handle(self, info, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            request = wire.unpack(
-                await asyncio.wait_for(_read_frame(reader, _MAX_CONTROL_BYTES), _REQUEST_TIMEOUT_S),
-                _MAX_CONTROL_BYTES,
-            )
-            digest = request.get("digest") if isinstance(request, dict) else None
-            if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
-                await _write_frame(writer, wire.pack({"error": "bad request"}))
-                return
-            if self._slots.locked():
-                await _write_frame(writer, wire.pack({"error": "busy"}))
-                return
-            async with self._slots:
-                data = await asyncio.get_running_loop().run_in_executor(None, self.provider, digest)
-                if data is None:
-                    await _write_frame(writer, wire.pack({"error": "not found"}))
-                    return
-                view = memoryview(data)
-                await _write_frame(writer, wire.pack({"size": len(view)}))
-                for offset in range(0, len(view), self.chunk_bytes):
-                    await _write_frame(writer, view[offset : offset + self.chunk_bytes])
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, WireError) as e:
+            await asyncio.wait_for(self._serve(reader, writer), self.serve_timeout_s)
+        except (*asyncio.IncompleteReadError, ConnectionError, WireError) as e:
             logger.debug(f"blob request from {info.peer_id} ended early: {type(e).__name__}: {e}")
         except Exception:
             logger.warning(f"blob request from {info.peer_id} failed", exc_info=True)
         finally:
             writer.close()
 
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = wire.unpack(
+            await asyncio.wait_for(_read_frame(reader, _MAX_CONTROL_BYTES), _REQUEST_TIMEOUT_S),
+            _MAX_CONTROL_BYTES,
+        )
+        digest = request.get("digest") if isinstance(request, dict) else None
+        if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
+            await _write_frame(writer, wire.pack({"error": "bad request"}))
+            return
+        if self._slots.locked():
+            await _write_frame(writer, wire.pack({"error": "busy"}))
+            return
+        async with self._slots:
+            data = await asyncio.get_running_loop().run_in_executor(None, self.provider, digest)
+            if data is None:
+                await _write_frame(writer, wire.pack({"error": "not found"}))
+                return
+            view = memoryview(data)
+            await _write_frame(writer, wire.pack({"size": len(view)}))
+            for offset in range(0, len(view), self.chunk_bytes):
+                await _write_frame(writer, view[offset : offset + self.chunk_bytes])
+
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop serving (idempotent)."""
         if self._p2p is not None and self.dht.is_alive():
             p2p, self._p2p = self._p2p, None
             try:
-                run_sync(
-                    p2p.remove_binary_stream_handler(self.protocol), timeout_s, "removing the blob handler"
-                )
+                run_sync(p2p.remove_binary_stream_handler(self.protocol), timeout_s, "removing the blob handler")
             except Exception as e:
                 logger.debug(f"removing the blob handler failed: {e}")
         self._p2p = None
@@ -142,9 +146,7 @@ async def afetch_blob(
     try:
         _, reader, writer = await p2p.call_binary_stream_handler(remote, protocol)
     except Exception as e:
-        raise SwarmError(
-            f"cannot open a blob stream to {peer_id}: {' '.join(str(e).split())[:200]}"
-        ) from None
+        raise SwarmError(f"cannot open a blob stream to {peer_id}: {' '.join(str(e).split())[:200]}") from None
     try:
         await _write_frame(writer, wire.pack({"digest": digest}))
         header = wire.unpack(await _read_frame(reader, _MAX_CONTROL_BYTES), _MAX_CONTROL_BYTES)
@@ -158,9 +160,7 @@ async def afetch_blob(
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise WireError(f"malformed blob header from {peer_id}")
         if size > max_bytes:
-            raise WireError(
-                f"blob {digest[:12]} from {peer_id} is {size} bytes, over the limit of {max_bytes}"
-            )
+            raise WireError(f"blob {digest[:12]} from {peer_id} is {size} bytes, over the limit of {max_bytes}")
         hasher, parts, received = hashlib.sha256(), [], 0
         while received < size:
             chunk = await _read_frame(reader, min(MAX_CHUNK_BYTES, size - received))
@@ -204,8 +204,6 @@ def fetch_blob(
         try:
             return await asyncio.wait_for(_fetch(), timeout_s)
         except TimeoutError:
-            raise SwarmError(
-                f"fetching blob {digest[:12]} from {peer_id} timed out after {timeout_s:g} s"
-            ) from None
+            raise SwarmError(f"fetching blob {digest[:12]} from {peer_id} timed out after {timeout_s:g} s") from None
 
     return run_sync(_bounded(), timeout_s + 5.0, f"fetching blob {digest[:12]}")

@@ -6,7 +6,6 @@ does not start or a startup past its deadline is a runtime failure (SwarmError, 
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import os
 from collections.abc import Sequence
@@ -91,7 +90,7 @@ def start_dht(
 def _normalize_start_error(e: BaseException, initial_peers: list[str]) -> P2PModelError:
     text = " ".join(str(e).split())
     peers = ", ".join(initial_peers) or "none"
-    if isinstance(e, (TimeoutError, concurrent.futures.TimeoutError)):
+    if isinstance(e, TimeoutError):
         return SwarmError(f"DHT did not start in time (initial peers: {peers})")
     if "bootstrap" in text or "none of the initial_peers responded" in text:
         return SwarmError(f"cannot reach any initial peer ({peers})")

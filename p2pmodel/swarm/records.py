@@ -114,9 +114,7 @@ def make_peer_record(
     return check_schema(record, PEER_RECORD_FIELDS, "peer record")
 
 
-def publish_signed(
-    dht: hivemind.DHT, identity: Identity, key: str, kind: str, payload: dict, ttl_s: float
-) -> bool:
+def publish_signed(dht: hivemind.DHT, identity: Identity, key: str, kind: str, payload: dict, ttl_s: float) -> bool:
     """Sign ``payload`` and store it under ``key`` / subkey = our PeerID until now + ``ttl_s``.
 
     Returns the DHT's answer (False: no peer accepted it). ValueError for an oversized payload.
@@ -209,9 +207,7 @@ def list_peer_records(
     return sorted(out, key=lambda r: r["peer_id"])
 
 
-def publish_digest(
-    dht: hivemind.DHT, identity: Identity, run_id: str, round: int, digest: str, ttl_s: float
-) -> bool:
+def publish_digest(dht: hivemind.DHT, identity: Identity, run_id: str, round: int, digest: str, ttl_s: float) -> bool:
     """Announce the state digest this peer holds after committing ``round`` (the commit step's vote)."""
     body = {
         "peer_id": identity.peer_id,

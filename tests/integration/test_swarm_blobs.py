@@ -47,13 +47,9 @@ def test_corrupted_blob_is_integrity_error(pair):
     corrupted = bytearray(BLOB[: 3 * 2**20])
     digest = hashlib.sha256(corrupted).hexdigest()
     corrupted[2**20 + 7] ^= 0xFF
-    with BlobServer(
-        server_dht, {digest: bytes(corrupted)}.get, chunk_bytes=256 << 10, protocol="/test/corrupt/1"
-    ):
+    with BlobServer(server_dht, {digest: bytes(corrupted)}.get, chunk_bytes=256 << 10, protocol="/test/corrupt/1"):
         with pytest.raises(IntegrityError, match="does not match"):
-            fetch_blob(
-                client_dht, peer_id_of(server_dht), digest, 2**30, timeout_s=20, protocol="/test/corrupt/1"
-            )
+            fetch_blob(client_dht, peer_id_of(server_dht), digest, 2**30, timeout_s=20, protocol="/test/corrupt/1")
 
 
 @pytest.mark.timeout(60)
@@ -72,8 +68,6 @@ def test_lying_size_and_missing_server(pair):
 
     with Liar(server_dht, lambda d: None, protocol="/test/liar/1"):
         with pytest.raises(WireError, match="exceeds"):
-            fetch_blob(
-                client_dht, peer_id_of(server_dht), DIGEST, 2**30, timeout_s=10, protocol="/test/liar/1"
-            )
+            fetch_blob(client_dht, peer_id_of(server_dht), DIGEST, 2**30, timeout_s=10, protocol="/test/liar/1")
     with pytest.raises(SwarmError):  # nobody serves this protocol
         fetch_blob(client_dht, peer_id_of(server_dht), DIGEST, 2**30, timeout_s=10, protocol="/test/none/1")

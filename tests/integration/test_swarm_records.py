@@ -50,9 +50,7 @@ def test_peer_records_round_trip(swarm):
     a, b, c = swarm
     ia, ib = Identity.generate(), Identity.generate()
     assert publish_peer_record(a, ia, _record(ia, "run1"), ttl_s=30)
-    assert publish_peer_record(
-        c, ib, _record(ib, "run1", round=4), ttl_s=30
-    )  # a client-mode peer publishes too
+    assert publish_peer_record(c, ib, _record(ib, "run1", round=4), ttl_s=30)  # a client-mode peer publishes too
     for reader in (a, b, c):
         records = list_peer_records(reader, "run1")
         assert {r["peer_id"]: r["round"] for r in records} == {ia.peer_id: 3, ib.peer_id: 4}
@@ -117,9 +115,7 @@ def test_digest_records_and_refresher(swarm):
 
     rounds = iter(range(100))
     ident = ids[0]
-    with RecordRefresher(
-        c, ident, lambda: _record(ident, "run5", round=next(rounds)), ttl_s=1.5
-    ) as refresher:
+    with RecordRefresher(c, ident, lambda: _record(ident, "run5", round=next(rounds)), ttl_s=1.5) as refresher:
         time.sleep(2.5)  # past one ttl: still listed because it was republished
         assert [r["peer_id"] for r in list_peer_records(a, "run5")] == [ident.peer_id]
         assert refresher.published >= 3
