@@ -130,7 +130,7 @@ class Gossip:
         return run_sync(self._arecent(kind), self.config.rpc_timeout_s, "listing recent messages")
 
     def stats(self) -> dict:
-        """Counters: delivered, published, duplicates, pushed, announced, pulled, ...; drops per reason."""
+        """Counters: delivered, published, pushed, announced, pulled, ...; drops per reason."""
         return {**self._counts, "drops": dict(self._drops), "stored": len(self._store)}
 
     def known_peers(self) -> list[str]:
@@ -267,7 +267,6 @@ class Gossip:
             raise Refused("oversized")
         mid = message_id(data)
         if mid in self._seen:
-            self._counts["duplicates"] += 1
             raise Refused("duplicate")
         self._seen.add(mid)  # accepted or refused, the same bytes are never examined twice
         self._pending.pop(mid, None)
