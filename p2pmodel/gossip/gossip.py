@@ -130,7 +130,8 @@ class Gossip:
         return run_sync(self._arecent(kind), self.config.rpc_timeout_s, "listing recent messages")
 
     def stats(self) -> dict:
-        """Counters: delivered, published, pushed, announced, pulled, ...; drops per reason."""
+        """Counters (delivered, published, pushed, announced, pulled, calls, call_failures) and ``drops`` per
+        reason (duplicate, oversized, rate_limited, malformed, bad_signature, expired, unknown_kind, rejected...)."""
         return {**self._counts, "drops": dict(self._drops), "stored": len(self._store)}
 
     def known_peers(self) -> list[str]:
@@ -266,10 +267,10 @@ class Gossip:
         if len(data) > cfg.max_message_bytes:
             raise Refused("oversized")
         mid = message_id(data)
+        self._pending.pop(mid, None)
         if mid in self._seen:
             raise Refused("duplicate")
         self._seen.add(mid)  # accepted or refused, the same bytes are never examined twice
-        self._pending.pop(mid, None)
         kind = peek_kind(data, cfg.max_message_bytes)
         handler = self._handlers.get(kind)
         if handler is None:
@@ -365,6 +366,7 @@ class Gossip:
                         self._drop("unrequested")
                         continue
                     got.add(mid)
+                    self._pending.pop(mid, None)
                     self._counts["pulled"] += 1
                     future = self._enqueue(m, peer, want_result=futures is not None)
                     if future is not None and futures is not None:
