@@ -30,7 +30,6 @@ def unpack(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
             bytes(data),
             raw=False,
             strict_map_key=True,
-            max_buffer_size=max_bytes,
             ext_hook=_refuse_ext,
         )
     except WireError:
