@@ -5,7 +5,7 @@ import sys
 
 import typer
 
-from p2pmodel.cli import config_cmd, peer
+from p2pmodel.cli import config_cmd, peer, swarm_cmd
 from p2pmodel.core.errors import P2PModelError
 
 app = typer.Typer(
@@ -16,6 +16,8 @@ app = typer.Typer(
 )
 app.add_typer(peer.app, name="peer")
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(swarm_cmd.app, name="swarm")
+app.command()(swarm_cmd.bootstrap)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,6 @@
 """How the deltas of a round are combined. SoloExchange: a peer alone applies its own delta (the swarm's
-exchange lives in swarm_exchange.py). Both return an ExchangeOutcome the round can apply without caring."""
+exchange is SwarmLink in swarm_link.py, same methods). Both return
+an ExchangeOutcome the round can apply without caring."""
 
 from dataclasses import dataclass, field
 
@@ -18,7 +19,16 @@ class ExchangeOutcome:
 
 
 class SoloExchange:
-    """No swarm: the outer step uses this peer's own pseudo-gradient."""
+    """No swarm: the outer step uses this peer's own pseudo-gradient; nothing to agree on or to offer."""
+
+    def round_closed(self, round_: int) -> bool:
+        return False
+
+    def agree(self, round_: int, outcome: ExchangeOutcome) -> None:
+        pass
+
+    def after_commit(self, round_: int, samples_per_s: float) -> None:
+        pass
 
     def average(self, round_: int, delta: list[torch.Tensor], weight: float) -> ExchangeOutcome:
         return ExchangeOutcome(mean_delta=delta, reason="solo")

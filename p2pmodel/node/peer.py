@@ -87,6 +87,13 @@ class Peer:
         self.load_global_into_local()
         self.digest = self.global_digest()
 
+    def adopt(self, params: dict[str, torch.Tensor], momentum: list[torch.Tensor | None]) -> None:
+        """Take a verified downloaded state: θ_global, local weights and the outer momentum."""
+        self.set_global(params)
+        outer = self.outer.state_dict()
+        outer["momentum_buffers"] = momentum
+        self.outer.load_state_dict(outer)
+
     def evaluate(self) -> EvalReport:
         e = self.cfg.eval
         self.last_report = evaluate(self.model, self.corpus.val, self.cfg.model.seq_len, e.batches, e.batch_size)
@@ -99,7 +106,7 @@ class Peer:
         tensors.update({f"outer.{i}": b for i, b in enumerate(outer["momentum_buffers"]) if b is not None})
         return tensors, {**inner_meta, "outer_steps": outer["steps"]}
 
-    def commit(self, round_: int) -> None:
+    def commit(self, round_: int, members: list[str] = ()) -> None:
         """Store θ_global under its digest and make ``round_`` the one a restart resumes from."""
         self.digest = self.store.put_state(self.global_state())
         tensors, inner_meta = self.private_tensors()
@@ -109,6 +116,7 @@ class Peer:
             "samples_total": self.samples_total,
             "counters": self.counters,
             "eval": self.last_report.as_dict() if self.last_report else None,
+            "members": sorted(members),
             "time": time.time(),
         }
         self.store.commit(round_, self.digest, tensors, meta, keep=self.cfg.versioning.keep_checkpoints)

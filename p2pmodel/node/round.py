@@ -20,16 +20,24 @@ def run_round(
     peer, exchange, round_: int, interrupted: Callable[[], bool], on_step: Callable[[int, float], None] | None = None
 ) -> RoundResult | None:
     """Run round ``round_`` to its commit, or return None (nothing committed) if interrupted before."""
-    stats = peer.trainer.run(peer.stream, peer.cfg.train.inner_steps, interrupted, on_step)  # inner phase
+    first = peer.trainer.step
+
+    def stop_inner() -> bool:  # the round closes when a peer finished its H steps: nobody idles waiting
+        return interrupted() or (peer.trainer.step > first and exchange.round_closed(round_))
+
+    stats = peer.trainer.run(peer.stream, peer.cfg.train.inner_steps, stop_inner, on_step)  # inner phase
     if interrupted():
         return None
     delta = peer.pseudo_gradient()  # Δ = θ_global − θ_local
-    outcome = exchange.average(round_, delta, weight=float(stats.samples))  # mean Δ of the round's group
+    outcome = exchange.average(round_, delta, weight=float(stats.samples))  # weighted mean Δ of the group
     peer.outer.step(outcome.mean_delta)  # θ_global ← OuterOpt(θ_global, mean Δ)
     peer.load_global_into_local()
+    peer.digest = peer.global_digest()
+    exchange.agree(round_, outcome)  # commit step: the digest most peers hold wins; re-sync if not ours
     peer.samples_total += stats.samples
     peer.counters["bytes_sent"] += outcome.bytes_sent
     peer.counters["bytes_received"] += outcome.bytes_received
     report = peer.evaluate()
-    peer.commit(round_)  # digest + atomic checkpoint; a restart resumes here
+    peer.commit(round_, members=outcome.members)  # digest + atomic checkpoint; a restart resumes here
+    exchange.after_commit(round_, stats.samples / max(stats.seconds, 1e-9))  # offer the state to others
     return RoundResult(round=round_, stats=stats, outcome=outcome, report=report)

@@ -9,9 +9,9 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
-from p2pmodel.node.exchange import SoloExchange
 from p2pmodel.node.peer import Peer
 from p2pmodel.node.round import RoundResult, run_round
+from p2pmodel.node.swarm_link import SwarmLink
 
 log = logging.getLogger("p2pmodel.peer")
 
@@ -68,8 +68,13 @@ async def _serve(
         loop.add_signal_handler(sig, _on_signal, stop, sig)
     identity = Identity.load_or_create(identity_path)
     peer = await asyncio.to_thread(Peer, cfg, data_dir, identity.peer_id)
-    resumed = await asyncio.to_thread(peer.restore)
-    if not resumed:
+    await asyncio.to_thread(peer.restore)
+    exchange = SwarmLink(cfg, peer, identity)  # main thread: hivemind's averager sets signal handlers
+    log.info("listening on %s", " ".join(exchange.maddrs))
+    if await asyncio.to_thread(exchange.catch_up):  # late joiner: adopt the swarm's latest state first
+        await asyncio.to_thread(peer.evaluate)
+        await asyncio.to_thread(peer.commit, peer.round)
+    if peer.last_report is None:
         await asyncio.to_thread(peer.evaluate)
     log.info(
         "peer %s run %s starts at round %d (val_loss %.4f)",
@@ -78,7 +83,6 @@ async def _serve(
         peer.round,
         peer.last_report.val_loss,
     )
-    exchange = SoloExchange()
     display = _Progress(cfg.train.inner_steps) if progress else None
     try:
         with display or nullcontext():
@@ -104,7 +108,7 @@ async def _serve(
                         )
                     )
     finally:
-        exchange.close()
+        await asyncio.to_thread(exchange.close)
     if stop.is_set():
         log.info("stopped; last committed round %d (digest %s)", peer.round, peer.digest[:12])
     return summary(peer, {"event": "summary"})

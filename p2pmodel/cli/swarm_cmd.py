@@ -1,0 +1,69 @@
+"""``p2pmodel bootstrap`` (a DHT-only node others join through) and ``p2pmodel swarm peers`` (who is online)."""
+
+import signal
+import threading
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from p2pmodel.cli.output import emit_json
+from p2pmodel.core.logging import setup_logging
+
+app = typer.Typer(help="Inspect a swarm.", no_args_is_help=True)
+
+
+def bootstrap(
+    host_maddrs: list[str] = typer.Option(["/ip4/0.0.0.0/tcp/31337"], "--host-maddrs", help="Listen multiaddrs."),
+    announce_maddrs: list[str] = typer.Option([], "--announce-maddrs", help="Public multiaddrs to advertise."),
+    identity: Path = typer.Option(Path("bootstrap.key"), "--identity", help="Private key file (created if absent)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the multiaddrs as one JSON line."),
+):
+    """Run a DHT-only node and print the multiaddrs peers join with (--initial-peers). Stops on Ctrl-C/SIGTERM."""
+    from p2pmodel.swarm.node import run_bootstrap, stop_dht, visible_maddrs
+
+    setup_logging()
+    dht = run_bootstrap(identity, host_maddrs, announce_maddrs or None)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        maddrs = visible_maddrs(dht)
+        if as_json:
+            emit_json({"peer_id": dht.peer_id.to_base58(), "maddrs": maddrs})
+        else:
+            typer.echo("join this swarm with:")
+            for m in maddrs:
+                typer.echo(f"  --initial-peers {m}")
+        stop.wait()
+    finally:
+        stop_dht(dht)
+
+
+@app.command()
+def peers(
+    initial_peers: list[str] = typer.Option(..., "--initial-peers", help="Multiaddr of any swarm member."),
+    run_id: str = typer.Option(None, "--run-id", help="Run to list [default: every run found via --config]."),
+    config: Path = typer.Option(Path("configs/tiny.toml"), "--config", help="Config whose run to list."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """List the peers of a run that are online: round, throughput, digest, addresses."""
+    from p2pmodel.node.light import light_client, resolve_run_id
+    from p2pmodel.swarm.records import list_peer_records
+
+    setup_logging("warning")
+    with light_client(initial_peers) as dht:
+        rid = run_id or resolve_run_id(config)
+        records = list_peer_records(dht, rid)
+    if as_json:
+        emit_json({"run_id": rid, "peers": records})
+        return
+    table = Table(title=f"run {rid}: {len(records)} peer(s) online")
+    for col in ("peer", "round", "samples/s", "digest", "address"):
+        table.add_column(col)
+    for r in records:
+        table.add_row(
+            r["peer_id"], str(r["round"]), f"{r['samples_per_s']:.1f}", r["digest"][:12], (r["addrs"] or [""])[0]
+        )
+    Console().print(table)

@@ -1,0 +1,283 @@
+"""The peer's side of the swarm: DHT + identity, the deterministic averager, the round pace, the commit step
+(majority digest, re-sync from a peer that holds it) and state offers for late joiners.
+
+DHT keys it uses besides swarm/records.py's: ``p2pmodel/{run}/ready/{round}`` (a peer finished its inner
+phase: the round closes for everyone, nobody idles) and ``p2pmodel/{run}/state`` (state offers: round,
+params digest and the sha256 of the downloadable package, served by the BlobServer)."""
+
+import collections
+import logging
+import threading
+import time
+
+import torch
+from hivemind.compression import CompressionInfo
+from hivemind.utils.logging import use_hivemind_log_handler
+
+from p2pmodel.compress import make_codec
+from p2pmodel.core.errors import IntegrityError, P2PModelError
+from p2pmodel.core.ids import sha256_hex
+from p2pmodel.node.exchange import ExchangeOutcome
+from p2pmodel.node.state_package import MAX_PACKAGE_BYTES, pack_state, unpack_state
+from p2pmodel.swarm.blobs import BlobServer, fetch_blob
+from p2pmodel.swarm.node import start_dht, stop_dht, visible_maddrs
+from p2pmodel.swarm.records import (
+    get_digests,
+    get_signed,
+    list_peer_records,
+    make_peer_record,
+    publish_digest,
+    publish_signed,
+)
+from p2pmodel.swarm.refresher import RecordRefresher
+from p2pmodel.sync import DeterministicAverager
+
+log = logging.getLogger("p2pmodel.swarm")
+READY, OFFER = "ready", "state_offer"
+_KEEP_PACKAGES = 3
+
+
+class SwarmLink:
+    def __init__(self, cfg, peer, identity):
+        self.cfg, self.peer, self.identity = cfg, peer, identity
+        s = cfg.swarm
+        use_hivemind_log_handler("in_root_logger")  # one log stream, filtered by our level
+        self.dht = start_dht(
+            identity.path,
+            s.initial_peers,
+            s.host_maddrs,
+            s.announce_maddrs,
+            s.client_mode,
+            wait_timeout_s=min(s.join_timeout_s, 10.0),
+            startup_timeout_s=s.join_timeout_s,
+        )
+        self.maddrs = visible_maddrs(self.dht)
+        self.run_id = peer.run_id
+        self.codec = make_codec(cfg.compress.codec, cfg.compress.block_size)
+        self._buffers = [torch.zeros_like(p) for p in peer.global_params]
+        self.residuals = [torch.zeros_like(p) for p in peer.global_params] if cfg.compress.error_feedback else None
+        self.encoded_bytes = sum(len(self.codec.compress(t, _info(t)).SerializeToString()) for t in self._buffers)
+        try:
+            self._start_averaging(cfg, s)
+        except BaseException:
+            stop_dht(self.dht)
+            raise
+        self.packages: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self.blobs = BlobServer(self.dht, self.packages.get)
+        self.samples_per_s = 0.0
+        self.refresher = RecordRefresher(self.dht, identity, self._record, s.record_ttl_s)
+        self._closed_rounds: set[int] = set()
+        self._pace_round = 0
+        self._stop = threading.Event()
+        self._pace = threading.Thread(target=self._watch_pace, name="p2pmodel-pace", daemon=True)
+        self._pace.start()
+
+    def _start_averaging(self, cfg, s) -> None:
+        self.averager = DeterministicAverager(
+            self._buffers,
+            self.dht,
+            prefix=f"p2pmodel_{self.run_id}",
+            codec=self.codec,
+            error_feedback=cfg.compress.error_feedback,
+            target_group_size=cfg.sync.target_group_size,
+            min_group_size=cfg.sync.min_group_size,
+            min_matchmaking_time=cfg.sync.matchmaking_time_s,
+            request_timeout=cfg.sync.request_timeout_s,
+            allreduce_timeout=cfg.sync.allreduce_timeout_s,
+            next_chunk_timeout=cfg.sync.request_timeout_s,
+            client_mode=s.client_mode,
+        )
+
+    def _record(self) -> dict:
+        p = self.peer
+        return make_peer_record(self.identity, self.run_id, p.round, self.samples_per_s, p.digest, self.maddrs)
+
+    # --- pace: the round closes for everyone when the first peer finishes its inner phase ---------------
+    def _key(self, what: str, round_: int | None = None) -> str:
+        return f"p2pmodel/{self.run_id}/{what}" + ("" if round_ is None else f"/{round_}")
+
+    def _watch_pace(self) -> None:
+        while not self._stop.wait(0.5):
+            r = self._pace_round
+            if r and r not in self._closed_rounds:
+                try:
+                    ready = get_signed(self.dht, self._key(READY, r), READY)
+                except Exception as e:  # a DHT hiccup: look again next tick
+                    log.debug("pace check failed: %s", e)
+                    continue
+                if any(pid != self.identity.peer_id for pid in ready):
+                    self._closed_rounds.add(r)
+
+    def round_closed(self, round_: int) -> bool:
+        self._pace_round = round_
+        return round_ in self._closed_rounds
+
+    def others_alive(self) -> bool:
+        max_age = 3 * self.cfg.swarm.record_ttl_s
+        records = list_peer_records(self.dht, self.run_id, max_age_s=max_age)
+        return any(r["peer_id"] != self.identity.peer_id for r in records)
+
+    # --- exchange -------------------------------------------------------------------------------------
+    def average(self, round_: int, delta: list[torch.Tensor], weight: float) -> ExchangeOutcome:
+        ttl = self.cfg.sync.allreduce_timeout_s + 60
+        publish_signed(
+            self.dht,
+            self.identity,
+            self._key(READY, round_),
+            READY,
+            {"peer_id": self.identity.peer_id, "round": round_, "time": time.time()},
+            ttl,
+        )
+        self._closed_rounds.add(round_)
+        sent = [d + r for d, r in zip(delta, self.residuals, strict=True)] if self.residuals else delta
+        with self.averager.get_tensors() as tensors:
+            for t, d in zip(tensors, sent, strict=True):
+                t.copy_(d)
+        if not self.others_alive():
+            if self.residuals:
+                for r in self.residuals:
+                    r.zero_()
+            return ExchangeOutcome(mean_delta=sent, reason="no other peer online")
+        base = {"round": round_, "base": self.peer.digest}
+        timeout = self.cfg.sync.matchmaking_time_s + 2 * self.cfg.sync.request_timeout_s
+        res = self.averager.step(weight=weight, timeout=timeout, gather=base)
+        mixed = res.succeeded and any(v != base for v in res.gathered.values())
+        if not res.succeeded or mixed or res.group_size < 2:
+            if self.residuals:  # our full compensated delta is applied: nothing left over
+                for r in self.residuals:
+                    r.zero_()
+            reason = "group of another round or state" if mixed else (res.reason or "alone")
+            return ExchangeOutcome(mean_delta=sent, reason=reason)
+        with self.averager.get_tensors() as tensors:
+            mean = [t.clone() for t in tensors]
+        if self.residuals:
+            for r, fresh in zip(self.residuals, self.averager.residuals, strict=True):
+                r.copy_(fresh)
+        n = res.group_size
+        moved = int(2 * (n - 1) / n * self.encoded_bytes)
+        return ExchangeOutcome(
+            mean_delta=mean,
+            group_size=n,
+            members=list(res.peer_ids),
+            averaged=True,
+            reason="" if res.complete else f"reducers failed: {len(res.failed_reducers)}",
+            bytes_sent=moved,
+            bytes_received=moved,
+        )
+
+    # --- commit step: the digest most members hold is the committed state ------------------------------
+    def agree(self, round_: int, outcome: ExchangeOutcome) -> None:
+        peer = self.peer
+        ttl = self.cfg.swarm.record_ttl_s * 10
+        publish_digest(self.dht, self.identity, self.run_id, round_, peer.digest, ttl)
+        expected = set(outcome.members) or {self.identity.peer_id}
+        deadline = time.monotonic() + (2 * self.cfg.sync.request_timeout_s if outcome.averaged else 2.0)
+        digests = get_digests(self.dht, self.run_id, round_)
+        while not expected <= set(digests) and time.monotonic() < deadline:
+            time.sleep(0.3)
+            digests = get_digests(self.dht, self.run_id, round_)
+        winner = majority(digests) or peer.digest
+        if winner != peer.digest:
+            log.warning(
+                "round %d: this peer holds %s but most peers hold %s: re-syncing", round_, peer.digest[:12], winner[:12]
+            )
+            self.resync(round_, winner)
+
+    def resync(self, round_: int, digest: str) -> bool:
+        """Download round ``round_``'s state ``digest`` from a peer offering it; verified before use."""
+        deadline = time.monotonic() + self.cfg.sync.download_timeout_s
+        tried: set[str] = set()
+        while time.monotonic() < deadline:
+            offers = self._offers(round_, digest)
+            for pid, offer in offers.items():
+                if pid in tried or pid == self.identity.peer_id:
+                    continue
+                tried.add(pid)
+                try:
+                    blob = fetch_blob(
+                        self.dht, pid, offer["blob"], MAX_PACKAGE_BYTES, timeout_s=max(1.0, deadline - time.monotonic())
+                    )
+                    params, momentum, got_round = unpack_state(blob, self.peer.names, digest)
+                    if got_round != round_:
+                        raise IntegrityError(f"package is of round {got_round}, offer said {round_}")
+                except P2PModelError as e:
+                    log.warning("state download from %s rejected: %s", pid, e)
+                    continue
+                self.peer.adopt(params, momentum)
+                log.info("re-synced round %d state %s from %s", round_, digest[:12], pid)
+                return True
+            time.sleep(0.5)
+        log.error("could not download state %s of round %d in time; keeping ours", digest[:12], round_)
+        return False
+
+    def _offers(self, round_: int, digest: str) -> dict[str, dict]:
+        offers = get_signed(self.dht, self._key(OFFER), OFFER)
+        return {
+            pid: o for pid, o in offers.items() if _valid_offer(o) and o["round"] == round_ and o["digest"] == digest
+        }
+
+    def after_commit(self, round_: int, samples_per_s: float) -> None:
+        """Serve the committed state to late joiners and refresh our peer record."""
+        peer = self.peer
+        blob = pack_state(peer.names, peer.global_params, peer.outer.state_dict()["momentum_buffers"], round_)
+        blob_id = sha256_hex(blob)
+        self.packages[blob_id] = blob
+        while len(self.packages) > _KEEP_PACKAGES:
+            self.packages.popitem(last=False)
+        offer = {
+            "peer_id": self.identity.peer_id,
+            "round": round_,
+            "digest": peer.digest,
+            "blob": blob_id,
+            "size": len(blob),
+            "time": time.time(),
+        }
+        publish_signed(self.dht, self.identity, self._key(OFFER), OFFER, offer, self.cfg.swarm.record_ttl_s * 10)
+        self.samples_per_s = samples_per_s
+        self.refresher.refresh_now()
+
+    # --- late join -------------------------------------------------------------------------------------
+    def catch_up(self) -> bool:
+        """If the swarm is ahead of this peer, adopt its latest committed state (verified)."""
+        offers = [o for o in get_signed(self.dht, self._key(OFFER), OFFER).values() if _valid_offer(o)]
+        ahead = [o for o in offers if o["round"] > self.peer.round]
+        if not ahead:
+            return False
+        latest = max(o["round"] for o in ahead)
+        digest = majority({o["peer_id"]: o["digest"] for o in ahead if o["round"] == latest})
+        log.info("swarm is at round %d (this peer: %d): downloading state %s", latest, self.peer.round, digest[:12])
+        if self.resync(latest, digest):
+            self.peer.round = latest
+            return True
+        return False
+
+    def close(self) -> None:
+        self._stop.set()
+        for step in (self.refresher.stop, self.blobs.close, self.averager.shutdown, lambda: stop_dht(self.dht)):
+            try:
+                step()
+            except Exception as e:  # keep closing the rest
+                log.debug("shutdown step failed: %s", e)
+
+
+def majority(digests: dict[str, str]) -> str | None:
+    """The digest held by the most peers; ties go to the smallest digest, so every peer picks the same."""
+    if not digests:
+        return None
+    counts = collections.Counter(digests.values())
+    return min(counts, key=lambda d: (-counts[d], d))
+
+
+def _valid_offer(o: dict) -> bool:
+    return (
+        isinstance(o, dict)
+        and isinstance(o.get("round"), int)
+        and isinstance(o.get("digest"), str)
+        and isinstance(o.get("blob"), str)
+        and len(o["blob"]) == 64
+        and isinstance(o.get("peer_id"), str)
+    )
+
+
+def _info(t: torch.Tensor) -> CompressionInfo:
+    return CompressionInfo.from_tensor(t)
