@@ -5,7 +5,7 @@ import sys
 
 import typer
 
-from p2pmodel.cli import config_cmd, peer, swarm_cmd
+from p2pmodel.cli import config_cmd, demo, peer, swarm_cmd
 from p2pmodel.core.errors import P2PModelError
 
 app = typer.Typer(
@@ -18,6 +18,7 @@ app.add_typer(peer.app, name="peer")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(swarm_cmd.app, name="swarm")
 app.command()(swarm_cmd.bootstrap)
+app.command()(demo.demo)
 
 
 def main(argv: list[str] | None = None) -> None:
