@@ -1,0 +1,351 @@
+"""Bytes on the wire vs validation loss: this project's peers against data-parallel and stock hivemind.
+
+In one invocation, on the same model (configs/tiny.toml, seed 0), data (stdlib corpus, one TrainStream per
+peer, batch 8x128), inner AdamW settings, eval and tokens per peer, it runs:
+  ddp       N processes of synchronous data-parallel training (gloo all-reduce of gradients every step)
+  hivemind  N peers of stock hivemind.Optimizer(use_local_updates=True), parameters averaged every ~H steps
+  p2pmodel  the real CLI: ``p2pmodel bootstrap`` + N x ``p2pmodel peer run --max-rounds steps/H``
+  local     (optional) N processes that never communicate
+Each mode runs alone in its own network namespace; its bytes are the namespace loopback's tx counter
+(/proc/net/dev) after minus before, divided by the number of peers (bootstrap/DHT traffic included).
+
+Prints one JSON line per mode and a final summary line with the target checks.
+Run (as root): python benchmarks/communication.py [--peers 4] [--steps 300] [--inner-steps 50] [--codec int4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER = Path(__file__).resolve().parent / "_comm_worker.py"
+METHOD = "netns loopback tx bytes / peers"
+ALL_MODES = ("ddp", "hivemind", "p2pmodel", "local")
+
+
+class Netns:
+    """A throw-away network namespace with only ``lo`` up; every process of one mode runs inside it."""
+
+    def __init__(self, mode: str):
+        self.name = f"p2pbench_{mode}_{os.getpid()}"
+        self.procs: list[subprocess.Popen] = []
+
+    def __enter__(self) -> Netns:
+        subprocess.run(["ip", "netns", "add", self.name], check=True, capture_output=True)
+        try:
+            self.exec_ok(["ip", "link", "set", "lo", "up"])
+        except BaseException:
+            self._delete()
+            raise
+        return self
+
+    def exec_ok(self, cmd: list[str]) -> str:
+        return subprocess.run(
+            ["ip", "netns", "exec", self.name, *cmd], check=True, capture_output=True, text=True
+        ).stdout
+
+    def lo_tx_bytes(self) -> int:
+        for line in self.exec_ok(["cat", "/proc/net/dev"]).splitlines():
+            name, _, rest = line.partition(":")
+            if name.strip() == "lo":
+                return int(rest.split()[8])  # receive: 8 fields, then transmit bytes
+        raise RuntimeError(f"no lo in {self.name}")
+
+    def spawn(self, cmd: list[str], stdout, stderr, cwd: Path = ROOT, env: dict | None = None) -> subprocess.Popen:
+        p = subprocess.Popen(
+            ["ip", "netns", "exec", self.name, *cmd],
+            stdout=stdout,
+            stderr=stderr,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,  # its own process group: killed as one, never by name
+        )
+        self.procs.append(p)
+        return p
+
+    def __exit__(self, *exc) -> None:
+        for p in self.procs:
+            _stop_group(p, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _stop_group(p, signal.SIGKILL)
+                p.wait()
+        # anything still inside the namespace descends from what we started (e.g. a daemon in its own session)
+        try:
+            pids = [
+                int(x)
+                for x in subprocess.run(
+                    ["ip", "netns", "pids", self.name], capture_output=True, text=True
+                ).stdout.split()
+            ]
+        except ValueError:
+            pids = []
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._delete()
+
+    def _delete(self) -> None:
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+
+def _stop_group(p: subprocess.Popen, sig: int) -> None:
+    if p.poll() is None:
+        try:
+            os.killpg(p.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _wait_all(procs: list[subprocess.Popen], deadline: float, what: str) -> None:
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"{what}: still running at the deadline") from None
+        if p.returncode != 0:
+            raise RuntimeError(f"{what}: a process exited with {p.returncode}")
+
+
+def _last_json(path: Path, key: str | None = None) -> dict:
+    rows = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    rows = [r for r in rows if key is None or r.get("event") == key]
+    if not rows:
+        raise RuntimeError(f"no JSON result in {path}")
+    return rows[-1]
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def run_workers(ns: Netns, mode: str, args, work: Path, deadline: float) -> dict:
+    """ddp / hivemind / local: ``peers`` worker processes; returns the per-mode figures."""
+    outs, procs = [], []
+    for r in range(args.peers):
+        out, err = work / f"{mode}{r}.out", work / f"{mode}{r}.err"
+        outs.append((out, err))
+        cmd = [
+            sys.executable,
+            str(WORKER),
+            mode,
+            "--rank",
+            str(r),
+            "--peers",
+            str(args.peers),
+            "--steps",
+            str(args.steps),
+            "--inner-steps",
+            str(args.inner_steps),
+            "--config",
+            str(args.config),
+            "--workdir",
+            str(work),
+        ]
+        procs.append(ns.spawn(cmd, open(out, "w"), open(err, "w")))
+    try:
+        _wait_all(procs, deadline, mode)
+    except Exception as e:
+        raise RuntimeError(f"{e}\n--- rank 0 stderr tail ---\n{_tail(outs[0][1])}") from None
+    rows = [_last_json(out) for out, _ in outs]
+    losses = [r["val_loss"] for r in rows if "val_loss" in r]
+    extra = {"samples_per_peer": [r["samples"] for r in rows], "train_s_max": max(r["train_s"] for r in rows)}
+    if mode == "ddp":
+        extra["eval"] = "rank 0 (all ranks hold the same weights)"
+    else:
+        extra["eval"] = "mean of every peer's val loss on its own final weights"
+        extra["val_loss_per_peer"] = losses
+    if mode == "hivemind":
+        extra["local_epochs"] = [r.get("local_epoch") for r in rows]
+    return {"val_loss": sum(losses) / len(losses), **extra}
+
+
+def run_p2pmodel(ns: Netns, args, work: Path, deadline: float) -> dict:
+    """The real CLI: one bootstrap node, then ``peers`` x ``p2pmodel peer run``; reads their JSON summaries."""
+    exe = str(Path(sys.executable).parent / "p2pmodel")
+    if not Path(exe).exists():
+        exe = shutil.which("p2pmodel") or exe
+    boot_out, boot_err = work / "bootstrap.out", work / "bootstrap.err"
+    boot = ns.spawn(
+        [
+            exe,
+            "bootstrap",
+            "--host-maddrs",
+            "/ip4/127.0.0.1/tcp/0",
+            "--identity",
+            str(work / "bootstrap.key"),
+            "--json",
+        ],
+        open(boot_out, "w"),
+        open(boot_err, "w"),
+    )
+    maddrs = None
+    while maddrs is None:
+        if boot.poll() is not None:
+            raise RuntimeError(f"bootstrap exited with {boot.returncode}: {_tail(boot_err)}")
+        if time.monotonic() > deadline:
+            raise TimeoutError("bootstrap did not print its multiaddrs")
+        try:
+            maddrs = _last_json(boot_out)["maddrs"]
+        except RuntimeError:
+            time.sleep(0.2)
+    rounds = args.steps // args.inner_steps
+    outs, procs = [], []
+    for i in range(args.peers):
+        out, err = work / f"p2pmodel{i}.out", work / f"p2pmodel{i}.err"
+        outs.append((out, err))
+        cmd = [
+            exe,
+            "peer",
+            "run",
+            "--config",
+            str(args.config),
+            "--max-rounds",
+            str(rounds),
+            "--json",
+            "--data-dir",
+            str(work / f"peer{i}"),
+            "--set",
+            f"train.inner_steps={args.inner_steps}",
+            "--set",
+            'swarm.host_maddrs=["/ip4/127.0.0.1/tcp/0"]',
+            "--set",
+            f"compress.codec={args.codec}",
+            "--set",
+            "train.torch_threads=1",
+            "--set",
+            "logging.level=warning",
+        ]
+        for m in maddrs:
+            cmd += ["--initial-peers", m]
+        procs.append(ns.spawn(cmd, open(out, "w"), open(err, "w")))
+    try:
+        _wait_all(procs, deadline, "p2pmodel peers")
+    except Exception as e:
+        raise RuntimeError(f"{e}\n--- peer 0 stderr tail ---\n{_tail(outs[0][1])}") from None
+    rows = [_last_json(out, "summary") for out, _ in outs]
+    losses = [r["val_loss"] for r in rows]
+    return {
+        "val_loss": sum(losses) / len(losses),
+        "eval": "mean of every peer's val loss on its committed state (the final JSON line of peer run)",
+        "val_loss_per_peer": losses,
+        "rounds": [r["round"] for r in rows],
+        "digests_agree": len({r["digest"] for r in rows}) == 1,
+        "samples_per_peer": [r["samples"] for r in rows],
+        "daemon_counted_bytes_sent_per_peer": [r.get("bytes_sent") for r in rows],
+    }
+
+
+def run_mode(mode: str, args) -> dict:
+    work = Path(tempfile.mkdtemp(prefix=f"p2pbench_{mode}_"))
+    t0 = time.monotonic()
+    deadline = t0 + args.mode_timeout_s
+    try:
+        with Netns(mode) as ns:
+            before = ns.lo_tx_bytes()
+            if mode == "p2pmodel":
+                res = run_p2pmodel(ns, args, work, deadline)
+            else:
+                res = run_workers(ns, mode, args, work, deadline)
+            tx = ns.lo_tx_bytes() - before
+        wall = time.monotonic() - t0
+    finally:
+        if not args.keep_logs:
+            shutil.rmtree(work, ignore_errors=True)
+    return {
+        "mode": mode,
+        "peers": args.peers,
+        "steps_per_peer": args.steps,
+        "inner_steps_H": None if mode == "ddp" else args.inner_steps,
+        "codec": args.codec if mode == "p2pmodel" else "none (fp32)",
+        "bytes_per_peer": tx / args.peers,
+        "val_loss": res.pop("val_loss"),
+        "wall_s": round(wall, 1),
+        "method": METHOD,
+        **res,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--peers", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=300, help="inner steps (optimizer steps) per peer")
+    ap.add_argument("--inner-steps", type=int, default=50, help="H: steps between averaging rounds")
+    ap.add_argument("--codec", default="int4", choices=["none", "fp16", "int8", "int4"], help="p2pmodel's codec")
+    ap.add_argument("--modes", default="ddp,hivemind,p2pmodel", help=f"comma-separated, from {','.join(ALL_MODES)}")
+    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "tiny.toml")
+    ap.add_argument("--mode-timeout-s", type=float, default=900.0)
+    ap.add_argument("--keep-logs", action="store_true", help="keep each mode's scratch dir (logs) in /tmp")
+    args = ap.parse_args()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in ALL_MODES]
+    if bad or not modes:
+        ap.error(f"unknown mode(s) {bad}; choose from {ALL_MODES}")
+    if args.peers < 2 or args.steps < 1 or args.inner_steps < 1 or args.steps % args.inner_steps:
+        ap.error("need --peers >= 2 and --steps a positive multiple of --inner-steps")
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        sys.exit("error: this benchmark needs root and iproute2 (`ip netns`) to isolate each mode's traffic")
+    args.config = args.config.resolve()
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM runs the finally blocks: processes and namespaces go
+
+    rows, failed = {}, []
+    for mode in modes:
+        try:
+            rows[mode] = run_mode(mode, args)
+        except Exception as e:  # report the others; the failure is printed and makes the exit status 1
+            failed.append(mode)
+            print(json.dumps({"mode": mode, "error": f"{type(e).__name__}: {e}"}), flush=True)
+    ddp = rows.get("ddp")
+    for row in rows.values():
+        row["bytes_ratio_vs_ddp"] = (
+            (ddp["bytes_per_peer"] / row["bytes_per_peer"]) if ddp and row["bytes_per_peer"] else None
+        )
+        row["loss_ratio_vs_ddp"] = (row["val_loss"] / ddp["val_loss"]) if ddp else None
+        print(json.dumps(row), flush=True)
+    p2p, hm = rows.get("p2pmodel"), rows.get("hivemind")
+    summary = {
+        "summary": True,
+        "peers": args.peers,
+        "steps_per_peer": args.steps,
+        "inner_steps_H": args.inner_steps,
+        "codec": args.codec,
+        "beats_hivemind_loss": (p2p["val_loss"] < hm["val_loss"]) if p2p and hm else None,
+        "fewer_bytes_than_hivemind": (p2p["bytes_per_peer"] < hm["bytes_per_peer"]) if p2p and hm else None,
+        "ge_1000x_fewer_bytes_than_ddp": (p2p["bytes_ratio_vs_ddp"] >= 1000) if p2p and ddp else None,
+        "loss_within_3pct_of_ddp": (p2p["loss_ratio_vs_ddp"] <= 1.03) if p2p and ddp else None,
+        "method": METHOD,
+    }
+    print(json.dumps(summary), flush=True)
+    sys.exit(1 if failed else 0)
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    main()
