@@ -44,9 +44,7 @@ class BlockwiseCodec(Codec):
 
     def __init__(self, block_size: int = DEFAULT_BLOCK_SIZE):
         if not isinstance(block_size, int) or not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE:
-            raise ValueError(
-                f"block_size must be an int in [{MIN_BLOCK_SIZE}, {MAX_BLOCK_SIZE}], got {block_size!r}"
-            )
+            raise ValueError(f"block_size must be an int in [{MIN_BLOCK_SIZE}, {MAX_BLOCK_SIZE}], got {block_size!r}")
         self.block_size = block_size
 
     def __repr__(self) -> str:
@@ -64,9 +62,7 @@ class BlockwiseCodec(Codec):
         raise NotImplementedError
 
     # --- CompressionBase ---------------------------------------------------------------------------
-    def compress(
-        self, tensor: torch.Tensor, info: CompressionInfo, allow_inplace: bool = False
-    ) -> runtime_pb2.Tensor:
+    def compress(self, tensor: torch.Tensor, info: CompressionInfo, allow_inplace: bool = False) -> runtime_pb2.Tensor:
         tensor, dtype_name = check_input(self, tensor)
         flat = tensor.reshape(-1).to(torch.float32)
         if not all_finite(flat):
@@ -81,9 +77,7 @@ class BlockwiseCodec(Codec):
         codes = torch.round(blocks / divisor).clamp_(-self.levels, self.levels).to(torch.int8)
         header = HEADER.pack(MAGIC, FORMAT_VERSION, self.codec_id, 0, bs)
         buffer = b"".join((header, to_bytes(scales), self._pack(codes.reshape(-1)[:numel])))
-        return runtime_pb2.Tensor(
-            compression=self.compression_type, buffer=buffer, size=tensor.shape, dtype=dtype_name
-        )
+        return runtime_pb2.Tensor(compression=self.compression_type, buffer=buffer, size=tensor.shape, dtype=dtype_name)
 
     def extract(self, serialized_tensor: runtime_pb2.Tensor) -> torch.Tensor:
         shape, numel, dtype = check_message(self, serialized_tensor)

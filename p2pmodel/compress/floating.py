@@ -24,9 +24,7 @@ class NoCodec(Codec):
     name = "none"
     compression_type = runtime_pb2.CompressionType.NONE
 
-    def compress(
-        self, tensor: torch.Tensor, info: CompressionInfo, allow_inplace: bool = False
-    ) -> runtime_pb2.Tensor:
+    def compress(self, tensor: torch.Tensor, info: CompressionInfo, allow_inplace: bool = False) -> runtime_pb2.Tensor:
         tensor, dtype_name = check_input(self, tensor)
         return runtime_pb2.Tensor(
             compression=self.compression_type, buffer=to_bytes(tensor), size=tensor.shape, dtype=dtype_name
@@ -54,9 +52,7 @@ class Float16Codec(Codec):
     compression_type = runtime_pb2.CompressionType.FLOAT16
     FP16_MAX = torch.finfo(torch.float16).max
 
-    def compress(
-        self, tensor: torch.Tensor, info: CompressionInfo, allow_inplace: bool = False
-    ) -> runtime_pb2.Tensor:
+    def compress(self, tensor: torch.Tensor, info: CompressionInfo, allow_inplace: bool = False) -> runtime_pb2.Tensor:
         tensor, dtype_name = check_input(self, tensor)
         half = tensor.to(torch.float32).clamp(-self.FP16_MAX, self.FP16_MAX).to(torch.float16)
         return runtime_pb2.Tensor(
