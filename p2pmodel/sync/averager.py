@@ -1,0 +1,198 @@
+"""``DeterministicAverager``: hivemind's averager with an exchange that leaves every member the same bits.
+
+Reuses hivemind's matchmaking, P2P streams and timeouts (DESIGN.md section 3, "Same round, same bytes").
+What changes against ``hivemind.averaging.DecentralizedAverager``:
+
+- all-reduce runs through ``DeterministicAllReduceRunner`` (one encoding per averaged part, sent to all);
+- results REPLACE the local tensors (``copy_``), and only after the whole round finished, so a failed
+  round leaves the tensors untouched and the node can apply its own delta;
+- a reducer that did not deliver all its parts to us has its WHOLE span set to zero (a zero update for
+  that slice: the averaged tensors are outer deltas). Survivors that saw the failure agree on zeros; a
+  survivor that got every part before the reducer died keeps the true average, which is what the
+  commit step's majority digest resolves (DESIGN.md "Commit step"). Never "keep your own";
+- optional sender-side error feedback: ``residuals[i] = local - decoded(bytes we sent)`` in float32, and
+  the full local value on spans zeroed by a failed reducer (nothing of it got through);
+- ``step(weight, timeout)`` returns an ``AveragingResult`` and never raises for network failures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from hivemind.averaging import DecentralizedAverager
+from hivemind.averaging.allreduce import AveragingMode
+from hivemind.averaging.group_info import GroupInfo
+from hivemind.compression import CompressionBase, NoCompression
+from hivemind.dht import DHT
+from hivemind.utils import get_logger
+from hivemind.utils.timed_storage import get_dht_time
+
+from p2pmodel.sync.allreduce import DeterministicAllReduceRunner
+from p2pmodel.sync.result import AveragingResult, RoundReport
+
+__all__ = ["AveragingResult", "DeterministicAllReduceRunner", "DeterministicAverager"]
+
+logger = get_logger(__name__)
+_HOST_GRACE_S = 10.0  # extra host-side wait beyond timeout + allreduce_timeout before giving up on the child
+
+
+class DeterministicAverager(DecentralizedAverager):
+    """Decentralized averaging whose result is bitwise-identical on every member of a round.
+
+    :param codec: a hivemind ``CompressionBase`` (``compress``/``extract``); used for every part on the wire,
+      decoded with ``codec.extract`` directly, so codecs outside hivemind's compression table work
+    :param error_feedback: keep float32 residual buffers (see ``residuals``)
+    :param next_chunk_timeout: a peer silent this long during all-reduce is dropped (senders) or failed
+      (reducers, after twice this); must be set so a killed peer cannot stall the round
+    Other arguments are those of ``DecentralizedAverager``; ``compression=`` and ``averaging_alpha`` are
+    refused.
+    """
+
+    runner_class: type[DeterministicAllReduceRunner] = DeterministicAllReduceRunner  # tests inject faults here
+
+    def __init__(
+        self,
+        averaged_tensors: Sequence[torch.Tensor],
+        dht: DHT,
+        *,
+        prefix: str,
+        codec: CompressionBase | None = None,
+        error_feedback: bool = False,
+        start: bool = True,
+        target_group_size: int | None = None,
+        min_group_size: int = 2,
+        min_matchmaking_time: float = 5.0,
+        request_timeout: float = 3.0,
+        allreduce_timeout: float = 60.0,
+        next_chunk_timeout: float = 5.0,
+        **kwargs: Any,
+    ):
+        if "compression" in kwargs:
+            raise TypeError("pass the codec as codec=, not compression=")
+        if kwargs.get("averaging_alpha", 1.0) != 1.0:
+            raise ValueError("DeterministicAverager replaces tensors; averaging_alpha must be 1.0")
+        if not (allreduce_timeout > 0 and next_chunk_timeout > 0):
+            raise ValueError("allreduce_timeout and next_chunk_timeout must be positive")
+        tensors = tuple(averaged_tensors)
+        super().__init__(
+            tensors,
+            dht,
+            start=False,
+            prefix=prefix,
+            target_group_size=target_group_size,
+            min_group_size=min_group_size,
+            min_matchmaking_time=min_matchmaking_time,
+            request_timeout=request_timeout,
+            allreduce_timeout=allreduce_timeout,
+            next_chunk_timeout=next_chunk_timeout,
+            compression=codec if codec is not None else NoCompression(),
+            **kwargs,
+        )
+        self.codec = self.allreduce_kwargs["compression"]
+        self._min_matchmaking_time = min_matchmaking_time
+        # shared memory: written by the averager process, read by the node in the host process
+        self._residuals = (
+            tuple(torch.zeros(t.shape, dtype=torch.float32).share_memory_() for t in tensors)
+            if error_feedback
+            else None
+        )
+        self._reports: dict[bytes, RoundReport] = {}  # lives in the averager process
+        if start:
+            self.run_in_background(await_ready=True)
+
+    @property
+    def residuals(self) -> tuple[torch.Tensor, ...] | None:
+        """Error-feedback residuals of the last step (float32, shapes of the averaged tensors), or None.
+
+        After a successful step: ``local - decoded(sent)`` per value, and the full local value where a failed
+        reducer's span was zeroed. After a failed step: zeros (the node keeps its own delta in full).
+        Add them to the next round's delta before it is written into the averaged tensors.
+        """
+        return self._residuals
+
+    def _zero_residuals(self) -> None:
+        if self._residuals is not None:
+            for residual in self._residuals:
+                residual.zero_()
+
+    def step(self, weight: float = 1.0, timeout: float = 30.0, gather: Any = None) -> AveragingResult:  # type: ignore[override]
+        """Find a group within ``timeout`` s and average with it, weighted by ``weight`` (samples processed).
+
+        Blocks at most ``timeout + allreduce_timeout`` (+ a small grace). Never raises for a network failure:
+        returns ``AveragingResult(succeeded=False, reason=...)`` with the tensors untouched.
+        """
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"weight must be finite and >= 0, got {weight}")
+        if not timeout > self._min_matchmaking_time:
+            minimum = self._min_matchmaking_time
+            raise ValueError(f"timeout ({timeout}s) must exceed min_matchmaking_time ({minimum}s)")
+        self._zero_residuals()
+        started = time.monotonic()
+        control = None
+        try:
+            control = super().step(gather=gather, weight=float(weight), timeout=timeout, wait=False)
+            report = control.result(timeout=timeout + self._allreduce_timeout + _HOST_GRACE_S)
+        except Exception as e:  # a failed round is data: no group, timeout, peers gone
+            if control is not None and not control.done():
+                control.cancel()
+            self._zero_residuals()
+            reason = "no group found" if "could not find a group" in str(e) else f"{type(e).__name__}: {e}"
+            return AveragingResult.failure(reason, weight=weight, elapsed_s=time.monotonic() - started)
+        return AveragingResult.from_report(report, weight=weight, elapsed_s=time.monotonic() - started)
+
+    async def _aggregate_with_group(self, group_info: GroupInfo, min_vector_size: int, **kwargs) -> RoundReport:
+        gathered = await super()._aggregate_with_group(group_info, min_vector_size, **kwargs)
+        report = self._reports.pop(group_info.group_id)
+        return dataclasses.replace(report, gathered={str(peer): value for peer, value in gathered.items()})
+
+    async def _run_allreduce_inplace_(
+        self, tensors: Sequence[torch.Tensor], group_info: GroupInfo, group_id: bytes | None = None, **kwargs
+    ):
+        """Run one all-reduce; replace the tensors only once every part is in (failed spans zeroed)."""
+        group_id = group_info.group_id if group_id is None else group_id
+        runner = self.runner_class(
+            p2p=self._p2p,
+            servicer_type=type(self),
+            prefix=self.prefix,
+            tensors=tensors,
+            group_id=group_id,
+            ordered_peer_ids=group_info.peer_ids,
+            residuals=self._residuals,
+            **kwargs,
+        )
+        assert group_id in self._running_groups, f"group {group_id} was not registered"
+        self._running_groups[group_id].set_result(runner)
+
+        if runner.modes[group_info.peer_ids.index(self.peer_id)] == AveragingMode.AUX:
+            async for _ in runner:
+                raise ValueError("aux peers should not receive averaged tensors")
+            outputs = []
+        else:
+            outputs = [averaged async for averaged in runner]
+
+        container = runner.tensor_part_container
+        zeroed = 0
+        for tensor_index, start, end in container.failed_spans():
+            outputs[tensor_index].view(-1)[start:end].zero_()
+            if self._residuals is not None:
+                self._residuals[tensor_index].view(-1)[start:end].copy_(tensors[tensor_index].view(-1)[start:end])
+            zeroed += end - start
+        with torch.no_grad():
+            for tensor, averaged in zip(tensors, outputs, strict=True):
+                tensor.copy_(averaged)
+        if outputs:
+            self.last_updated = get_dht_time()
+            self._state_updated.set()
+        self._reports[group_id] = RoundReport(
+            group_id=group_id,
+            peer_ids=tuple(str(peer) for peer in group_info.peer_ids),
+            gathered={},
+            failed_reducers=tuple(str(runner.ordered_peer_ids[i]) for i in sorted(container.failed_reducers)),
+            banned_senders=tuple(sorted(str(peer) for peer in runner.banned_senders)),
+            zeroed_fraction=zeroed / max(1, self.total_size),
+        )

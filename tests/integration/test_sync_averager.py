@@ -1,0 +1,199 @@
+"""Real peers on 127.0.0.1: every member of a round ends with the same sha256, equal to the weighted mean.
+
+Peers are threads of this process; each DHT and each averager runs in its own hivemind process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import hivemind
+import pytest
+import torch
+from hivemind.compression import Float16Compression, NoCompression
+
+from p2pmodel.sync import AveragingResult, DeterministicAverager
+from p2pmodel.sync.allreduce import DeterministicAllReduceRunner
+
+SHAPES = [(300, 512), (1001,), (96, 700)]  # ~222k floats, several parts per reducer at 64 KiB parts
+PART_SIZE_BYTES = 2**16
+MATCHMAKING = dict(min_matchmaking_time=1.5, request_timeout=1.0, next_chunk_timeout=2.0, allreduce_timeout=30.0)
+
+
+@pytest.fixture(scope="module")
+def dhts():
+    first = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+    maddrs = [str(m) for m in first.get_visible_maddrs()]
+    nodes = [first]
+    try:
+        for _ in range(3):
+            nodes.append(hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=maddrs))
+        yield nodes
+    finally:
+        for node in nodes:
+            node.shutdown()
+
+
+def digest(tensors) -> str:
+    sha = hashlib.sha256()
+    for tensor in tensors:
+        sha.update(tensor.detach().contiguous().numpy().tobytes())
+    return sha.hexdigest()
+
+
+def make_inputs(n: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    inputs = [[torch.randn(shape, generator=gen) for shape in SHAPES] for _ in range(n)]
+    weights = [float(w) for w in torch.randint(1, 100, (n,), generator=gen)]
+    return inputs, weights
+
+
+def weighted_mean(inputs, weights):
+    total = sum(weights)
+    return [
+        sum(w * peer[i].double() for peer, w in zip(inputs, weights, strict=True)) / total for i in range(len(SHAPES))
+    ]
+
+
+def start_averagers(dhts, inputs, cls=DeterministicAverager, prefix=None, group_size=None, runner=None, **kwargs):
+    prefix = prefix or f"t{uuid.uuid4().hex[:8]}"
+
+    def start(i):
+        averager = cls(
+            [t.clone() for t in inputs[i]],
+            dhts[i],
+            prefix=prefix,
+            target_group_size=group_size or len(inputs),
+            part_size_bytes=PART_SIZE_BYTES,
+            start=False,
+            **MATCHMAKING,
+            **kwargs,
+        )
+        if runner is not None:  # an instance attribute: RPC names come from the class, which must not change
+            averager.runner_class = runner
+        averager.run_in_background(await_ready=True)
+        return averager
+
+    return [start(i) for i in range(len(inputs))]  # hivemind starts averagers from the main thread only
+
+
+def step_all(averagers, weights, **kwargs):
+    with ThreadPoolExecutor(len(averagers)) as pool:
+        return list(pool.map(lambda aw: aw[0].step(aw[1], **kwargs), zip(averagers, weights, strict=True)))
+
+
+def held(averager):
+    with averager.get_tensors() as tensors:
+        return [t.clone() for t in tensors]
+
+
+def shutdown_all(averagers):
+    for averager in averagers:
+        if averager.is_alive():
+            averager.shutdown()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "n_peers, codec, atol",
+    [(3, NoCompression(), 1e-5), (3, Float16Compression(), 5e-3), (4, Float16Compression(), 5e-3)],
+    ids=["3-none", "3-fp16", "4-fp16"],  # 4-none: see the stock-hivemind test
+)
+def test_same_digest_on_every_peer(dhts, n_peers, codec, atol):
+    inputs, weights = make_inputs(n_peers, seed=n_peers)
+    averagers = start_averagers(dhts[:n_peers], inputs, codec=codec, error_feedback=True)
+    try:
+        results = step_all(averagers, weights, timeout=20.0)
+        assert all(r.complete for r in results), [r.reason for r in results]
+        assert {r.group_id for r in results} == {results[0].group_id}
+        assert sorted(results[0].peer_ids) == sorted(str(a.peer_id) for a in averagers)
+        outputs = [held(a) for a in averagers]
+        assert len({digest(out) for out in outputs}) == 1
+        for got, want in zip(outputs[0], weighted_mean(inputs, weights), strict=True):
+            torch.testing.assert_close(got.double(), want, atol=atol, rtol=0)
+        for averager, local in zip(averagers, inputs, strict=True):  # residual = local - decoded(sent)
+            for residual, x in zip(averager.residuals, local, strict=True):
+                sent = codec.extract(codec.compress(x, None)).reshape(x.shape)
+                assert torch.equal(residual, x - sent)
+    finally:
+        shutdown_all(averagers)
+
+
+@pytest.mark.timeout(60)
+def test_stock_hivemind_and_ours_on_the_same_inputs(dhts):
+    """Why this package exists: stock DecentralizedAverager leaves each peer different bits (NoCompression)."""
+    inputs, weights = make_inputs(4, seed=7)
+    ours = start_averagers(dhts, inputs)
+    stock = start_averagers(dhts, inputs, cls=hivemind.DecentralizedAverager)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            ours_futures = [pool.submit(a.step, w, 20.0) for a, w in zip(ours, weights, strict=True)]
+            stock_futures = [pool.submit(a.step, weight=w, timeout=20.0) for a, w in zip(stock, weights, strict=True)]
+            assert all(f.result().complete for f in ours_futures)
+            assert all(f.result() is not None for f in stock_futures)
+        mean = weighted_mean(inputs, weights)
+        for averagers, expect_one in ((ours, True), (stock, False)):
+            outputs = [held(a) for a in averagers]
+            for got, want in zip(outputs[0], mean, strict=True):  # both really averaged
+                torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=0)
+            assert (len({digest(out) for out in outputs}) == 1) is expect_one
+    finally:
+        shutdown_all(ours + stock)
+
+
+class _DiesWhileReducing(DeterministicAllReduceRunner):
+    """Kills its averager process (os._exit) after sending two averaged parts: a reducer dying mid-round."""
+
+    sent = 0
+
+    async def _accumulate_parts_streaming(self, stream, sender_index):
+        async for message in super()._accumulate_parts_streaming(stream, sender_index):
+            yield message
+            type(self).sent += 1
+            if type(self).sent >= 2:
+                os._exit(1)
+
+
+@pytest.mark.timeout(60)
+def test_reducer_killed_mid_round(dhts):
+    inputs, weights = make_inputs(3, seed=11)
+    survivors = start_averagers(dhts[:2], inputs[:2], prefix="kill", group_size=3, error_feedback=True)
+    (victim,) = start_averagers(dhts[2:3], inputs[2:], prefix="kill", group_size=3, runner=_DiesWhileReducing)
+    thread = threading.Thread(target=victim.step, args=(weights[2], 12.0), daemon=True)
+    try:
+        thread.start()
+        results = step_all(survivors, weights[:2], timeout=12.0)
+        assert all(r.succeeded for r in results), [r.reason for r in results]
+        assert all(r.group_size == 3 for r in results), results
+        assert all(r.elapsed_s < 12.0 + MATCHMAKING["allreduce_timeout"] for r in results)
+        assert [r.failed_reducers for r in results] == [(str(victim.peer_id),)] * 2
+        assert results[0].zeroed_fraction == results[1].zeroed_fraction > 0
+        outputs = [held(a) for a in survivors]
+        assert digest(outputs[0]) == digest(outputs[1])
+        zeros = sum(int((t == 0).sum()) for t in outputs[0])
+        assert zeros >= results[0].zeroed_fraction * sum(t.numel() for t in outputs[0])
+        for averager, local, out in zip(survivors, inputs[:2], outputs, strict=True):
+            for residual, x, y in zip(averager.residuals, local, out, strict=True):
+                assert torch.equal(residual[y == 0], x[y == 0])  # zeroed span: all of it carries over
+    finally:
+        shutdown_all(survivors)
+        if victim.is_alive():
+            victim.shutdown()
+
+
+@pytest.mark.timeout(30)
+def test_no_group_is_a_failure_result(dhts):
+    inputs, _ = make_inputs(1, seed=3)
+    (alone,) = start_averagers(dhts[:1], inputs, error_feedback=True)
+    try:
+        result = alone.step(5.0, timeout=3.0)
+        assert isinstance(result, AveragingResult)
+        assert not result.succeeded and result.reason
+        assert digest(held(alone)) == digest(inputs[0])  # untouched: the node applies its own delta
+        assert all(not r.any() for r in alone.residuals)
+    finally:
+        shutdown_all([alone])
