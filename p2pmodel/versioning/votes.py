@@ -87,7 +87,7 @@ def _fail(field: str, value: object) -> VoteError:
     return VoteError(f"vote field {field!r} is invalid: {value!r:.80}")
 
 
-def _check_metrics(metrics: object) -> None:
+def check_metrics(metrics: object) -> None:
     if not isinstance(metrics, dict) or len(metrics) > MAX_METRICS:
         raise VoteError(f"vote field 'metrics' must be a map of at most {MAX_METRICS} entries")
     for name, value in metrics.items():
@@ -95,6 +95,17 @@ def _check_metrics(metrics: object) -> None:
             raise VoteError(f"vote field 'metrics' has a bad name: {name!r:.80}")
         if not isinstance(value, float) or not math.isfinite(value):
             raise VoteError(f"vote field 'metrics' value of {name!r} is not a finite float: {value!r:.40}")
+
+
+def _canonical_version(body: dict, field: str) -> Version:
+    """The field's Version; it must be written canonically (``vX.Y.Z``) so one version has one spelling."""
+    try:
+        version = Version.parse(body[field])
+    except ValueError:
+        raise _fail(field, body[field]) from None
+    if str(version) != body[field]:
+        raise VoteError(f"vote field {field!r} must be written {version}, not {body[field]!r:.40}")
+    return version
 
 
 def check_vote_body(body: dict) -> dict:
@@ -119,15 +130,9 @@ def check_vote_body(body: dict) -> dict:
     for field, ok in checks.items():
         if not ok(body[field]):
             raise _fail(field, body[field])
-    _check_metrics(body["metrics"])
-    try:
-        version = Version.parse(body["version"])
-    except ValueError:
-        raise _fail("version", body["version"]) from None
-    try:
-        parent = Version.parse(body["parent"]) if body["parent"] else None
-    except ValueError:
-        raise _fail("parent", body["parent"]) from None
+    check_metrics(body["metrics"])
+    version = _canonical_version(body, "version")
+    parent = _canonical_version(body, "parent") if body["parent"] else None
     if version != next_version(parent, body["bump"]):
         raise VoteError(
             f"vote field 'version' {body['version']} is not {body['bump']} of parent {body['parent'] or 'none'}"
@@ -135,6 +140,14 @@ def check_vote_body(body: dict) -> dict:
     if body["candidate"] != candidate_id(body["run_id"], body["round"], body["digest"]):
         raise VoteError("vote field 'candidate' does not match (run_id, round, digest)")
     return body
+
+
+def _spelled(v: object) -> object:
+    """Canonical spelling of a version given as str or Version; anything else is left for the schema to refuse."""
+    try:
+        return str(Version.parse(v))
+    except ValueError:
+        return v
 
 
 def make_vote(
@@ -176,8 +189,8 @@ def make_vote(
         "round": round,
         "digest": digest,
         "object_sha256": object_sha256,
-        "parent": str(parent) if parent else "",
-        "version": str(version),
+        "parent": _spelled(parent) if parent else "",
+        "version": _spelled(version),
         "metrics": floats,
         "verdict": verdict,
         "bump": bump,
