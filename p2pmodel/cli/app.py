@@ -5,7 +5,7 @@ import sys
 
 import typer
 
-from p2pmodel.cli import config_cmd, demo, peer, swarm_cmd
+from p2pmodel.cli import config_cmd, demo, peer, swarm_cmd, versions
 from p2pmodel.core.errors import P2PModelError
 
 app = typer.Typer(
@@ -17,6 +17,7 @@ app = typer.Typer(
 app.add_typer(peer.app, name="peer")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(swarm_cmd.app, name="swarm")
+app.add_typer(versions.app, name="versions")
 app.command()(swarm_cmd.bootstrap)
 app.command()(demo.demo)
 

@@ -45,6 +45,28 @@ def _bytes(n) -> str:
     return f"{n:.1f} TB"
 
 
+def _tags(root: Path, peers) -> list[dict]:
+    """The tags in the peers' ledgers (each verified when it was appended), merged by version."""
+    from p2pmodel.versioning.ledger import Ledger
+
+    found: dict[str, dict] = {}
+    for name in peers:
+        path = root / name / "ledger.bin"
+        if path.exists():
+            for c in Ledger(path).all():
+                found.setdefault(
+                    c["version"],
+                    {
+                        "version": c["version"],
+                        "digest": c["digest"],
+                        "round": c["round"],
+                        "val_loss": c["metrics"].get("val_loss"),
+                        "votes": f"{len(c['votes'])}/{len(c['electorate'])}",
+                    },
+                )
+    return [found[v] for v in sorted(found, key=lambda v: tuple(int(x) for x in v.lstrip("v").split(".")))]
+
+
 def demo(
     peers: int = typer.Option(3, "--peers", min=1, max=16, help="Peer processes to start."),
     rounds: int = typer.Option(4, "--rounds", min=1, help="Outer rounds to run."),
@@ -77,12 +99,19 @@ def demo(
                 console.print(f"[red]{n} exited with {p.proc.returncode}[/red]\n{p.stderr_tail(8)}")
             result = {n: p.last for n, p in swarm.peers.items()}
             digests = {(e or {}).get("digest") for e in result.values()}
+            tags = _tags(root, swarm.peers)
     finally:
         if tmp is not None:
             tmp.cleanup()
     if as_json:
-        emit_json({"peers": result, "same_digest": len(digests) == 1, "bootstrap": maddr})
+        emit_json({"peers": result, "same_digest": len(digests) == 1, "bootstrap": maddr, "versions": tags})
     else:
         typer.echo(f"{len(result)} peers, {'one state digest' if len(digests) == 1 else 'DIFFERENT digests'}")
+        table = Table(title="tagged versions (quorum of signed votes)")
+        for col in ("version", "digest", "round", "val loss", "votes"):
+            table.add_column(col)
+        for t in tags:
+            table.add_row(t["version"], t["digest"][:12], str(t["round"]), f"{t['val_loss']:.4f}", t["votes"])
+        Console().print(table if tags else "no version tagged")
     if failed:
         raise typer.Exit(1)

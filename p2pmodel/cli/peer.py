@@ -23,6 +23,7 @@ def run(
     device: str = typer.Option(None, "--device", help="auto, cpu or cuda (overrides train.device)."),
     as_json: bool = typer.Option(False, "--json", help="End with one JSON summary line on stdout."),
     log_format: str = typer.Option(None, "--log-format", help="text or json (overrides logging.format)."),
+    status_port: int = typer.Option(None, "--status-port", help="Serve /status and /metrics on this port."),
 ):
     """Train in outer rounds of train.inner_steps steps; resume from the last committed round in --data-dir."""
     overrides = list(set_)
@@ -30,6 +31,8 @@ def run(
         overrides.append(f"train.device={device}")
     if log_format:
         overrides.append(f"logging.format={log_format}")
+    if status_port is not None:
+        overrides.append(f"observability.status_port={status_port}")
     if initial_peers:
         overrides.append("swarm.initial_peers=" + __import__("json").dumps(initial_peers))
     cfg = load_config(config, overrides)
@@ -53,3 +56,27 @@ def run(
             f"round {result['round']}  val_loss {result['val_loss']:.4f}  digest {result['digest'][:12]}  "
             f"sent {result['bytes_sent']} B  received {result['bytes_received']} B"
         )
+
+
+@app.command()
+def status(
+    url: str = typer.Option("http://127.0.0.1:8080", "--url", help="The peer's status endpoint."),
+    as_json: bool = typer.Option(False, "--json", help="Print the raw JSON."),
+    timeout_s: float = typer.Option(5.0, "--timeout", help="Seconds to wait for an answer."),
+):
+    """Show a running peer's status (exit 1 if it does not answer): round, losses, digest, version, peers."""
+    import json
+    import urllib.request
+
+    from p2pmodel.cli.output import print_kv
+    from p2pmodel.core.errors import P2PModelError
+
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/status", timeout=timeout_s) as r:
+            data = json.loads(r.read())
+    except (OSError, ValueError) as e:
+        raise P2PModelError(f"no status from {url}: {e}") from None
+    if as_json:
+        emit_json(data)
+    else:
+        print_kv("peer status", {k: v for k, v in data.items() if not isinstance(v, (dict, list))})

@@ -102,9 +102,16 @@ class CompressConfig(_Section):
     error_feedback: bool = Field(True, description="Keep the quantization residual and add it next round.")
 
 
+class MetricCheck(_Section):
+    name: str = Field(..., min_length=1, max_length=64, description="Name of the check, shown in votes.")
+    metric: Literal["val_loss", "perplexity"] = Field(..., description="Metric of the eval report to check.")
+    max: float = Field(..., gt=0, description="A candidate whose metric exceeds this fails the check.")
+
+
 class EvalConfig(_Section):
     batches: int = Field(8, ge=1, le=10_000, description="Fixed validation batches per evaluation.")
     batch_size: int = Field(16, ge=1, le=65536, description="Sequences per validation batch.")
+    checks: list[MetricCheck] = Field(default_factory=list, description="Named thresholds a release must pass.")
 
 
 class VersioningConfig(_Section):
@@ -113,11 +120,21 @@ class VersioningConfig(_Section):
     regression_tolerance: float = Field(
         0.01, ge=0, le=1, description="Relative val-loss increase still counted as no regression."
     )
+    keep_tagged: int = Field(0, ge=0, description="Tagged states kept on disk and served (0 = all).")
+    allowlist: list[str] = Field(
+        default_factory=list, description="Only these PeerIDs may vote (empty = the round's members)."
+    )
+    major_fraction: float = Field(0.8, gt=2 / 3, le=1, description="Share of the electorate a MAJOR bump needs.")
 
 
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     format: Literal["text", "json"] = Field("text", description="Log line format.")
+
+
+class ObservabilityConfig(_Section):
+    status_port: int = Field(0, ge=0, le=65535, description="HTTP /status and /metrics port (0 = off).")
+    status_host: str = Field("127.0.0.1", description="Address the status endpoint binds (0.0.0.0 to scrape).")
 
 
 class Config(_Section):
@@ -131,6 +148,7 @@ class Config(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     versioning: VersioningConfig = Field(default_factory=VersioningConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
 
     def lineage_spec(self) -> dict:
         """What defines a run: peers that differ here must not average or vote together."""

@@ -27,7 +27,7 @@ class SoloExchange:
     def agree(self, round_: int, outcome: ExchangeOutcome) -> None:
         pass
 
-    def after_commit(self, round_: int, samples_per_s: float) -> None:
+    def after_commit(self, round_: int, samples_per_s: float, members: list[str]) -> None:
         pass
 
     def average(self, round_: int, delta: list[torch.Tensor], weight: float) -> ExchangeOutcome:

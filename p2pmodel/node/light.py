@@ -1,6 +1,7 @@
 """A light client for the CLI: joins the DHT in client mode (no training, no GPU), with an ephemeral identity."""
 
 from contextlib import contextmanager
+from pathlib import Path
 
 from p2pmodel.config import load_config
 
@@ -33,3 +34,111 @@ def resolve_run_id(config_path) -> str:
     d = cfg.data
     corpus = load_corpus(d.source, d.paths, d.max_corpus_bytes, d.val_fraction, cfg.model.seq_len + 2)
     return compute_run_id(cfg, corpus.fingerprint)
+
+
+def find_runs(dht) -> dict[str, dict]:
+    """Runs registered in the DHT by live peers: {run_id: newest run record}."""
+    from p2pmodel.node.swarm_link import RUN_KIND, RUNS_KEY
+    from p2pmodel.swarm.records import get_signed
+
+    runs: dict[str, dict] = {}
+    for body in get_signed(dht, RUNS_KEY, RUN_KIND).values():
+        rid = body.get("run_id")
+        if isinstance(rid, str) and (rid not in runs or body.get("time", 0) > runs[rid].get("time", 0)):
+            runs[rid] = body
+    return runs
+
+
+def pick_run(dht, run_id: str | None) -> tuple[str, dict]:
+    from p2pmodel.core.errors import SwarmError, UsageError
+
+    runs = find_runs(dht)
+    if run_id:
+        if run_id not in runs:
+            raise SwarmError(f"no live peer of run {run_id} found (runs online: {', '.join(runs) or 'none'})")
+        return run_id, runs[run_id]
+    if not runs:
+        raise SwarmError("no run found in this swarm (no training peer online?)")
+    if len(runs) > 1:
+        names = ", ".join(f"{r} ({b.get('run_name')})" for r, b in runs.items())
+        raise UsageError(f"several runs online, choose one with --run-id: {names}")
+    return next(iter(runs.items()))
+
+
+def fetch_tags(dht, run_id: str, workdir) -> list[dict]:
+    """Every tag of ``run_id`` that some peer indexes, each certificate downloaded and verified in chain order."""
+    import logging
+
+    from p2pmodel.core.errors import P2PModelError
+    from p2pmodel.node.release import MAX_CERT_BYTES, TAG_INDEX_KIND, tags_key
+    from p2pmodel.swarm.blobs import fetch_blob
+    from p2pmodel.swarm.records import get_signed
+    from p2pmodel.versioning.ledger import Ledger
+    from p2pmodel.versioning.semver import Version
+    from p2pmodel.versioning.tag import decode_tag
+
+    holders: dict[tuple[str, str], list[str]] = {}
+    for peer, body in get_signed(dht, tags_key(run_id), TAG_INDEX_KIND).items():
+        if body.get("run_id") != run_id or not isinstance(body.get("tags"), list):
+            continue
+        for item in body["tags"][:256]:
+            if isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item):
+                holders.setdefault((item[0], item[1]), []).append(peer)
+    certs = []
+    for (version, blob_id), peers in holders.items():
+        for peer in peers:
+            try:
+                cert = decode_tag(fetch_blob(dht, peer, blob_id, MAX_CERT_BYTES, timeout_s=10.0), MAX_CERT_BYTES)
+                if isinstance(cert, dict) and cert.get("version") == version and cert.get("run_id") == run_id:
+                    certs.append(cert)
+                    break
+            except P2PModelError as e:
+                logging.getLogger(__name__).debug("certificate %s from %s: %s", version, peer, e)
+    ledger = Ledger(Path(workdir) / "ledger.bin")
+    for cert in sorted(certs, key=lambda c: Version.parse(c["version"])):
+        try:
+            ledger.append(cert)  # verifies every signature, the quorum and the parent link
+        except P2PModelError as e:
+            logging.getLogger(__name__).warning("refusing tag %s: %s", cert.get("version"), e)
+    return ledger.all()
+
+
+def pull_state(dht, run_id: str, cert: dict, timeout_s: float = 300.0) -> dict:
+    """Download the tagged state from a peer holding it; verified by digest (the canonical bytes' sha256)."""
+    from p2pmodel.core.errors import P2PModelError, SwarmError
+    from p2pmodel.eval.digest import parse_canonical
+    from p2pmodel.swarm.blobs import fetch_blob
+    from p2pmodel.swarm.records import list_peer_records
+
+    candidates = [r["peer_id"] for r in list_peer_records(dht, run_id)]
+    voters = {v for v in cert.get("electorate", [])}
+    candidates.sort(key=lambda p: p not in voters)
+    errors = []
+    for peer in candidates:
+        try:
+            return parse_canonical(fetch_blob(dht, peer, cert["digest"], 16 << 30, timeout_s=timeout_s))
+        except (P2PModelError, ValueError) as e:
+            errors.append(f"{peer[:12]}: {e}")
+    raise SwarmError(f"no peer could serve {cert['version']} ({'; '.join(errors) or 'no peer online'})")
+
+
+def fetch_history(dht, run_id: str) -> dict[int, float]:
+    """Median validation loss per round over the peers' signed history records."""
+    import statistics
+
+    from p2pmodel.node.swarm_link import HISTORY_KIND
+    from p2pmodel.swarm.records import get_signed
+
+    per_round: dict[int, list[float]] = {}
+    for body in get_signed(dht, f"p2pmodel/{run_id}/history", HISTORY_KIND).values():
+        rounds = body.get("rounds") if body.get("run_id") == run_id else None
+        for item in rounds if isinstance(rounds, list) else []:
+            if (
+                isinstance(item, list)
+                and len(item) == 2
+                and isinstance(item[0], int)
+                and isinstance(item[1], (int, float))
+                and item[1] == item[1]
+            ):
+                per_round.setdefault(item[0], []).append(float(item[1]))
+    return {r: statistics.median(v) for r, v in sorted(per_round.items())}

@@ -52,6 +52,7 @@ class Peer:
         self.samples_total = 0
         self.last_report: EvalReport | None = None
         self.counters = {"bytes_sent": 0, "bytes_received": 0}
+        self.history: list[list] = []  # [round, val_loss] of recent commits (for plots and light clients)
 
     # --- state views -----------------------------------------------------------------------------
     def global_state(self) -> dict[str, torch.Tensor]:
@@ -109,6 +110,8 @@ class Peer:
     def commit(self, round_: int, members: list[str] = ()) -> None:
         """Store θ_global under its digest and make ``round_`` the one a restart resumes from."""
         self.digest = self.store.put_state(self.global_state())
+        if self.last_report is not None:
+            self.history = [h for h in self.history if h[0] < round_][-255:] + [[round_, self.last_report.val_loss]]
         tensors, inner_meta = self.private_tensors()
         meta = {
             "inner": inner_meta,
@@ -117,6 +120,7 @@ class Peer:
             "counters": self.counters,
             "eval": self.last_report.as_dict() if self.last_report else None,
             "members": sorted(members),
+            "history": self.history[-256:],
             "time": time.time(),
         }
         self.store.commit(round_, self.digest, tensors, meta, keep=self.cfg.versioning.keep_checkpoints)
@@ -142,6 +146,7 @@ class Peer:
         outer["momentum_buffers"] = [private.get(f"outer.{i}") for i in range(len(self.global_params))]
         self.outer.load_state_dict(outer)
         self.round, self.samples_total, self.counters = head["round"], meta["samples_total"], dict(meta["counters"])
+        self.history = [list(x) for x in meta.get("history", [])]
         if meta.get("eval"):
             self.last_report = EvalReport(**meta["eval"])
         log.info("resumed from round %d (digest %s)", self.round, self.digest[:12])

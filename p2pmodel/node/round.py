@@ -39,5 +39,7 @@ def run_round(
     peer.counters["bytes_received"] += outcome.bytes_received
     report = peer.evaluate()
     peer.commit(round_, members=outcome.members)  # digest + atomic checkpoint; a restart resumes here
-    exchange.after_commit(round_, stats.samples / max(stats.seconds, 1e-9))  # offer the state to others
+    exchange.after_commit(
+        round_, stats.samples / max(stats.seconds, 1e-9), outcome.members
+    )  # offer the state to others
     return RoundResult(round=round_, stats=stats, outcome=outcome, report=report)

@@ -10,7 +10,9 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from p2pmodel.node.peer import Peer
+from p2pmodel.node.release import Releases
 from p2pmodel.node.round import RoundResult, run_round
+from p2pmodel.node.status import PeerStatus, StatusServer
 from p2pmodel.node.swarm_link import SwarmLink
 
 log = logging.getLogger("p2pmodel.peer")
@@ -71,6 +73,20 @@ async def _serve(
     await asyncio.to_thread(peer.restore)
     exchange = SwarmLink(cfg, peer, identity)  # main thread: hivemind's averager sets signal handlers
     log.info("listening on %s", " ".join(exchange.maddrs))
+    releases = Releases(cfg, peer, exchange, data_dir)
+    exchange.commit_hooks.append(releases.on_commit)
+    exchange.publish_run()
+    releases.publish_index()
+    status = PeerStatus(peer.peer_id, peer.run_id)
+    status.update(
+        state="ready",
+        round=peer.round,
+        digest=peer.digest,
+        listen=exchange.maddrs,
+        val_loss=peer.last_report.val_loss if peer.last_report else None,
+    )
+    obs = cfg.observability
+    server = StatusServer(status, obs.status_host, obs.status_port) if obs.status_port else None
     if await asyncio.to_thread(exchange.catch_up):  # late joiner: adopt the swarm's latest state first
         await asyncio.to_thread(peer.evaluate)
         await asyncio.to_thread(peer.commit, peer.round)
@@ -96,6 +112,8 @@ async def _serve(
                 if result is None:
                     break
                 _log_round(result, peer)
+                versions = [c["version"] for c in releases.ledger.all()]
+                status.on_round(result, peer, versions, len(exchange.peer_ids()))
                 if on_round:
                     on_round(
                         summary(
@@ -107,11 +125,18 @@ async def _serve(
                             },
                         )
                     )
+        if not stop.is_set():
+            await asyncio.to_thread(releases.settle, peer.round, 4 * cfg.sync.request_timeout_s + 5)
     finally:
+        status.update(state="stopping")
+        if server:
+            server.close()
+        releases.close()
         await asyncio.to_thread(exchange.close)
     if stop.is_set():
         log.info("stopped; last committed round %d (digest %s)", peer.round, peer.digest[:12])
-    return summary(peer, {"event": "summary"})
+    versions = [c["version"] for c in releases.ledger.all()]
+    return summary(peer, {"event": "summary", "versions": versions})
 
 
 def _on_signal(stop: threading.Event, sig: int) -> None:

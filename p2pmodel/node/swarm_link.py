@@ -17,6 +17,7 @@ from hivemind.utils.logging import use_hivemind_log_handler
 from p2pmodel.compress import make_codec
 from p2pmodel.core.errors import IntegrityError, P2PModelError
 from p2pmodel.core.ids import sha256_hex
+from p2pmodel.eval.digest import canonical_bytes
 from p2pmodel.node.exchange import ExchangeOutcome
 from p2pmodel.node.state_package import MAX_PACKAGE_BYTES, pack_state, unpack_state
 from p2pmodel.swarm.blobs import BlobServer, fetch_blob
@@ -33,7 +34,8 @@ from p2pmodel.swarm.refresher import RecordRefresher
 from p2pmodel.sync import DeterministicAverager
 
 log = logging.getLogger("p2pmodel.swarm")
-READY, OFFER = "ready", "state_offer"
+READY, OFFER, RUN_KIND, HISTORY_KIND = "ready", "state_offer", "run_record", "history"
+RUNS_KEY = "p2pmodel/runs"
 _KEEP_PACKAGES = 3
 
 
@@ -63,7 +65,10 @@ class SwarmLink:
             stop_dht(self.dht)
             raise
         self.packages: collections.OrderedDict[str, bytes] = collections.OrderedDict()
-        self.blobs = BlobServer(self.dht, self.packages.get)
+        self.providers = [self.packages.get, self._stored_state]  # blob id → bytes, first hit wins
+        self.commit_hooks: list = []  # called with (round, members) after each commit (releases)
+        self._peer_cache: tuple[float, list[str]] = (0.0, [])
+        self.blobs = BlobServer(self.dht, self._provide)
         self.samples_per_s = 0.0
         self.refresher = RecordRefresher(self.dht, identity, self._record, s.record_ttl_s)
         self._closed_rounds: set[int] = set()
@@ -87,6 +92,55 @@ class SwarmLink:
             next_chunk_timeout=cfg.sync.request_timeout_s,
             client_mode=s.client_mode,
         )
+
+    def _provide(self, blob_id: str) -> bytes | None:
+        for provider in self.providers:
+            blob = provider(blob_id)
+            if blob is not None:
+                return blob
+        return None
+
+    def _stored_state(self, digest: str) -> bytes | None:
+        """States we hold are served by digest as their canonical bytes (sha256 of them == digest)."""
+        store = self.peer.store
+        try:
+            return canonical_bytes(store.get_state(digest)) if store.has_state(digest) else None
+        except P2PModelError:
+            return None
+
+    def peer_ids(self) -> list[str]:
+        """Live peers of this run (from their DHT records), cached for a few seconds; used by gossip."""
+        at, ids = self._peer_cache
+        if time.monotonic() - at > 5.0:
+            try:
+                records = list_peer_records(self.dht, self.run_id, max_age_s=3 * self.cfg.swarm.record_ttl_s)
+                ids = [r["peer_id"] for r in records if r["peer_id"] != self.identity.peer_id]
+            except Exception as e:  # keep the last known list
+                log.debug("peer list refresh failed: %s", e)
+            self._peer_cache = (time.monotonic(), ids)
+        return ids
+
+    def publish_run(self) -> None:
+        """Register this run under the global key so light clients can find it without a config."""
+        history = {
+            "peer_id": self.identity.peer_id,
+            "run_id": self.run_id,
+            "rounds": self.peer.history[-256:],
+            "time": time.time(),
+        }
+        body = {
+            "peer_id": self.identity.peer_id,
+            "run_id": self.run_id,
+            "run_name": self.cfg.run_name,
+            "model": self.cfg.model.model_dump(),
+            "time": time.time(),
+        }
+        try:
+            ttl = self.cfg.swarm.record_ttl_s * 10
+            publish_signed(self.dht, self.identity, RUNS_KEY, RUN_KIND, body, ttl)
+            publish_signed(self.dht, self.identity, f"p2pmodel/{self.run_id}/history", HISTORY_KIND, history, ttl)
+        except Exception as e:
+            log.debug("run record publish failed: %s", e)
 
     def _record(self) -> dict:
         p = self.peer
@@ -140,6 +194,7 @@ class SwarmLink:
             return ExchangeOutcome(mean_delta=sent, reason="no other peer online")
         base = {"round": round_, "base": self.peer.digest}
         timeout = self.cfg.sync.matchmaking_time_s + 2 * self.cfg.sync.request_timeout_s
+        log.info("round %d: averaging", round_)
         res = self.averager.step(weight=weight, timeout=timeout, gather=base)
         mixed = res.succeeded and any(v != base for v in res.gathered.values())
         if not res.succeeded or mixed or res.group_size < 2:
@@ -186,23 +241,12 @@ class SwarmLink:
     def resync(self, round_: int, digest: str) -> bool:
         """Download round ``round_``'s state ``digest`` from a peer offering it; verified before use."""
         deadline = time.monotonic() + self.cfg.sync.download_timeout_s
-        tried: set[str] = set()
+        tried: set[str] = {self.identity.peer_id}
         while time.monotonic() < deadline:
             offers = self._offers(round_, digest)
-            for pid, offer in offers.items():
-                if pid in tried or pid == self.identity.peer_id:
-                    continue
-                tried.add(pid)
-                try:
-                    blob = fetch_blob(
-                        self.dht, pid, offer["blob"], MAX_PACKAGE_BYTES, timeout_s=max(1.0, deadline - time.monotonic())
-                    )
-                    params, momentum, got_round = unpack_state(blob, self.peer.names, digest)
-                    if got_round != round_:
-                        raise IntegrityError(f"package is of round {got_round}, offer said {round_}")
-                except P2PModelError as e:
-                    log.warning("state download from %s rejected: %s", pid, e)
-                    continue
+            got = download_state(self.dht, offers, self.peer.names, digest, round_, deadline - time.monotonic(), tried)
+            if got is not None:
+                pid, params, momentum = got
                 self.peer.adopt(params, momentum)
                 log.info("re-synced round %d state %s from %s", round_, digest[:12], pid)
                 return True
@@ -216,7 +260,7 @@ class SwarmLink:
             pid: o for pid, o in offers.items() if _valid_offer(o) and o["round"] == round_ and o["digest"] == digest
         }
 
-    def after_commit(self, round_: int, samples_per_s: float) -> None:
+    def after_commit(self, round_: int, samples_per_s: float, members: list[str]) -> None:
         """Serve the committed state to late joiners and refresh our peer record."""
         peer = self.peer
         blob = pack_state(peer.names, peer.global_params, peer.outer.state_dict()["momentum_buffers"], round_)
@@ -235,6 +279,9 @@ class SwarmLink:
         publish_signed(self.dht, self.identity, self._key(OFFER), OFFER, offer, self.cfg.swarm.record_ttl_s * 10)
         self.samples_per_s = samples_per_s
         self.refresher.refresh_now()
+        self.publish_run()
+        for hook in self.commit_hooks:
+            hook(round_, members)
 
     # --- late join -------------------------------------------------------------------------------------
     def catch_up(self) -> bool:
@@ -258,6 +305,31 @@ class SwarmLink:
                 step()
             except Exception as e:  # keep closing the rest
                 log.debug("shutdown step failed: %s", e)
+
+
+def download_state(
+    dht, offers: dict[str, dict], names: list[str], digest: str, round_: int, timeout_s: float, tried: set[str]
+) -> tuple[str, dict, list] | None:
+    """Try the state ``offers`` ({peer_id: offer}) in turn, skipping (and adding to) ``tried``: the first package
+    whose bytes match the offer's blob id, whose params hash to ``digest`` and whose round is ``round_`` wins.
+    → (peer_id, params by name, momentum), or None when none verified; every rejection is logged."""
+    deadline = time.monotonic() + timeout_s
+    for pid, offer in offers.items():
+        if pid in tried:
+            continue
+        tried.add(pid)
+        try:
+            blob = fetch_blob(
+                dht, pid, offer["blob"], MAX_PACKAGE_BYTES, timeout_s=max(1.0, deadline - time.monotonic())
+            )
+            params, momentum, got_round = unpack_state(blob, names, digest)
+            if got_round != round_:
+                raise IntegrityError(f"package is of round {got_round}, offer said {round_}")
+        except P2PModelError as e:
+            log.warning("state download from %s rejected: %s", pid, e)
+            continue
+        return pid, params, momentum
+    return None
 
 
 def majority(digests: dict[str, str]) -> str | None:

@@ -1,0 +1,241 @@
+"""``p2pmodel versions list|show|pull|diff``: read the swarm's tags as a light client (no training, no GPU);
+every certificate is verified (signatures, quorum, parent chain) before it is shown or used."""
+
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from p2pmodel.cli.output import emit_json
+from p2pmodel.core.errors import UsageError
+from p2pmodel.core.logging import setup_logging
+
+app = typer.Typer(help="List, verify, download and compare tagged versions.", no_args_is_help=True)
+PEERS = typer.Option(..., "--initial-peers", help="Multiaddr of any swarm member (repeatable).")
+RUN = typer.Option(None, "--run-id", help="Run to read [default: the only run online].")
+
+
+def _summary(cert: dict) -> dict:
+    return {
+        "version": cert["version"],
+        "digest": cert["digest"],
+        "parent": cert["parent"],
+        "round": cert["round"],
+        "metrics": cert["metrics"],
+        "votes": len(cert["votes"]),
+        "electorate": len(cert["electorate"]),
+        "required": cert["required"],
+        "time": cert.get("time"),
+    }
+
+
+def _tags(initial_peers, run_id):
+    from p2pmodel.node.light import fetch_tags, light_client, pick_run
+
+    setup_logging("warning")
+    with light_client(initial_peers) as dht, tempfile.TemporaryDirectory() as tmp:
+        rid, run = pick_run(dht, run_id)
+        return rid, run, fetch_tags(dht, rid, tmp)
+
+
+@app.command("list")
+def list_(initial_peers: list[str] = PEERS, run_id: str = RUN, as_json: bool = typer.Option(False, "--json")):
+    """Tags with digest, round, metrics and votes x/N (each certificate verified)."""
+    rid, run, certs = _tags(initial_peers, run_id)
+    if as_json:
+        emit_json({"run_id": rid, "run_name": run.get("run_name"), "versions": [_summary(c) for c in certs]})
+        return
+    table = Table(title=f"run {rid} ({run.get('run_name')}): {len(certs)} version(s)")
+    for col in ("version", "digest", "round", "val loss", "votes", "parent"):
+        table.add_column(col)
+    for c in certs:
+        table.add_row(
+            c["version"],
+            c["digest"][:12],
+            str(c["round"]),
+            f"{c['metrics'].get('val_loss', float('nan')):.4f}",
+            f"{len(c['votes'])}/{len(c['electorate'])}",
+            c["parent"] or "-",
+        )
+    Console().print(table)
+
+
+def _find(certs, version: str) -> dict:
+    from p2pmodel.versioning.semver import Version
+
+    want = Version.parse(version)
+    for c in certs:
+        if Version.parse(c["version"]) == want:
+            return c
+    raise UsageError(f"unknown version {version} (known: {', '.join(c['version'] for c in certs) or 'none'})")
+
+
+@app.command()
+def show(
+    version: str, initial_peers: list[str] = PEERS, run_id: str = RUN, as_json: bool = typer.Option(False, "--json")
+):
+    """The full certificate of VERSION, every vote's signature checked."""
+    from p2pmodel.swarm.signed import open_signed
+    from p2pmodel.versioning.votes import VOTE_KIND
+
+    _, _, certs = _tags(initial_peers, run_id)
+    cert = _find(certs, version)
+    votes = []
+    for raw in cert["votes"]:
+        body, signer = open_signed(raw, VOTE_KIND)  # raises if any signature is bad (the ledger checked already)
+        votes.append({"voter": signer, "verdict": body["verdict"], "metrics": body["metrics"], "signature": "valid"})
+    out = {
+        **_summary(cert),
+        "electorate_peers": cert["electorate"],
+        "bump": cert["bump"],
+        "candidate": cert["candidate"],
+        "vote_details": votes,
+        "verified": True,
+    }
+    if as_json:
+        emit_json(out)
+    else:
+        typer.echo(json.dumps(out, indent=2, default=str))
+
+
+@app.command()
+def pull(
+    version: str,
+    initial_peers: list[str] = PEERS,
+    out: Path = typer.Option(..., "-o", "--out", help="Directory to write model.safetensors + manifest.json."),
+    run_id: str = RUN,
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Download VERSION's weights (hash-verified) as safetensors with a manifest."""
+    from safetensors.torch import save
+
+    from p2pmodel.eval.digest import state_digest
+    from p2pmodel.node.light import fetch_tags, light_client, pick_run, pull_state
+    from p2pmodel.versioning.atomic import atomic_write
+
+    setup_logging("warning")
+    with light_client(initial_peers) as dht, tempfile.TemporaryDirectory() as tmp:
+        rid, run = pick_run(dht, run_id)
+        cert = _find(fetch_tags(dht, rid, tmp), version)
+        state = pull_state(dht, rid, cert)
+    if state_digest(state) != cert["digest"]:  # pull_state verified the bytes; check the parse too
+        raise UsageError("downloaded state does not match the tag's digest")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(
+        out / "model.safetensors", save(state, metadata={"digest": cert["digest"], "version": cert["version"]})
+    )
+    manifest = {
+        **_summary(cert),
+        "run_id": rid,
+        "run_name": run.get("run_name"),
+        "model": run.get("model"),
+        "files": {"model.safetensors": "float32 parameters; sha256 of their canonical bytes = digest"},
+    }
+    atomic_write(out / "manifest.json", json.dumps(manifest, indent=2, default=str).encode())
+    if as_json:
+        emit_json({"version": cert["version"], "digest": cert["digest"], "dir": str(out)})
+    else:
+        typer.echo(f"{cert['version']} ({cert['digest'][:12]}) written to {out}")
+
+
+def _load_dir(path: Path) -> tuple[str, dict]:
+    from safetensors.torch import load_file
+
+    from p2pmodel.eval.digest import state_digest
+
+    manifest = json.loads((path / "manifest.json").read_text())
+    state = load_file(path / "model.safetensors")
+    if state_digest(state) != manifest["digest"]:
+        raise UsageError(f"{path}: weights do not match the manifest's digest")
+    return manifest["version"], state
+
+
+@app.command()
+def diff(a: Path, b: Path, as_json: bool = typer.Option(False, "--json")):
+    """Per-tensor change statistics between two pulled versions (directories written by `versions pull`)."""
+    for p in (a, b):
+        if not (p / "manifest.json").is_file():
+            raise UsageError(f"{p} is not a directory written by `p2pmodel versions pull`")
+    va, sa = _load_dir(a)
+    vb, sb = _load_dir(b)
+    if set(sa) != set(sb):
+        raise UsageError(f"{va} and {vb} have different parameter schemas (a MAJOR change)")
+    rows = []
+    for name in sorted(sa):
+        d = (sb[name] - sa[name]).float()
+        base = sa[name].float().norm().item()
+        rows.append(
+            {
+                "tensor": name,
+                "shape": list(sa[name].shape),
+                "l2_change": d.norm().item(),
+                "relative_change": d.norm().item() / base if base else float("inf"),
+                "max_abs_change": d.abs().max().item() if d.numel() else 0.0,
+                "changed_fraction": (d != 0).float().mean().item() if d.numel() else 0.0,
+            }
+        )
+    summary = {
+        "from": va,
+        "to": vb,
+        "tensors": rows,
+        "median_relative_change": statistics.median(r["relative_change"] for r in rows) if rows else 0.0,
+    }
+    if as_json:
+        emit_json(summary)
+        return
+    table = Table(title=f"{va} → {vb}")
+    for col in ("tensor", "shape", "rel. change", "max |Δ|", "changed"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["tensor"],
+            "×".join(map(str, r["shape"])),
+            f"{r['relative_change']:.4f}",
+            f"{r['max_abs_change']:.3g}",
+            f"{100 * r['changed_fraction']:.1f}%",
+        )
+    Console().print(table)
+
+
+@app.command()
+def plot(
+    initial_peers: list[str] = PEERS,
+    out: Path = typer.Option(..., "-o", "--out", help="PNG file to write."),
+    run_id: str = RUN,
+):
+    """Validation loss by round (median over peers) with the tagged versions marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from p2pmodel.node.light import fetch_history, fetch_tags, light_client, pick_run
+
+    setup_logging("warning")
+    with light_client(initial_peers) as dht, tempfile.TemporaryDirectory() as tmp:
+        rid, run = pick_run(dht, run_id)
+        history, certs = fetch_history(dht, rid), fetch_tags(dht, rid, tmp)
+    if not history and not certs:
+        raise UsageError(f"run {rid} has no history yet")
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    ax.plot(
+        list(history), list(history.values()), marker=".", color="#4c72b0", label="validation loss (median of peers)"
+    )
+    for c in certs:
+        y = c["metrics"].get("val_loss")
+        ax.scatter([c["round"]], [y], color="#dd8452", zorder=3, s=60)
+        ax.annotate(c["version"], (c["round"], y), textcoords="offset points", xytext=(4, 8), fontsize=9)
+    ax.set_xlabel("outer round")
+    ax.set_ylabel("validation loss")
+    ax.set_title(f"{run.get('run_name')} ({rid}): {len(certs)} tagged version(s)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    typer.echo(f"wrote {out} ({len(history)} rounds, {len(certs)} versions)")

@@ -1,0 +1,184 @@
+"""Releases in a running peer: every ``release_every`` committed rounds the state is a candidate; each
+member of that round evaluates it, signs a vote and gossips it; a quorum of accepting votes becomes a
+self-verifying tag, appended to this peer's ledger, gossiped, and indexed in the DHT so a light client
+(the ``versions`` CLI) can list, verify and pull it. Tagged states are pinned in the store and served."""
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from p2pmodel.core.errors import P2PModelError
+from p2pmodel.core.ids import sha256_hex
+from p2pmodel.eval.suite import judge, metrics_of
+from p2pmodel.gossip import Gossip
+from p2pmodel.swarm.records import publish_signed
+from p2pmodel.versioning.ledger import Ledger
+from p2pmodel.versioning.quorum import VoteBox
+from p2pmodel.versioning.semver import Version, next_version
+from p2pmodel.versioning.tag import TAG_KIND, build_tag, decode_tag, encode_tag
+from p2pmodel.versioning.votes import VOTE_KIND, make_vote
+
+log = logging.getLogger("p2pmodel.release")
+TAG_INDEX_KIND = "tag_index"
+MAX_CERT_BYTES = 1 << 20
+
+
+def tags_key(run_id: str) -> str:
+    return f"p2pmodel/{run_id}/tags"
+
+
+class Releases:
+    def __init__(self, cfg, peer, link, data_dir: Path):
+        self.cfg, self.peer, self.link = cfg, peer, link
+        v = cfg.versioning
+        allow = set(v.allowlist) or None
+        self.box = VoteBox(peer.run_id, allowlist=allow)
+        self.ledger = Ledger(Path(data_dir) / "ledger.bin", allowlist=allow, major_fraction=v.major_fraction)
+        self.electorates: dict[int, list[str]] = {}
+        self.certs: dict[str, bytes] = {}  # sha256 → packed certificate (served as blobs)
+        self._lock = threading.RLock()
+        for cert in self.ledger.all():
+            self._index(cert)
+        self.gossip = Gossip(link.dht, link.identity, peers=link.peer_ids)
+        self.gossip.subscribe(VOTE_KIND, self._on_vote)
+        self.gossip.subscribe(TAG_KIND, self._on_tag)
+        link.providers.append(self.certs.get)
+
+    # --- voting ----------------------------------------------------------------------------------------
+    def on_commit(self, round_: int, members: list[str]) -> None:
+        """After committing ``round_``: vote on it if it is a release candidate and we are in its electorate."""
+        if round_ % self.cfg.versioning.release_every or self.link.identity.peer_id not in members:
+            return
+        peer = self.peer
+        with self._lock:
+            self.electorates[round_] = sorted(members)
+            self.box.set_electorate(round_, peer.digest, members)
+            parent = self.ledger.latest()
+        verdict, reasons = judge(
+            peer.last_report,
+            parent["metrics"] if parent else None,
+            self.cfg.versioning.regression_tolerance,
+            self.cfg.eval.checks,
+        )
+        version = next_version(Version.parse(parent["version"]) if parent else None, "patch")
+        body = make_vote(
+            run_id=peer.run_id,
+            round=round_,
+            digest=peer.digest,
+            object_sha256=peer.digest,
+            parent=parent["version"] if parent else "",
+            version=str(version),
+            metrics=metrics_of(peer.last_report),
+            verdict=verdict,
+            bump="patch",
+            voter=self.link.identity.peer_id,
+            electorate=members,
+            time=time.time(),
+        )
+        log.info(
+            "round %d candidate %s: voting %s for %s%s",
+            round_,
+            peer.digest[:12],
+            verdict,
+            version,
+            f" ({'; '.join(reasons)})" if reasons else "",
+        )
+        try:
+            self.gossip.publish(VOTE_KIND, body)
+        except P2PModelError as e:
+            log.warning("could not publish our vote: %s", e)
+
+    def _on_vote(self, msg) -> bool:
+        with self._lock:
+            counted, reason = self.box.add(msg.data)
+            if not counted:
+                log.debug("vote from %s not counted: %s", msg.signer, reason)
+                return reason.startswith("held")
+            self._try_tag(msg.body)
+            return True
+
+    def _try_tag(self, vote: dict) -> None:
+        members = self.electorates.get(vote["round"])
+        if members is None or self.ledger.get(vote["version"]) is not None:
+            return
+        parent = self.ledger.get(vote["parent"]) if vote["parent"] else None
+        if vote["parent"] and parent is None:
+            return
+        try:
+            cert = build_tag(
+                votes=self.box.accepting(vote["candidate"]),
+                electorate=members,
+                parent_cert=parent,
+                major_fraction=self.cfg.versioning.major_fraction,
+            )
+        except ValueError:
+            return  # no quorum yet
+        if self._append(cert):
+            log.info(
+                "tagged %s = %s (round %d, %d/%d votes)",
+                cert["version"],
+                cert["digest"][:12],
+                cert["round"],
+                len(cert["votes"]),
+                len(members),
+            )
+            threading.Thread(target=self._announce, args=(cert,), daemon=True).start()
+
+    # --- tags ------------------------------------------------------------------------------------------
+    def _on_tag(self, msg) -> bool:
+        try:
+            cert = decode_tag(msg.body["cert"], MAX_CERT_BYTES)
+            with self._lock:
+                return self._append(cert)
+        except (P2PModelError, KeyError, TypeError, ValueError) as e:
+            log.debug("tag from %s refused: %s", msg.signer, e)
+            return False
+
+    def _append(self, cert: dict) -> bool:
+        if not self.ledger.append(cert):  # verifies the certificate against its parent; refuses conflicts
+            return False
+        self.peer.store.pin(cert["digest"])
+        self._index(cert)
+        return True
+
+    def _index(self, cert: dict) -> None:
+        self.certs[sha256_hex(encode_tag(cert))] = encode_tag(cert)
+
+    def _announce(self, cert: dict) -> None:
+        try:
+            self.gossip.publish(TAG_KIND, {"cert": encode_tag(cert), "version": cert["version"]})
+        except P2PModelError as e:
+            log.debug("tag gossip failed: %s", e)
+        self.publish_index()
+
+    def publish_index(self) -> None:
+        """Tell light clients which tags we hold and the blob ids of their certificates."""
+        with self._lock:
+            tags = [[c["version"], sha256_hex(encode_tag(c))] for c in self.ledger.all()][-64:]
+        body = {"peer_id": self.link.identity.peer_id, "run_id": self.peer.run_id, "tags": tags, "time": time.time()}
+        try:
+            publish_signed(
+                self.link.dht,
+                self.link.identity,
+                tags_key(self.peer.run_id),
+                TAG_INDEX_KIND,
+                body,
+                self.cfg.swarm.record_ttl_s * 10,
+            )
+        except Exception as e:  # the DHT may be briefly unreachable; the next commit republishes
+            log.debug("tag index publish failed: %s", e)
+
+    def settle(self, round_: int, timeout_s: float) -> bool:
+        """Before exiting after a release round: wait (bounded) for its tag so our vote's outcome is recorded."""
+        if round_ % self.cfg.versioning.release_every:
+            return True
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(c["round"] == round_ for c in self.ledger.all()):
+                return True
+            time.sleep(0.2)
+        return False
+
+    def close(self) -> None:
+        self.gossip.close()

@@ -1,0 +1,108 @@
+"""A peer's local HTTP status endpoint: ``GET /status`` (JSON) and ``GET /metrics`` (Prometheus text), for
+operators, Docker's HEALTHCHECK and scrapers. Standard library server in a daemon thread; read-only."""
+
+import json
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+log = logging.getLogger("p2pmodel.status")
+
+
+class PeerStatus:
+    """The live numbers of one peer: updated by the round loop, read by the HTTP server."""
+
+    def __init__(self, peer_id: str, run_id: str):
+        self.started = time.time()
+        self._lock = threading.Lock()
+        self._data = {"peer_id": peer_id, "run_id": run_id, "state": "starting", "round": 0}
+        r = self.registry = CollectorRegistry()
+        self.g_round = Gauge("p2pmodel_round", "Last committed outer round", registry=r)
+        self.g_val = Gauge("p2pmodel_val_loss", "Validation loss of the committed state", registry=r)
+        self.g_train = Gauge("p2pmodel_train_loss", "Mean inner training loss of the last round", registry=r)
+        self.g_peers = Gauge("p2pmodel_peers_online", "Other live peers of this run", registry=r)
+        self.g_group = Gauge("p2pmodel_group_size", "Peers in the last averaging group", registry=r)
+        self.c_sent = Counter("p2pmodel_bytes_sent", "Averaging payload bytes sent", registry=r)
+        self.c_recv = Counter("p2pmodel_bytes_received", "Averaging payload bytes received", registry=r)
+        self.c_rounds = Counter("p2pmodel_rounds", "Committed rounds by outcome", ["outcome"], registry=r)
+        self.g_sps = Gauge("p2pmodel_samples_per_second", "Inner-loop throughput", registry=r)
+
+    def update(self, **fields) -> None:
+        with self._lock:
+            self._data.update(fields)
+
+    def on_round(self, res, peer, versions: list[str], peers_online: int) -> None:
+        o = res.outcome
+        self.g_round.set(res.round)
+        self.g_val.set(res.report.val_loss)
+        self.g_train.set(res.stats.loss)
+        self.g_peers.set(peers_online)
+        self.g_group.set(o.group_size)
+        self.c_sent.inc(o.bytes_sent)
+        self.c_recv.inc(o.bytes_received)
+        self.c_rounds.labels("averaged" if o.averaged else "alone").inc()
+        self.g_sps.set(res.stats.samples / max(res.stats.seconds, 1e-9))
+        self.update(
+            state="training",
+            round=res.round,
+            val_loss=res.report.val_loss,
+            train_loss=res.stats.loss,
+            digest=peer.digest,
+            version=versions[-1] if versions else None,
+            versions=versions,
+            peers_online=peers_online,
+            bytes_sent=peer.counters["bytes_sent"],
+            bytes_received=peer.counters["bytes_received"],
+            last_averaging={
+                "averaged": o.averaged,
+                "group_size": o.group_size,
+                "members": o.members,
+                "reason": o.reason,
+            },
+        )
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {**self._data, "uptime_s": time.time() - self.started}
+
+
+class StatusServer:
+    """Serves a PeerStatus on host:port until close(); port 0 picks a free port (see ``.port``)."""
+
+    def __init__(self, status: PeerStatus, host: str, port: int):
+        handler = type("Handler", (_Handler,), {"status": status})
+        self.httpd = ThreadingHTTPServer((host, port), handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="p2pmodel-status", daemon=True)
+        self.thread.start()
+        log.info("status on http://%s:%d/status and /metrics", host, self.port)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    status: PeerStatus
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        path = self.path.split("?", 1)[0].rstrip("/") or "/status"
+        if path == "/status":
+            body, ctype = json.dumps(self.status.snapshot(), default=str).encode(), "application/json"
+        elif path == "/metrics":
+            body, ctype = generate_latest(self.status.registry), CONTENT_TYPE_LATEST
+        else:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, fmt, *args):  # keep the peer's log clean
+        log.debug(fmt, *args)
