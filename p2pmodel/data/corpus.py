@@ -7,6 +7,7 @@ depend on file order or on how many peers there are.
 
 import glob
 import hashlib
+import os
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +85,10 @@ def load_corpus(source: str, paths: list[str], max_bytes: int, val_fraction: flo
         files = sorted({Path(f) for pat in paths for f in glob.glob(pat, recursive=True) if Path(f).is_file()})
         if not files:
             raise DataError(f"no files match data.paths {paths}")
-        train, val = _read_split(Path("."), files, max_bytes, val_fraction)
+        # split by the path relative to the files' common directory, so copies of the same files in two
+        # places (two peers' machines) give the same validation set
+        root = Path(os.path.commonpath([f.resolve().parent for f in files]))
+        train, val = _read_split(root, [f.resolve() for f in files], max_bytes, val_fraction)
         return _finish(_bytes_tokens(train), _bytes_tokens(val), f"text files {paths}", min_tokens)
     if source == "bin":
         if len(paths) != 1:
@@ -95,9 +99,15 @@ def load_corpus(source: str, paths: list[str], max_bytes: int, val_fraction: flo
             f = d / name
             if not f.is_file():
                 raise DataError(f"missing {f}")
-            if f.stat().st_size < 2:
+            size = f.stat().st_size
+            if size < 2:
                 raise DataError(f"{f} is empty")
-            mm = np.memmap(f, dtype=np.uint16, mode="r")
+            if size % 2:
+                raise DataError(f"{f} has an odd size ({size} bytes): not a file of uint16 tokens")
+            try:
+                mm = np.memmap(f, dtype=np.uint16, mode="r")
+            except OSError as e:
+                raise DataError(f"cannot read {f}: {e.strerror or e}") from None
             split.append(torch.from_numpy(np.asarray(mm, dtype=np.int32)))
         return _finish(split[0], split[1], f"bin dir {d}", min_tokens)
     raise DataError(f"unknown data source {source!r}")
