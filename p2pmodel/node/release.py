@@ -3,6 +3,7 @@ member of that round evaluates it, signs a vote and gossips it; a quorum of acce
 self-verifying tag, appended to this peer's ledger, gossiped, and indexed in the DHT so a light client
 (the ``versions`` CLI) can list, verify and pull it. Tagged states are pinned in the store and served."""
 
+import json
 import logging
 import threading
 import time
@@ -13,11 +14,12 @@ from p2pmodel.core.ids import sha256_hex
 from p2pmodel.eval.suite import judge, metrics_of
 from p2pmodel.gossip import Gossip
 from p2pmodel.swarm.records import publish_signed
+from p2pmodel.versioning.atomic import atomic_write
 from p2pmodel.versioning.ledger import Ledger
 from p2pmodel.versioning.quorum import VoteBox
 from p2pmodel.versioning.semver import Version, next_version
 from p2pmodel.versioning.tag import TAG_KIND, build_tag, decode_tag, encode_tag
-from p2pmodel.versioning.votes import VOTE_KIND, make_vote
+from p2pmodel.versioning.votes import VOTE_KIND, candidate_id, make_vote
 
 log = logging.getLogger("p2pmodel.release")
 TAG_INDEX_KIND = "tag_index"
@@ -36,6 +38,10 @@ class Releases:
         self.box = VoteBox(peer.run_id, allowlist=allow)
         self.ledger = Ledger(Path(data_dir) / "ledger.bin", allowlist=allow, major_fraction=v.major_fraction)
         self.electorates: dict[int, list[str]] = {}
+        self._accepted_path = Path(data_dir) / "accepted_slots.json"  # survives restarts: never accept twice
+        self._accepted: dict[str, str] = (
+            json.loads(self._accepted_path.read_text()) if self._accepted_path.exists() else {}
+        )
         self.certs: dict[str, bytes] = {}  # sha256 → packed certificate (served as blobs)
         self._lock = threading.RLock()
         for cert in self.ledger.all():
@@ -62,6 +68,13 @@ class Releases:
             self.cfg.eval.checks,
         )
         version = next_version(Version.parse(parent["version"]) if parent else None, "patch")
+        cid = candidate_id(peer.run_id, round_, peer.digest)
+        if verdict == "accept" and self._accepted.get(str(version), cid) != cid:
+            log.warning("already accepted another candidate for %s: not voting on round %d", version, round_)
+            return
+        if verdict == "accept":
+            self._accepted[str(version)] = cid
+            atomic_write(self._accepted_path, json.dumps(self._accepted).encode())
         body = make_vote(
             run_id=peer.run_id,
             round=round_,

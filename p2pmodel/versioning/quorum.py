@@ -6,9 +6,10 @@ parent tag's electorate, so a swarm split in two after a tag cannot tag in eithe
 than the parent's electorate and cannot reach its quorum (a shrunken swarm stays stuck on purpose; growing
 back or an operator decision is the way out).
 
-Safety: ``VoteBox`` counts at most one vote per voter per version slot (run, proposed version) and per
-candidate, whatever the second vote says; together with quorum > 2N/3 this means two different candidates
-can never both reach quorum for one version while fewer than N/3 voters are faulty.
+Safety: ``VoteBox`` counts at most one vote per voter per candidate, and at most one ACCEPTING vote per voter
+per version slot (run, proposed version), whatever the second vote says; together with quorum > 2N/3 this
+means two different candidates can never both reach quorum for one version while fewer than N/3 voters are
+faulty. A reject does not use up the slot, so the next candidate after a rejected one reuses its number.
 """
 
 from __future__ import annotations
@@ -185,11 +186,12 @@ class VoteBox:
         if body["electorate"] != members_hash:
             return False, f"electorate hash of {voter[:16]}'s vote does not match round {body['round']}'s snapshot"
         slot = (body["version"], voter)
-        if slot in self._slots:
-            return False, f"second vote by {voter[:16]} for version slot {body['version']}; the first one stands"
         if (candidate, voter) in self._voted:
             return False, f"second vote by {voter[:16]} for candidate {candidate[:12]}; the first one stands"
-        self._slots[slot] = candidate
+        if body["verdict"] == "accept":  # only acceptances use up a slot: a rejected candidate's number is reused
+            if slot in self._slots:
+                return False, f"second vote by {voter[:16]} accepting version slot {body['version']}; the first stands"
+            self._slots[slot] = candidate
         self._voted.add((candidate, voter))
         self._counted.setdefault(candidate, {})[voter] = (data, body)
         return True, "counted"

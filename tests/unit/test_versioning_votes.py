@@ -229,6 +229,20 @@ def test_second_vote_for_a_slot_is_refused(ids):
     assert len(box.accepting(c20)) == 2
 
 
+def test_a_reject_does_not_use_up_the_slot(ids):
+    """A rejected candidate's version number is reused by the next candidate; accepting twice never is."""
+    box = fresh_box(ids)
+    box.set_electorate(20, D2, members(ids))
+    el = members(ids)
+    c20 = candidate_id(RUN, 20, D2)
+    assert box.add(signed_vote(ids[0], el, verdict="reject"))[0]  # round 10's candidate for v0.1.1: rejected
+    accept = signed_vote(ids[0], el, round=20, digest=D2)  # round 20's candidate for the same v0.1.1
+    assert box.add(accept) == (True, "counted")
+    assert box.accepting(c20) == [accept]
+    counted, reason = box.add(signed_vote(ids[0], el, round=20, digest=D2, verdict="reject"))
+    assert not counted and "second vote" in reason
+
+
 def test_votes_are_held_until_the_electorate_is_set(ids):
     box = VoteBox(RUN)
     el = members(ids)
