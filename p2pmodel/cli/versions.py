@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from p2pmodel.cli.output import emit_json
-from p2pmodel.core.errors import UsageError
+from p2pmodel.core.errors import SwarmError, UsageError
 from p2pmodel.core.logging import setup_logging
 
 app = typer.Typer(help="List, verify, download and compare tagged versions.", no_args_is_help=True)
@@ -239,3 +239,45 @@ def plot(
     fig.savefig(out)
     plt.close(fig)
     typer.echo(f"wrote {out} ({len(history)} rounds, {len(certs)} versions)")
+
+
+@app.command()
+def propose(
+    bump: str = typer.Option(..., "--bump", help="minor (grown, backward compatible) or major (breaking)."),
+    initial_peers: list[str] = PEERS,
+    reason: str = typer.Option("", "--reason", help="Why (shown to operators)."),
+    identity: Path = typer.Option(None, "--identity", help="Key to sign with [default: a throwaway key]."),
+    ttl_h: float = typer.Option(24.0, "--ttl-hours", min=0.1, help="How long the proposal stays open."),
+    run_id: str = RUN,
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Propose that the next release candidate be a MINOR or MAJOR version (MAJOR needs a supermajority)."""
+    import time
+
+    from p2pmodel.node.light import fetch_tags, light_client, pick_run
+    from p2pmodel.node.release import PROPOSAL_KIND, proposals_key
+    from p2pmodel.swarm.identity import Identity
+    from p2pmodel.swarm.records import publish_signed
+
+    if bump not in ("minor", "major"):
+        raise UsageError(f"--bump must be minor or major, not {bump!r} (PATCH needs no proposal)")
+    setup_logging("warning")
+    me = Identity.load_or_create(identity) if identity else Identity.generate()
+    with light_client(initial_peers) as dht, tempfile.TemporaryDirectory() as tmp:
+        rid, _ = pick_run(dht, run_id)
+        certs = fetch_tags(dht, rid, tmp)
+        after = certs[-1]["version"] if certs else ""
+        body = {
+            "peer_id": me.peer_id,
+            "run_id": rid,
+            "bump": bump,
+            "after": after,
+            "reason": reason[:500],
+            "time": time.time(),
+        }
+        if not publish_signed(dht, me, proposals_key(rid), PROPOSAL_KIND, body, ttl_h * 3600):
+            raise SwarmError("no peer stored the proposal (is the swarm reachable?)")
+    if as_json:
+        emit_json(body)
+    else:
+        typer.echo(f"proposed a {bump} release on top of {after or 'the genesis'} for run {rid}")

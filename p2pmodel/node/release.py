@@ -13,7 +13,7 @@ from p2pmodel.core.errors import P2PModelError
 from p2pmodel.core.ids import sha256_hex
 from p2pmodel.eval.suite import judge, metrics_of
 from p2pmodel.gossip import Gossip
-from p2pmodel.swarm.records import publish_signed
+from p2pmodel.swarm.records import get_signed, publish_signed
 from p2pmodel.versioning.atomic import atomic_write
 from p2pmodel.versioning.ledger import Ledger
 from p2pmodel.versioning.quorum import VoteBox
@@ -26,8 +26,15 @@ TAG_INDEX_KIND = "tag_index"
 MAX_CERT_BYTES = 1 << 20
 
 
+PROPOSAL_KIND = "proposal"
+
+
 def tags_key(run_id: str) -> str:
     return f"p2pmodel/{run_id}/tags"
+
+
+def proposals_key(run_id: str) -> str:
+    return f"p2pmodel/{run_id}/proposals"
 
 
 class Releases:
@@ -101,6 +108,24 @@ class Releases:
             self.gossip.publish(VOTE_KIND, body)
         except P2PModelError as e:
             log.warning("could not publish our vote: %s", e)
+
+    def proposed_bump(self, parent_version: str) -> str:
+        """PATCH unless a proposal on top of ``parent_version`` asks for more (the larger bump wins)."""
+        try:
+            found = get_signed(self.link.dht, proposals_key(self.peer.run_id), PROPOSAL_KIND)
+        except Exception as e:  # the DHT may be briefly unreachable: a plain PATCH is always safe
+            log.debug("reading proposals failed: %s", e)
+            return "patch"
+        allow = set(self.cfg.versioning.allowlist)
+        bumps = [
+            p["bump"]
+            for pid, p in found.items()
+            if p.get("run_id") == self.peer.run_id
+            and p.get("after") == parent_version
+            and p.get("bump") in ("minor", "major")
+            and (not allow or pid in allow)
+        ]
+        return "major" if "major" in bumps else "minor" if bumps else "patch"
 
     def _on_vote(self, msg) -> bool:
         with self._lock:
