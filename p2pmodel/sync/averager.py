@@ -13,6 +13,11 @@ What changes against ``hivemind.averaging.DecentralizedAverager``:
 - optional sender-side error feedback: ``residuals[i] = local - decoded(bytes we sent)`` in float32, and
   the full local value on spans zeroed by a failed reducer (nothing of it got through);
 - ``step(weight, timeout)`` returns an ``AveragingResult`` and never raises for network failures.
+
+Notes for callers: hivemind names RPC handlers after the averager's class, so every peer of a swarm must
+run this exact class (a subclass, or a stock averager, never meets it in matchmaking; faults are injected
+through ``runner_class`` on the instance instead). Construct it from the main thread (hivemind installs
+a signal handler when it starts the averager process).
 """
 
 from __future__ import annotations
@@ -124,7 +129,9 @@ class DeterministicAverager(DecentralizedAverager):
         """Find a group within ``timeout`` s and average with it, weighted by ``weight`` (samples processed).
 
         Blocks at most ``timeout + allreduce_timeout`` (+ a small grace). Never raises for a network failure:
-        returns ``AveragingResult(succeeded=False, reason=...)`` with the tensors untouched.
+        returns ``AveragingResult(succeeded=False, reason=...)`` with the tensors untouched. (If the host-side
+        grace runs out first, the step is cancelled; hivemind cannot cancel a running all-reduce, but that
+        one is itself bounded by ``allreduce_timeout``, which the grace exceeds.)
         """
         if not (math.isfinite(weight) and weight >= 0):
             raise ValueError(f"weight must be finite and >= 0, got {weight}")

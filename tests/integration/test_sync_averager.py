@@ -158,11 +158,21 @@ class _DiesWhileReducing(DeterministicAllReduceRunner):
                 os._exit(1)
 
 
+class _DiesAfterMatchmaking(DeterministicAllReduceRunner):
+    """Kills its averager process as the all-reduce starts: in the group, but sends and reduces nothing."""
+
+    async def run(self):
+        os._exit(1)
+        yield  # an async generator, like the runner it replaces
+
+
 @pytest.mark.timeout(60)
-def test_reducer_killed_mid_round(dhts):
+@pytest.mark.parametrize("runner", [_DiesWhileReducing, _DiesAfterMatchmaking], ids=["mid-reduce", "at-start"])
+def test_peer_killed_mid_round(dhts, runner):
     inputs, weights = make_inputs(3, seed=11)
-    survivors = start_averagers(dhts[:2], inputs[:2], prefix="kill", group_size=3, error_feedback=True)
-    (victim,) = start_averagers(dhts[2:3], inputs[2:], prefix="kill", group_size=3, runner=_DiesWhileReducing)
+    prefix = f"kill{uuid.uuid4().hex[:8]}"
+    survivors = start_averagers(dhts[:2], inputs[:2], prefix=prefix, group_size=3, error_feedback=True)
+    (victim,) = start_averagers(dhts[2:3], inputs[2:], prefix=prefix, group_size=3, runner=runner)
     thread = threading.Thread(target=victim.step, args=(weights[2], 12.0), daemon=True)
     try:
         thread.start()
@@ -179,6 +189,9 @@ def test_reducer_killed_mid_round(dhts):
         for averager, local, out in zip(survivors, inputs[:2], outputs, strict=True):
             for residual, x, y in zip(averager.residuals, local, out, strict=True):
                 assert torch.equal(residual[y == 0], x[y == 0])  # zeroed span: all of it carries over
+        if runner is _DiesAfterMatchmaking:  # the victim sent nothing: the rest is the survivors' mean
+            for got, want in zip(outputs[0], weighted_mean(inputs[:2], weights[:2]), strict=True):
+                torch.testing.assert_close(got.double() * (got != 0), want * (got != 0), atol=1e-5, rtol=0)
     finally:
         shutdown_all(survivors)
         if victim.is_alive():
