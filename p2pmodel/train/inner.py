@@ -8,6 +8,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from p2pmodel.core.errors import UsageError
+
+# CUDA out-of-memory (torch.OutOfMemoryError since 2.5; torch.cuda's alias before)
+_OOM = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+
 
 @dataclass
 class InnerStats:
@@ -60,18 +65,13 @@ class InnerTrainer:
             lr = lr_at(self.step, cfg.lr, cfg.warmup_steps, cfg.total_steps, cfg.min_lr_ratio)
             for group in self.opt.param_groups:
                 group["lr"] = lr
-            total = 0.0
-            for m in range(cfg.grad_accum_steps):
-                x, y = stream.batch(self.step * cfg.grad_accum_steps + m, micro)
-                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                    _, loss = model(x, y)
-                (loss / cfg.grad_accum_steps).backward()
-                total += loss.item() / cfg.grad_accum_steps
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
+            try:
+                total = self._one_step(stream, micro)
+            except _OOM as e:
+                self.opt.zero_grad(set_to_none=True)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                raise UsageError(self._oom_message(micro)) from e
             self.step += 1
             losses.append(total)
             if on_step is not None:
@@ -85,14 +85,41 @@ class InnerTrainer:
             seconds=time.perf_counter() - t0,
         )
 
+    def _one_step(self, stream, micro: int) -> float:
+        """One optimizer step over ``grad_accum_steps`` micro-batches (bf16 autocast on CUDA); its mean loss."""
+        cfg, model = self.cfg, self.model
+        total = 0.0
+        for m in range(cfg.grad_accum_steps):
+            x, y = stream.batch(self.step * cfg.grad_accum_steps + m, micro)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                _, loss = model(x, y)
+            (loss / cfg.grad_accum_steps).backward()
+            total += loss.item() / cfg.grad_accum_steps
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return total
+
+    def _oom_message(self, micro: int) -> str:
+        cfg = self.cfg
+        seq = getattr(getattr(self.model, "config", None), "seq_len", "?")
+        where = f"{self.device} memory at a micro-batch of {micro} x {seq} tokens"
+        more = next((n for n in range(cfg.grad_accum_steps + 1, cfg.batch_size + 1) if cfg.batch_size % n == 0), None)
+        if more is not None:
+            return f"model does not fit in {where}: try train.grad_accum_steps={more} or a smaller batch"
+        return f"model does not fit in {where}: try a smaller model, model.seq_len or device=cpu"
+
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
         """AdamW state as flat tensors + JSON metadata (safetensors-friendly, no pickle)."""
         tensors, meta = {}, {"step": self.step, "adam_steps": {}}
         for i, p in enumerate(self._params()):
             st = self.opt.state.get(p)
             if st:
-                tensors[f"inner.{i}.exp_avg"] = st["exp_avg"].detach().cpu()
-                tensors[f"inner.{i}.exp_avg_sq"] = st["exp_avg_sq"].detach().cpu()
+                # copies: on the CPU .cpu() would alias the live moments, which the next step mutates
+                tensors[f"inner.{i}.exp_avg"] = st["exp_avg"].detach().to("cpu", copy=True)
+                tensors[f"inner.{i}.exp_avg_sq"] = st["exp_avg_sq"].detach().to("cpu", copy=True)
                 meta["adam_steps"][str(i)] = float(st["step"])
         return tensors, meta
 
