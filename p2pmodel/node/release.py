@@ -18,7 +18,7 @@ from p2pmodel.versioning.atomic import atomic_write
 from p2pmodel.versioning.ledger import Ledger
 from p2pmodel.versioning.quorum import VoteBox
 from p2pmodel.versioning.semver import Version, next_version
-from p2pmodel.versioning.tag import TAG_KIND, build_tag, decode_tag, encode_tag
+from p2pmodel.versioning.tag import TAG_KIND, build_tag, decode_tag, encode_tag, verify_tag
 from p2pmodel.versioning.votes import VOTE_KIND, candidate_id, make_vote
 
 log = logging.getLogger("p2pmodel.release")
@@ -110,22 +110,37 @@ class Releases:
             log.warning("could not publish our vote: %s", e)
 
     def proposed_bump(self, parent_version: str) -> str:
-        """PATCH unless a proposal on top of ``parent_version`` asks for more (the larger bump wins)."""
+        """PATCH unless an open proposal asks for more (the larger bump wins). A proposal made when version X was
+        the latest stays open until a tag after X carries its bump (or a larger one)."""
         try:
             found = get_signed(self.link.dht, proposals_key(self.peer.run_id), PROPOSAL_KIND)
         except Exception as e:  # the DHT may be briefly unreachable: a plain PATCH is always safe
-            log.debug("reading proposals failed: %s", e)
+            log.warning("reading proposals failed, voting PATCH: %s", e)
             return "patch"
         allow = set(self.cfg.versioning.allowlist)
-        bumps = [
-            p["bump"]
-            for pid, p in found.items()
-            if p.get("run_id") == self.peer.run_id
-            and p.get("after") == parent_version
-            and p.get("bump") in ("minor", "major")
-            and (not allow or pid in allow)
-        ]
-        return "major" if "major" in bumps else "minor" if bumps else "patch"
+        tags = self.ledger.all()
+        bumps = []
+        for pid, p in found.items():
+            if (
+                p.get("run_id") != self.peer.run_id
+                or p.get("bump") not in ("minor", "major")
+                or not isinstance(p.get("after"), str)
+                or (allow and pid not in allow)
+            ):
+                continue
+            try:
+                after = Version.parse(p["after"]) if p["after"] else None
+            except ValueError:
+                continue
+            done = any(
+                (after is None or Version.parse(c["version"]) > after) and c["bump"] in (p["bump"], "major")
+                for c in tags
+            )
+            if not done:
+                bumps.append(p["bump"])
+        bump = "major" if "major" in bumps else "minor" if bumps else "patch"
+        log.debug("%d proposal(s) in the DHT, %d open on top of %s: %s", len(found), len(bumps), parent_version, bump)
+        return bump
 
     def _on_vote(self, msg) -> bool:
         with self._lock:
@@ -168,7 +183,13 @@ class Releases:
         try:
             cert = decode_tag(msg.body["cert"], MAX_CERT_BYTES)
             with self._lock:
-                return self._append(cert)
+                if self._append(cert):
+                    return True
+                # a tag we hold already (e.g. our own announcement, delivered here first): still accept it so
+                # gossip spreads it to peers outside the electorate, but only once it verifies on its own
+                parent = self.ledger.get(cert["parent"]) if cert["parent"] else None
+                verify_tag(cert, parent, allowlist=self.ledger.allowlist, major_fraction=self.ledger.major_fraction)
+                return True
         except (P2PModelError, KeyError, TypeError, ValueError) as e:
             log.debug("tag from %s refused: %s", msg.signer, e)
             return False

@@ -43,7 +43,9 @@ class SwarmLink:
     def __init__(self, cfg, peer, identity):
         self.cfg, self.peer, self.identity = cfg, peer, identity
         s = cfg.swarm
-        use_hivemind_log_handler("in_root_logger")  # one log stream, filtered by our level
+        use_hivemind_log_handler("nowhere")  # hivemind propagates to our root handler (one format, one stream)
+        if cfg.logging.level != "debug":
+            logging.getLogger("hivemind").setLevel(logging.WARNING)
         self.dht = start_dht(
             identity.path,
             s.initial_peers,
