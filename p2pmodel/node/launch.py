@@ -65,7 +65,8 @@ class PeerProcess:
                 pass
 
     def stop(self, grace_s: float = 15.0) -> int | None:
-        self.signal(signal.SIGTERM)
+        if self.proc.poll() is None:  # SIGTERM to the peer alone: it closes its DHT, averager and p2pd itself;
+            self.proc.send_signal(signal.SIGTERM)  # to the group it would kill them under it and hang on shutdown
         try:
             self.proc.wait(grace_s)
         except subprocess.TimeoutExpired:
