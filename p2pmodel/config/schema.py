@@ -25,17 +25,25 @@ class SwarmConfig(_Section):
 
 
 class DataConfig(_Section):
-    source: Literal["stdlib", "text", "bin"] = Field(
+    source: Literal["stdlib", "text", "bin", "hf_disk"] = Field(
         "stdlib",
-        description="stdlib: Python's own source (always present); text: files by glob; bin: nanoGPT uint16 .bin dir.",
+        description="stdlib: Python's own source (always present); text: files by glob; bin: nanoGPT uint16 .bin dir; "
+        "hf_disk: a datasets dataset saved with save_to_disk.",
     )
     paths: list[str] = Field(
-        default_factory=list, description="Globs (text) or one directory with train.bin/val.bin (bin)."
+        default_factory=list,
+        description="Globs (text), one directory with train.bin/val.bin (bin) or one save_to_disk directory (hf_disk).",
     )
     max_corpus_bytes: int = Field(8_000_000, ge=4096, description="Read at most this many bytes of text (stdlib/text).")
     val_fraction: float = Field(
         0.05, gt=0, lt=0.5, description="Share of files (by path hash) held out for validation."
     )
+    tokenizer_path: str | None = Field(
+        None,
+        description="Local tokenizer (tokenizer.json or a transformers tokenizer dir) for stdlib/text/hf_disk; "
+        "None = bytes.",
+    )
+    text_field: str = Field("text", min_length=1, max_length=128, description="Text column of an hf_disk dataset.")
 
 
 class ModelConfig(_Section):

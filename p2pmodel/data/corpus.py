@@ -1,7 +1,8 @@
 """Load a corpus and split it deterministically: the same files give the same bytes on every peer.
 
-Byte-level sources (stdlib, text) become uint8 token tensors (vocab 256); nanoGPT ``.bin`` files are
-memory-mapped uint16 tokens. Files go to validation by a hash of their relative path, so the split does not
+Byte-level sources (stdlib, text) become uint8 token tensors (vocab 256), or int32 ids when a tokenizer is
+set (tokenize.py); nanoGPT ``.bin`` files are memory-mapped uint16 tokens; ``hf_disk`` reads a saved
+``datasets`` dataset (hf_disk.py). Files go to validation by a hash of their relative path, so the split does not
 depend on file order or on how many peers there are.
 """
 
@@ -71,8 +72,44 @@ def _finish(train: torch.Tensor, val: torch.Tensor, what: str, min_tokens: int) 
     return Corpus(train=train, val=val, fingerprint=fp)
 
 
-def load_corpus(source: str, paths: list[str], max_bytes: int, val_fraction: float, min_tokens: int) -> Corpus:
-    """Load the configured corpus or raise DataError with one clear line."""
+def load_corpus(
+    source: str,
+    paths: list[str],
+    max_bytes: int,
+    val_fraction: float,
+    min_tokens: int,
+    tokenizer_path: str | None = None,
+    text_field: str = "text",
+    vocab_size: int | None = None,
+) -> Corpus:
+    """Load the configured corpus or raise DataError with one clear line.
+
+    Without ``tokenizer_path`` text is byte-level (uint8, vocab 256); with it, text sources become int32 ids
+    of that tokenizer, whose size must fit ``vocab_size`` when given."""
+    tok = None
+    if tokenizer_path:
+        if source == "bin":
+            raise DataError("data.tokenizer_path does not apply to data.source = 'bin' (already token ids)")
+        from p2pmodel.data.tokenize import load_tokenizer
+
+        tok = load_tokenizer(tokenizer_path)
+        if vocab_size is not None and tok.size > vocab_size:
+            raise DataError(f"tokenizer {tokenizer_path} has {tok.size} tokens but model.vocab_size is {vocab_size}")
+    if tok is not None and source in ("stdlib", "text"):
+        raw = load_corpus(source, paths, max_bytes, val_fraction, 1)  # the same bytes and split, then ids
+        train, val = (tok.encode_text(t.numpy().tobytes().decode("utf-8", "replace")) for t in (raw.train, raw.val))
+        return _finish(train, val, f"{source} corpus tokenized by {tokenizer_path}", min_tokens)
+    if source == "hf_disk":
+        if len(paths) != 1:
+            raise DataError("data.source = 'hf_disk' needs data.paths = [one directory written by save_to_disk]")
+        from p2pmodel.data.hf_disk import read_documents
+
+        train_docs, val_docs = read_documents(paths[0], text_field, max_bytes, val_fraction)
+        what = f"dataset {paths[0]}"
+        if tok is not None:
+            return _finish(tok.encode_documents(train_docs), tok.encode_documents(val_docs), what, min_tokens)
+        joined = ("\n\n".join(docs).encode("utf-8") for docs in (train_docs, val_docs))
+        return _finish(*(_bytes_tokens(b) for b in joined), what, min_tokens)
     if source == "stdlib":
         root, files = stdlib_files()
         if not files:
@@ -111,3 +148,17 @@ def load_corpus(source: str, paths: list[str], max_bytes: int, val_fraction: flo
             split.append(torch.from_numpy(np.asarray(mm, dtype=np.int32)))
         return _finish(split[0], split[1], f"bin dir {d}", min_tokens)
     raise DataError(f"unknown data source {source!r}")
+
+
+def load_data(data_cfg, min_tokens: int, vocab_size: int | None = None) -> Corpus:
+    """``load_corpus`` from a DataConfig section (every field, tokenizer included)."""
+    return load_corpus(
+        data_cfg.source,
+        data_cfg.paths,
+        data_cfg.max_corpus_bytes,
+        data_cfg.val_fraction,
+        min_tokens,
+        tokenizer_path=getattr(data_cfg, "tokenizer_path", None),
+        text_field=getattr(data_cfg, "text_field", "text"),
+        vocab_size=vocab_size,
+    )
