@@ -42,11 +42,12 @@ class Releases:
         self.cfg, self.peer, self.link = cfg, peer, link
         v = cfg.versioning
         allow = set(v.allowlist) or None
-        self.box = VoteBox(peer.run_id, allowlist=allow)
+        self.reopen_rounds = 2 * v.release_every  # an untagged acceptance stops blocking its slot after this
+        self.box = VoteBox(peer.run_id, allowlist=allow, reopen_after_rounds=self.reopen_rounds)
         self.ledger = Ledger(Path(data_dir) / "ledger.bin", allowlist=allow, major_fraction=v.major_fraction)
         self.electorates: dict[int, list[str]] = {}
         self._accepted_path = Path(data_dir) / "accepted_slots.json"  # survives restarts: never accept twice
-        self._accepted: dict[str, str] = (
+        self._accepted: dict[str, list] = (  # version → [candidate, round] we accepted
             json.loads(self._accepted_path.read_text()) if self._accepted_path.exists() else {}
         )
         self.certs: dict[str, bytes] = {}  # sha256 → packed certificate (served as blobs)
@@ -68,19 +69,19 @@ class Releases:
             self.electorates[round_] = sorted(members)
             self.box.set_electorate(round_, peer.digest, members)
             parent = self.ledger.latest()
+        bump = self.proposed_bump(parent["version"] if parent else "")
+        baseline = parent["metrics"] if parent and bump != "major" else None  # MAJOR may accept a regression
         verdict, reasons = judge(
-            peer.last_report,
-            parent["metrics"] if parent else None,
-            self.cfg.versioning.regression_tolerance,
-            self.cfg.eval.checks,
+            peer.last_report, baseline, self.cfg.versioning.regression_tolerance, self.cfg.eval.checks
         )
-        version = next_version(Version.parse(parent["version"]) if parent else None, "patch")
+        version = next_version(Version.parse(parent["version"]) if parent else None, bump)
         cid = candidate_id(peer.run_id, round_, peer.digest)
-        if verdict == "accept" and self._accepted.get(str(version), cid) != cid:
+        prev_cid, prev_round = self._accepted.get(str(version), (cid, round_))
+        if verdict == "accept" and prev_cid != cid and round_ < prev_round + self.reopen_rounds:
             log.warning("already accepted another candidate for %s: not voting on round %d", version, round_)
             return
         if verdict == "accept":
-            self._accepted[str(version)] = cid
+            self._accepted[str(version)] = (cid, round_)
             atomic_write(self._accepted_path, json.dumps(self._accepted).encode())
         body = make_vote(
             run_id=peer.run_id,
@@ -91,7 +92,7 @@ class Releases:
             version=str(version),
             metrics=metrics_of(peer.last_report),
             verdict=verdict,
-            bump="patch",
+            bump=bump,
             voter=self.link.identity.peer_id,
             electorate=members,
             time=time.time(),

@@ -74,17 +74,26 @@ class VoteBox:
     ``add`` never raises on hostile bytes: it answers ``(counted, reason)``. Thread-safe.
     """
 
-    def __init__(self, run_id: str, allowlist: set[str] | None = None, max_pending: int = MAX_PENDING):
+    def __init__(
+        self,
+        run_id: str,
+        allowlist: set[str] | None = None,
+        max_pending: int = MAX_PENDING,
+        reopen_after_rounds: int | None = None,
+    ):
         if not is_id(run_id):
             raise ValueError(f"bad run_id {run_id!r:.40}")
         self.run_id = run_id
         self.allowlist = frozenset(allowlist) if allowlist is not None else None
         self.max_pending = max_pending
+        # liveness: an accepted candidate that never got tagged frees its voter's slot this many rounds later
+        # (the old acceptance is retracted here, so it can never count for both)
+        self.reopen_after_rounds = reopen_after_rounds
         self._lock = threading.Lock()
         self._electorates: dict[int, tuple[str, frozenset[str], str]] = {}  # round -> (digest, members, hash)
         self._pending: list[tuple[bytes, dict]] = []
         self._pending_per_voter: Counter[str] = Counter()
-        self._slots: dict[tuple[str, str], str] = {}  # (version, voter) -> candidate it was counted for
+        self._slots: dict[tuple[str, str], tuple[str, int]] = {}  # (version, voter) -> (candidate, round)
         self._voted: set[tuple[str, str]] = set()  # (candidate, voter)
         self._counted: dict[str, dict[str, tuple[bytes, dict]]] = {}  # candidate -> voter -> (signed, body)
 
@@ -190,8 +199,14 @@ class VoteBox:
             return False, f"second vote by {voter[:16]} for candidate {candidate[:12]}; the first one stands"
         if body["verdict"] == "accept":  # only acceptances use up a slot: a rejected candidate's number is reused
             if slot in self._slots:
-                return False, f"second vote by {voter[:16]} accepting version slot {body['version']}; the first stands"
-            self._slots[slot] = candidate
+                old_candidate, old_round = self._slots[slot]
+                if self.reopen_after_rounds is None or body["round"] < old_round + self.reopen_after_rounds:
+                    return (
+                        False,
+                        f"second vote by {voter[:16]} accepting version slot {body['version']}; the first stands",
+                    )
+                self._counted.get(old_candidate, {}).pop(voter, None)  # retracted: never counts for both
+            self._slots[slot] = (candidate, body["round"])
         self._voted.add((candidate, voter))
         self._counted.setdefault(candidate, {})[voter] = (data, body)
         return True, "counted"

@@ -243,6 +243,24 @@ def test_a_reject_does_not_use_up_the_slot(ids):
     assert not counted and "second vote" in reason
 
 
+def test_an_untagged_acceptance_frees_the_slot_after_reopen_rounds(ids):
+    """Liveness: a candidate that never reached quorum does not block its voters forever; their old
+    acceptance is retracted when they accept the later candidate, so it can never count for both."""
+    box = VoteBox(RUN, reopen_after_rounds=10)
+    box.set_electorate(10, D1, members(ids))
+    box.set_electorate(20, D2, members(ids))
+    el = members(ids)
+    c10, c20 = candidate_id(RUN, 10, D1), candidate_id(RUN, 20, D2)
+    first = signed_vote(ids[0], el)
+    assert box.add(first)[0] and box.accepting(c10) == [first]
+    later = signed_vote(ids[0], el, round=20, digest=D2)
+    assert box.add(later) == (True, "counted")
+    assert box.accepting(c20) == [later] and box.accepting(c10) == []
+    strict = fresh_box(ids)  # without reopening, the slot stays taken
+    strict.set_electorate(20, D2, members(ids))
+    assert strict.add(first)[0] and not strict.add(later)[0]
+
+
 def test_votes_are_held_until_the_electorate_is_set(ids):
     box = VoteBox(RUN)
     el = members(ids)
