@@ -61,11 +61,12 @@ def main() -> None:
     ap.add_argument("--inner-steps", type=int, required=True, help="H: steps between averaging (hivemind)")
     ap.add_argument("--config", default="configs/tiny.toml")
     ap.add_argument("--workdir", required=True, help="shared scratch dir (barriers, DHT address)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override (dotted)")
     ap.add_argument("--port", type=int, default=29500, help="gloo rendezvous port on 127.0.0.1 (ddp)")
     args = ap.parse_args()
     workdir = Path(args.workdir)
 
-    cfg = load_config(args.config, [f"train.inner_steps={args.inner_steps}"])
+    cfg = load_config(args.config, [f"train.inner_steps={args.inner_steps}", *args.overrides])
     torch.set_num_threads(cfg.train.torch_threads or 1)
     corpus = load_corpus(
         cfg.data.source, cfg.data.paths, cfg.data.max_corpus_bytes, cfg.data.val_fraction, cfg.model.seq_len + 2

@@ -166,6 +166,8 @@ def run_workers(ns: Netns, mode: str, args, work: Path, deadline: float) -> dict
             "--workdir",
             str(work),
         ]
+        for o in args.overrides:
+            cmd += ["--set", o]
         procs.append(ns.spawn(cmd, open(out, "w"), open(err, "w")))
     try:
         _wait_all(procs, deadline, mode)
@@ -240,6 +242,8 @@ def run_p2pmodel(ns: Netns, args, work: Path, deadline: float) -> dict:
             "--set",
             "logging.level=warning",
         ]
+        for o in args.overrides:
+            cmd += ["--set", o]
         for m in maddrs:
             cmd += ["--initial-peers", m]
         procs.append(ns.spawn(cmd, open(out, "w"), open(err, "w")))
@@ -298,6 +302,7 @@ def main() -> None:
     ap.add_argument("--codec", default="int4", choices=["none", "fp16", "int8", "int4"], help="p2pmodel's codec")
     ap.add_argument("--modes", default="ddp,hivemind,p2pmodel", help=f"comma-separated, from {','.join(ALL_MODES)}")
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "tiny.toml")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override for every mode")
     ap.add_argument("--mode-timeout-s", type=float, default=900.0)
     ap.add_argument("--keep-logs", action="store_true", help="keep each mode's scratch dir (logs) in /tmp")
     args = ap.parse_args()
