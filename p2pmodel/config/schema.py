@@ -1,8 +1,22 @@
 """Pydantic models for every knob of a peer. Units live in names (``*_s``, ``*_bytes``); bounds live in Field."""
 
+import hashlib
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+def _file_sha256(path: str | None) -> str | None:
+    """sha256 of a config file (a directory means its config.json); None when unset or unreadable."""
+    if not path:
+        return None
+    p = Path(path)
+    p = p / "config.json" if p.is_dir() else p
+    try:
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 class _Section(BaseModel):
@@ -160,10 +174,15 @@ class Config(_Section):
 
     def lineage_spec(self) -> dict:
         """What defines a run: peers that differ here must not average or vote together."""
+        # local paths differ between machines: the content they point at is what defines the run (the
+        # validation set's fingerprint covers data and tokenizer; the HF config file is hashed here)
         return {
             "run_name": self.run_name,
-            "model": self.model.model_dump(),
-            "data": self.data.model_dump(exclude={"paths"}),
+            "model": {
+                **self.model.model_dump(exclude={"hf_config_path"}),
+                "hf_config": _file_sha256(self.model.hf_config_path),
+            },
+            "data": self.data.model_dump(exclude={"paths", "tokenizer_path"}),
             "eval": self.eval.model_dump(),
             "seed": self.train.seed,
         }

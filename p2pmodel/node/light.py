@@ -27,12 +27,11 @@ def light_client(initial_peers: list[str], timeout_s: float = 15.0):
 
 def resolve_run_id(config_path) -> str:
     """The run id a peer with this config would have (needs the validation data to fingerprint it)."""
-    from p2pmodel.data import load_corpus
+    from p2pmodel.data.corpus import load_data
     from p2pmodel.node.peer import compute_run_id
 
     cfg = load_config(config_path)
-    d = cfg.data
-    corpus = load_corpus(d.source, d.paths, d.max_corpus_bytes, d.val_fraction, cfg.model.seq_len + 2)
+    corpus = load_data(cfg.data, cfg.model.seq_len + 2, cfg.model.vocab_size)
     return compute_run_id(cfg, corpus.fingerprint)
 
 

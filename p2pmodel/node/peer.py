@@ -9,7 +9,8 @@ import torch
 
 from p2pmodel import PROTOCOL_VERSION
 from p2pmodel.core.ids import stable_hash
-from p2pmodel.data import TrainStream, load_corpus
+from p2pmodel.data import TrainStream
+from p2pmodel.data.corpus import load_data
 from p2pmodel.eval import EvalReport, evaluate
 from p2pmodel.models import build_model
 from p2pmodel.sync.outer import OuterOptimizer
@@ -30,9 +31,7 @@ class Peer:
         if cfg.train.torch_threads:
             torch.set_num_threads(cfg.train.torch_threads)
         self.device = pick_device(cfg.train.device)
-        self.corpus = load_corpus(
-            cfg.data.source, cfg.data.paths, cfg.data.max_corpus_bytes, cfg.data.val_fraction, cfg.model.seq_len + 2
-        )
+        self.corpus = load_data(cfg.data, cfg.model.seq_len + 2, cfg.model.vocab_size)
         if self.corpus.max_token >= cfg.model.vocab_size:
             from p2pmodel.core.errors import DataError
 
