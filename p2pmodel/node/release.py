@@ -77,7 +77,8 @@ class Releases:
         version = next_version(Version.parse(parent["version"]) if parent else None, bump)
         cid = candidate_id(peer.run_id, round_, peer.digest)
         prev_cid, prev_round = self._accepted.get(str(version), (cid, round_))
-        if verdict == "accept" and prev_cid != cid and round_ < prev_round + self.reopen_rounds:
+        same_window = round_ // self.reopen_rounds == prev_round // self.reopen_rounds  # VoteBox's rule
+        if verdict == "accept" and prev_cid != cid and same_window:
             log.warning("already accepted another candidate for %s: not voting on round %d", version, round_)
             return
         if verdict == "accept":

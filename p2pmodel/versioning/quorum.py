@@ -86,8 +86,9 @@ class VoteBox:
         self.run_id = run_id
         self.allowlist = frozenset(allowlist) if allowlist is not None else None
         self.max_pending = max_pending
-        # liveness: an accepted candidate that never got tagged frees its voter's slot this many rounds later
-        # (the old acceptance is retracted here, so it can never count for both)
+        # liveness: an accepted candidate that never got tagged frees its voter's slot in the next window of
+        # this many rounds (windows are round // n, shared by all voters so they re-align; the old acceptance
+        # is retracted here, so it can never count for both)
         self.reopen_after_rounds = reopen_after_rounds
         self._lock = threading.Lock()
         self._electorates: dict[int, tuple[str, frozenset[str], str]] = {}  # round -> (digest, members, hash)
@@ -200,7 +201,8 @@ class VoteBox:
         if body["verdict"] == "accept":  # only acceptances use up a slot: a rejected candidate's number is reused
             if slot in self._slots:
                 old_candidate, old_round = self._slots[slot]
-                if self.reopen_after_rounds is None or body["round"] < old_round + self.reopen_after_rounds:
+                r = self.reopen_after_rounds  # slots reopen on a grid of r rounds, the same for every voter
+                if r is None or body["round"] // r <= old_round // r:
                     return (
                         False,
                         f"second vote by {voter[:16]} accepting version slot {body['version']}; the first stands",

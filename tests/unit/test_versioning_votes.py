@@ -246,7 +246,7 @@ def test_a_reject_does_not_use_up_the_slot(ids):
 def test_an_untagged_acceptance_frees_the_slot_after_reopen_rounds(ids):
     """Liveness: a candidate that never reached quorum does not block its voters forever; their old
     acceptance is retracted when they accept the later candidate, so it can never count for both."""
-    box = VoteBox(RUN, reopen_after_rounds=10)
+    box = VoteBox(RUN, reopen_after_rounds=10)  # windows of 10 rounds: round 10 and round 20 differ
     box.set_electorate(10, D1, members(ids))
     box.set_electorate(20, D2, members(ids))
     el = members(ids)
@@ -256,6 +256,10 @@ def test_an_untagged_acceptance_frees_the_slot_after_reopen_rounds(ids):
     later = signed_vote(ids[0], el, round=20, digest=D2)
     assert box.add(later) == (True, "counted")
     assert box.accepting(c20) == [later] and box.accepting(c10) == []
+    same_window = VoteBox(RUN, reopen_after_rounds=100)  # rounds 10 and 20 share a window: still refused
+    same_window.set_electorate(10, D1, members(ids))
+    same_window.set_electorate(20, D2, members(ids))
+    assert same_window.add(first)[0] and not same_window.add(later)[0]
     strict = fresh_box(ids)  # without reopening, the slot stays taken
     strict.set_electorate(20, D2, members(ids))
     assert strict.add(first)[0] and not strict.add(later)[0]
