@@ -227,8 +227,9 @@ class SwarmLink:
         peer = self.peer
         ttl = self.cfg.swarm.record_ttl_s * 10
         publish_digest(self.dht, self.identity, self.run_id, round_, peer.digest, ttl)
-        expected = set(outcome.members) or {self.identity.peer_id}
-        deadline = time.monotonic() + (2 * self.cfg.sync.request_timeout_s if outcome.averaged else 2.0)
+        # everyone online, not just our group: a round that split into two groups must still pick one state
+        expected = set(outcome.members) | set(self.peer_ids()) | {self.identity.peer_id}
+        deadline = time.monotonic() + 2 * self.cfg.sync.request_timeout_s
         digests = get_digests(self.dht, self.run_id, round_)
         while not expected <= set(digests) and time.monotonic() < deadline:
             time.sleep(0.3)
