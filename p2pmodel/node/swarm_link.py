@@ -36,6 +36,7 @@ from p2pmodel.sync import DeterministicAverager
 log = logging.getLogger("p2pmodel.swarm")
 READY, OFFER, RUN_KIND, HISTORY_KIND = "ready", "state_offer", "run_record", "history"
 RUNS_KEY = "p2pmodel/runs"
+PACE_POLL_S = 1.5  # how often a training peer asks whether the round closed (DHT traffic vs idle time)
 _KEEP_PACKAGES = 3
 
 
@@ -93,6 +94,7 @@ class SwarmLink:
             allreduce_timeout=cfg.sync.allreduce_timeout_s,
             next_chunk_timeout=cfg.sync.request_timeout_s,
             client_mode=s.client_mode,
+            allow_state_sharing=False,  # late joiners use our verified state offers, not hivemind's download
         )
 
     def _provide(self, blob_id: str) -> bytes | None:
@@ -153,7 +155,7 @@ class SwarmLink:
         return f"p2pmodel/{self.run_id}/{what}" + ("" if round_ is None else f"/{round_}")
 
     def _watch_pace(self) -> None:
-        while not self._stop.wait(0.5):
+        while not self._stop.wait(PACE_POLL_S):
             r = self._pace_round
             if r and r not in self._closed_rounds:
                 try:
