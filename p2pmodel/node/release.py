@@ -230,13 +230,18 @@ class Releases:
         except Exception as e:  # the DHT may be briefly unreachable; the next commit republishes
             log.debug("tag index publish failed: %s", e)
 
-    def settle(self, round_: int, timeout_s: float) -> bool:
-        """Before exiting after a release round: wait (bounded) for its tag so our vote's outcome is recorded."""
+    def settle(self, round_: int, timeout_s: float, linger_s: float = 2.0) -> bool:
+        """Before exiting after a release round: wait (bounded) for its tag so our vote's outcome is recorded.
+
+        Then linger ``linger_s``: the last voter completes the quorum the moment it votes, and ``close()`` drops
+        gossip pushes still queued, so without this its vote and tag never reached the others (seen in the
+        demo: only the last voter held the final tag)."""
         if round_ % self.cfg.versioning.release_every:
             return True
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if any(c["round"] == round_ for c in self.ledger.all()):
+                time.sleep(max(0.0, min(linger_s, deadline - time.monotonic())))
                 return True
             time.sleep(0.2)
         return False

@@ -1,0 +1,182 @@
+"""End to end: real peer processes on 127.0.0.1 tag versions by quorum, and the ``versions`` CLI (a separate
+light-client process) lists, verifies, pulls, diffs and plots them; ``p2pmodel demo`` reports the same tags.
+
+Peers run configs/tiny.toml (release_every = 2) with fast overrides; nothing is mocked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from p2pmodel.node.launch import LocalSwarm
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "configs" / "tiny.toml"
+FAST = [
+    "train.inner_steps=10",
+    "eval.batches=2",
+    "data.max_corpus_bytes=2000000",
+    "sync.matchmaking_time_s=2.0",
+    "sync.request_timeout_s=1.5",
+]
+WANT = ("v0.1.0", "v0.1.1")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def cli(*args: str, timeout_s: float = 200.0) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "p2pmodel", *args], capture_output=True, text=True, timeout=timeout_s, env=env
+    )
+
+
+def one_error_line(res: subprocess.CompletedProcess) -> str:
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr[-2000:]
+    return lines[0]
+
+
+def listed(maddr: str) -> dict | None:
+    res = cli("versions", "list", "--initial-peers", maddr, "--json")
+    return json.loads(res.stdout) if res.returncode == 0 else None
+
+
+def check_tags(versions: list[dict], electorate: int = 3) -> dict[str, dict]:
+    by = {v["version"]: v for v in versions}
+    for want in WANT:
+        assert want in by, f"{want} not tagged: {sorted(by)}"
+        assert by[want]["votes"] >= 2 and by[want]["electorate"] == electorate, by[want]
+        assert by[want]["required"] == 3, by[want]  # floor(2*3/3)+1
+    assert by["v0.1.0"]["round"] == 2 and by["v0.1.1"]["round"] == 4 and by["v0.1.1"]["parent"] == "v0.1.0"
+    return by
+
+
+@pytest.mark.timeout(300)
+def test_demo_tags_two_versions_by_quorum(tmp_path):
+    """The real ``p2pmodel demo --peers 3 --rounds 4``: its closing JSON (read from the peers' ledgers) holds
+    v0.1.0 and v0.1.1, each with at least 2 of 3 votes."""
+    args = ["demo", "--peers", "3", "--rounds", "4", "--json", "--workdir", str(tmp_path / "demo")]
+    for o in FAST:
+        args += ["--set", o]
+    res = cli(*args, timeout_s=280)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["same_digest"] is True
+    tags = {t["version"]: t for t in out["versions"]}
+    for want in WANT:
+        assert want in tags, out["versions"]
+        got, of = map(int, tags[want]["votes"].split("/"))
+        assert of == 3 and got >= 2, tags[want]
+    assert tags["v0.1.0"]["round"] == 2 and tags["v0.1.1"]["round"] == 4
+    for name in ("peer1", "peer2", "peer3"):
+        assert set(WANT) <= set(out["peers"][name]["versions"]), out["peers"][name]
+
+
+@pytest.fixture(scope="module")
+def swarm(tmp_path_factory):
+    """3 peers that train past round 4 (so they are still serving), and the tags as a separate process sees them."""
+    root = tmp_path_factory.mktemp("swarm")
+    with LocalSwarm(root, TINY, FAST) as sw:
+        maddr = sw.start_bootstrap()
+        peers = [sw.start_peer(f"peer{i}", max_rounds=60) for i in (1, 2, 3)]
+        deadline = time.monotonic() + 180
+        for p in peers:
+            ev = p.wait_for(lambda e: e.get("event") == "round" and e["round"] >= 4, deadline - time.monotonic())
+            assert ev is not None, f"{p.name} did not commit round 4:\n{p.stderr_tail()}"
+        for p in peers:  # each peer formed the tag itself (cheap to check: its log)
+            while "tagged v0.1.1" not in p.log_path.read_text(errors="replace"):
+                assert time.monotonic() < deadline, f"{p.name} never tagged v0.1.1:\n{p.stderr_tail()}"
+                time.sleep(0.5)
+        seen = None
+        for _ in range(3):  # the DHT index is published right after the tag: allow a retry
+            seen = listed(maddr)
+            if seen and set(WANT) <= {v["version"] for v in seen["versions"]}:
+                break
+        yield maddr, seen, root
+
+
+@pytest.mark.timeout(420)  # includes the module swarm's start (~2-3 min on 2 busy cores)
+def test_swarm_tags_listed_by_a_separate_process(swarm):
+    maddr, seen, _ = swarm
+    assert seen is not None, "versions list never succeeded"
+    check_tags(seen["versions"])
+    assert seen["run_name"] == "tiny" and len(seen["run_id"]) == 16
+
+
+@pytest.mark.timeout(300)
+def test_pull_show_diff_plot(swarm, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from p2pmodel.config import load_config
+    from p2pmodel.eval import state_digest
+    from p2pmodel.models import build_model
+
+    maddr, seen, _ = swarm
+    tags = check_tags(seen["versions"])
+    dirs = {v: tmp_path / v for v in WANT}
+    png = tmp_path / "plot" / "versions.png"
+    peers = ["--initial-peers", maddr]
+    with ThreadPoolExecutor(4) as pool:  # independent light clients, side by side
+        pulls = {v: pool.submit(cli, "versions", "pull", v, *peers, "-o", str(d), "--json") for v, d in dirs.items()}
+        show = pool.submit(cli, "versions", "show", "v0.1.0", *peers, "--json")
+        plot = pool.submit(cli, "versions", "plot", *peers, "-o", str(png))
+        pulls = {v: f.result() for v, f in pulls.items()}
+        show, plot = show.result(), plot.result()
+
+    cfg = load_config(TINY)
+    for v, res in pulls.items():
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert json.loads(res.stdout) == {"version": v, "digest": tags[v]["digest"], "dir": str(dirs[v])}
+        state = load_file(dirs[v] / "model.safetensors")
+        assert state_digest(state) == tags[v]["digest"]
+        manifest = json.loads((dirs[v] / "manifest.json").read_text())
+        assert manifest["digest"] == tags[v]["digest"] and manifest["version"] == v
+        model = build_model(cfg.model, 0)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        assert unexpected == [] and set(missing) <= {"head.weight"}, (missing, unexpected)
+        assert model.head.weight is model.tok.weight  # tied: loaded through tok.weight
+        assert state_digest(dict(model.named_parameters())) == tags[v]["digest"]
+        x = torch.randint(0, cfg.model.vocab_size, (2, cfg.model.seq_len))
+        logits, loss = model(x, x)
+        assert logits.shape == (2, cfg.model.seq_len, cfg.model.vocab_size) and torch.isfinite(loss)
+
+    assert show.returncode == 0, show.stderr[-2000:]
+    shown = json.loads(show.stdout)
+    assert shown["verified"] is True and shown["version"] == "v0.1.0" and shown["digest"] == tags["v0.1.0"]["digest"]
+    assert len(shown["vote_details"]) == shown["votes"] >= 2 and len(shown["electorate_peers"]) == 3
+    assert all(v["signature"] == "valid" and v["verdict"] == "accept" for v in shown["vote_details"])
+    assert {v["voter"] for v in shown["vote_details"]} <= set(shown["electorate_peers"])
+
+    diff = cli("versions", "diff", str(dirs["v0.1.0"]), str(dirs["v0.1.1"]), "--json", timeout_s=60)
+    assert diff.returncode == 0, diff.stderr[-2000:]
+    d = json.loads(diff.stdout)
+    assert d["from"] == "v0.1.0" and d["to"] == "v0.1.1"
+    assert {r["tensor"] for r in d["tensors"]} == set(load_file(dirs["v0.1.0"] / "model.safetensors"))
+    assert d["median_relative_change"] > 0 and all(r["l2_change"] >= 0 for r in d["tensors"])
+
+    assert plot.returncode == 0, plot.stderr[-2000:]
+    data = png.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 1024
+
+
+@pytest.mark.timeout(240)
+def test_cli_errors_are_one_line_with_exit_codes(swarm, tmp_path):
+    maddr, _, _ = swarm
+    dead_peer = "/ip4/127.0.0.1/tcp/1/p2p/" + maddr.rsplit("/p2p/", 1)[1]  # a real PeerID, nobody listening
+    with ThreadPoolExecutor(3) as pool:
+        unknown = pool.submit(cli, "versions", "show", "v9.9.9", "--initial-peers", maddr)
+        dead = pool.submit(cli, "versions", "list", "--initial-peers", dead_peer, "--json")
+        bad = pool.submit(cli, "versions", "list", "--initial-peers", "/ip4/127.0.0.1/tcp/notaport")
+        unknown, dead, bad = unknown.result(), dead.result(), bad.result()
+    assert unknown.returncode == 2 and "unknown version v9.9.9" in one_error_line(unknown)
+    assert "v0.1.0" in one_error_line(unknown)  # names the known ones
+    assert dead.returncode == 1 and "initial peer" in one_error_line(dead) and dead.stdout == ""
+    assert bad.returncode == 2 and "invalid multiaddr" in one_error_line(bad)

@@ -1,0 +1,409 @@
+"""Releases by quorum among real peers on 127.0.0.1, in-process: real hivemind DHTs, real ``Gossip`` and the
+real ``Releases`` class (its votes, VoteBox, tags, ledger), with light stand-ins only for the trainer-side
+objects it reads (``peer``: run_id, digest, last_report, store; ``link``: dht, identity, peer_ids, providers).
+
+Covers: a deliberately damaged candidate is rejected by the honest peers and never tagged, even with a
+dishonest voter accepting it; forged, outsider, replayed and repeated votes sent through gossip count nowhere;
+a swarm split in two halves cannot tag in either half, and a ledger refuses a second certificate for a version.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from p2pmodel.config import load_config
+from p2pmodel.core import wire
+from p2pmodel.core.errors import IntegrityError
+from p2pmodel.core.ids import sha256_hex
+from p2pmodel.eval import EvalReport, evaluate, state_digest
+from p2pmodel.gossip import Gossip, frames
+from p2pmodel.node.release import Releases
+from p2pmodel.swarm.aio import run_sync
+from p2pmodel.swarm.identity import Identity
+from p2pmodel.swarm.node import peer_id_of, start_dht, stop_dht, visible_maddrs
+from p2pmodel.swarm.signed import sign_message
+from p2pmodel.versioning.ledger import Ledger
+from p2pmodel.versioning.quorum import required_votes
+from p2pmodel.versioning.store import Store
+from p2pmodel.versioning.tag import build_tag, tag_id
+from p2pmodel.versioning.votes import VOTE_KIND, candidate_id, make_vote
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "configs" / "tiny.toml"
+FAST = ["eval.batches=2", "data.max_corpus_bytes=2000000"]
+LOCAL = ["/ip4/127.0.0.1/tcp/0"]
+N_DHTS = 4
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    """N_DHTS real DHT peers on 127.0.0.1 whose libp2p keys are also their signing identities."""
+    folder = tmp_path_factory.mktemp("keys")
+    dhts, idents = [], []
+    try:
+        for i in range(N_DHTS):
+            path = folder / f"peer{i}.key"
+            idents.append(Identity.load_or_create(path))
+            dhts.append(start_dht(path, visible_maddrs(dhts[0]) if dhts else [], LOCAL, wait_timeout_s=3))
+        assert [peer_id_of(d) for d in dhts] == [i.peer_id for i in idents]
+        yield dhts, idents
+    finally:
+        for dht in dhts:
+            stop_dht(dht)
+
+
+class StubPeer:
+    """What Releases reads from a training peer: the committed state's digest, its eval, a real Store."""
+
+    def __init__(self, run_id: str, data_dir: Path):
+        self.run_id, self.store = run_id, Store(data_dir)
+        self.digest: str | None = None
+        self.last_report: EvalReport | None = None
+
+    def commit(self, digest: str, report: EvalReport) -> None:
+        self.digest, self.last_report = digest, report
+
+
+class StubLink:
+    """What Releases reads from the SwarmLink: the real DHT and identity, and whom to gossip with."""
+
+    def __init__(self, dht, identity: Identity, peers: list[str]):
+        self.dht, self.identity, self.peers, self.providers = dht, identity, list(peers), []
+
+    def peer_ids(self) -> list[str]:
+        return [p for p in self.peers if p != self.identity.peer_id]
+
+
+class Node:
+    def __init__(self, releases: Releases, peer: StubPeer, link: StubLink):
+        self.releases, self.peer, self.link = releases, peer, link
+        self.id = link.identity.peer_id
+
+    @property
+    def versions(self) -> list[str]:
+        return [c["version"] for c in self.releases.ledger.all()]
+
+
+def _start_nodes(net, which: list[int], run_id: str, root: Path, overrides=(), peers: list[int] | None = None):
+    dhts, idents = net
+    cfg = load_config(TINY, [*FAST, *overrides])
+    gossip_with = [idents[i].peer_id for i in (which if peers is None else peers)]
+    nodes = []
+    try:
+        for i in which:
+            peer = StubPeer(run_id, root / f"peer{i}")
+            link = StubLink(dhts[i], idents[i], gossip_with)
+            nodes.append(Node(Releases(cfg, peer, link, root / f"peer{i}"), peer, link))
+    except BaseException:
+        _close(nodes)
+        raise
+    return nodes
+
+
+def _close(nodes) -> None:
+    for n in nodes:
+        n.releases.close()
+
+
+def _wait(cond, timeout_s: float, step: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return bool(cond())
+
+
+def _report(val_loss: float, digest: str) -> EvalReport:
+    return EvalReport(val_loss=val_loss, perplexity=math.exp(val_loss), tokens=4096, digest=digest)
+
+
+def _commit_all(nodes, round_: int, digest: str, reports, members: list[str]) -> None:
+    """Every node committed ``round_`` on ``digest``: set its eval, then run its commit hook (votes)."""
+    for n, rep in zip(nodes, reports, strict=True):
+        n.peer.commit(digest, rep)
+    for n in nodes:
+        n.releases.on_commit(round_, members)
+
+
+def _counted(node: Node, round_: int, digest: str) -> list[dict]:
+    return node.releases.box.votes(candidate_id(node.peer.run_id, round_, digest))
+
+
+@pytest.mark.timeout(150)
+def test_damaged_candidate_is_rejected_and_never_tagged(net, tmp_path):
+    """v0.1.0 is tagged for a good state; a later candidate whose parameters were scaled by noise evaluates far
+    worse, the three honest peers vote reject, a dishonest fourth voter (in the electorate, signing with its
+    own key) accepts it: 1 accepting vote of the 3 required, so v0.1.1 never appears anywhere."""
+    cfg = load_config(TINY, FAST)
+    from p2pmodel.data import load_corpus
+    from p2pmodel.models import build_model
+
+    d = cfg.data
+    corpus = load_corpus(d.source, d.paths, d.max_corpus_bytes, d.val_fraction, cfg.model.seq_len + 2)
+    model = build_model(cfg.model, cfg.train.seed)
+    good_state = {k: v.detach().clone() for k, v in model.named_parameters()}
+
+    def eval_state(state) -> EvalReport:
+        m = build_model(cfg.model, cfg.train.seed)
+        m.load_state_dict(state, strict=False)  # head.weight is tok.weight (tied)
+        return evaluate(m, corpus.val, cfg.model.seq_len, cfg.eval.batches, cfg.eval.batch_size)
+
+    gen = torch.Generator().manual_seed(7)
+    bad_state = {k: v * (1 + 4 * torch.randn(v.shape, generator=gen)) for k, v in good_state.items()}
+    good_digest, bad_digest = state_digest(good_state), state_digest(bad_state)
+
+    dhts, idents = net
+    honest, liar = [0, 1, 2], 3
+    nodes = _start_nodes(net, [*honest, liar], "run-damaged", tmp_path)
+    a, b, c, m = nodes
+    try:
+        # round 2: the three honest peers commit a good state, each evaluates it itself; all accept
+        members2 = [a.id, b.id, c.id]
+        _commit_all([a, b, c], 2, good_digest, [eval_state(good_state) for _ in range(3)], members2)
+        assert _wait(lambda: all(n.versions == ["v0.1.0"] for n in nodes), 20), [n.versions for n in nodes]
+        v010 = a.releases.ledger.get("v0.1.0")
+        assert v010["digest"] == good_digest and len(v010["votes"]) >= 2 and len(v010["electorate"]) == 3
+
+        # round 4: the candidate is the damaged state; the honest peers measure it, the liar claims a fine loss
+        honest_reports = [eval_state(bad_state) for _ in range(3)]
+        assert honest_reports[0].val_loss > 1.5 * v010["metrics"]["val_loss"], honest_reports[0]
+        members4 = [a.id, b.id, c.id, m.id]
+        lie = _report(v010["metrics"]["val_loss"] * 0.9, bad_digest)
+        _commit_all(nodes, 4, bad_digest, [*honest_reports, lie], members4)
+
+        # every vote reached every peer and was counted: 3 rejects + the liar's accept
+        assert _wait(lambda: all(len(_counted(n, 4, bad_digest)) == 4 for n in nodes), 20), [
+            len(_counted(n, 4, bad_digest)) for n in nodes
+        ]
+        for n in nodes:
+            verdicts = {v["voter"]: v["verdict"] for v in _counted(n, 4, bad_digest)}
+            assert verdicts == {a.id: "reject", b.id: "reject", c.id: "reject", m.id: "accept"}
+            assert all(v["version"] == "v0.1.1" and v["parent"] == "v0.1.0" for v in _counted(n, 4, bad_digest))
+        assert required_votes(4, 3, "patch", cfg.versioning.major_fraction) == 3
+        time.sleep(3.0)  # give a (wrong) tag every chance to form and spread
+        for n in nodes:
+            assert n.versions == ["v0.1.0"], (n.id, n.versions)
+            assert n.releases.ledger.get("v0.1.1") is None
+            with pytest.raises(ValueError, match="quorum"):  # the liar's own box cannot build it either
+                build_tag(
+                    votes=n.releases.box.accepting(candidate_id("run-damaged", 4, bad_digest)),
+                    electorate=members4,
+                    parent_cert=v010,
+                )
+        # and the ledgers on disk hold exactly v0.1.0
+        for i in [*honest, liar]:
+            assert [x["version"] for x in Ledger(tmp_path / f"peer{i}" / "ledger.bin").all()] == ["v0.1.0"]
+    finally:
+        _close(nodes)
+
+
+def _reseal(data: bytes, **changes) -> bytes:
+    outer = wire.open_envelope(data, VOTE_KIND)
+    return wire.envelope(VOTE_KIND, {**outer, **changes})
+
+
+def _vote(ident: Identity, *, run_id, round_, digest, parent, version, members, verdict="accept", loss=4.0):
+    body = make_vote(
+        run_id=run_id,
+        round=round_,
+        digest=digest,
+        object_sha256=digest,
+        parent=parent,
+        version=version,
+        metrics={"val_loss": loss, "perplexity": math.exp(loss)},
+        verdict=verdict,
+        bump="patch",
+        voter=ident.peer_id,
+        electorate=members,
+        time=time.time(),
+    )
+    return sign_message(ident, VOTE_KIND, body)
+
+
+@pytest.mark.timeout(120)
+def test_hostile_votes_through_gossip_count_nowhere(net, tmp_path):
+    """A real Releases peer T (allowlist T, A, B, X) and an attacker on another DHT that relays, through the real
+    gossip transport: a forged signature, a tampered body, an outsider's own vote, a vote by an allowlisted key
+    outside the round's membership, A's vote replayed from another run, from another state of the round and from
+    an earlier round, A's second vote on a candidate, and B's second accept for a version slot (on the next
+    candidate). None is counted; A's and B's genuine votes are."""
+    dhts, idents = net
+    ident_a, ident_b, ident_x = Identity.generate(), Identity.generate(), Identity.generate()
+    target, attacker_ident = idents[0], idents[3]
+    allow = [target.peer_id, ident_a.peer_id, ident_b.peer_id, ident_x.peer_id]
+    run = "run-hostile"
+    (t,) = _start_nodes(net, [0], run, tmp_path, overrides=[f"versioning.allowlist={allow}".replace("'", '"')])
+    assert t.releases.box.allowlist == frozenset(allow)
+    attacker = Gossip(dhts[3], attacker_ident, peers=lambda: [target.peer_id])
+    attacker.subscribe(VOTE_KIND, lambda msg: True)  # relays whatever it is given
+
+    def push(*msgs: bytes) -> None:
+        for data in msgs:
+            answer = run_sync(attacker._transport.call(target.peer_id, frames.encode("push", {"msgs": [data]}), 5), 10)
+            assert frames.decode(answer, 1 << 20, frames.RESPONSES).type == "ack"
+
+    def drops() -> dict:
+        return t.releases.gossip.stats()["drops"]
+
+    try:
+        members = [target.peer_id, ident_a.peer_id, ident_b.peer_id]
+        d2, d4, fork4 = sha256_hex(b"round 2 state"), sha256_hex(b"round 4 state"), sha256_hex(b"a forked state")
+        v = dict(run_id=run, members=members)
+        # round 2: T, A and B accept: v0.1.0 (the genuine votes travel the same path as the hostile ones)
+        t.peer.commit(d2, _report(4.0, d2))
+        t.releases.on_commit(2, members)
+        a_round2 = _vote(ident_a, round_=2, digest=d2, parent="", version="v0.1.0", **v)
+        push(a_round2, _vote(ident_b, round_=2, digest=d2, parent="", version="v0.1.0", **v))
+        assert _wait(lambda: t.versions == ["v0.1.0"], 10), t.versions
+
+        # round 4: T votes accept on d4; A votes reject (genuinely)
+        t.peer.commit(d4, _report(3.9, d4))
+        t.releases.on_commit(4, members)
+        cand = candidate_id(run, 4, d4)
+        a_reject = _vote(ident_a, round_=4, digest=d4, parent="v0.1.0", version="v0.1.1", verdict="reject", **v)
+        push(a_reject)
+        assert _wait(lambda: len(t.releases.box.votes(cand)) == 2, 10)
+        before_accepting = t.releases.box.accepting(cand)
+        assert len(before_accepting) == 1  # T's own
+        before_drops = dict(drops())
+
+        r4 = dict(round_=4, parent="v0.1.0", version="v0.1.1")
+        b_genuine = _vote(ident_b, digest=d4, **r4, **v)
+        a_second = _vote(ident_a, digest=d4, **r4, **v)  # accept, after A's counted reject
+        hostile = {
+            "forged signature": _reseal(b_genuine, sig=os.urandom(len(wire.open_envelope(b_genuine)["sig"]))),
+            # A's reject turned into an accept, under A's key and A's signature of the reject
+            "tampered body": _reseal(a_reject, body=wire.open_envelope(a_second)["body"]),
+            "allowlisted key outside the round": _vote(ident_x, digest=d4, **r4, **v),
+            "vote from another run": _vote(ident_a, digest=d4, **r4, run_id="run-other", members=members),
+            "another state of the same round": _vote(ident_a, digest=fork4, **r4, **v),
+            "replayed earlier round": a_round2,
+            "second vote for the slot": a_second,
+        }
+        push(*hostile.values())
+        outsider = wire.open_envelope(_vote(attacker_ident, digest=d4, **r4, **v))["body"]
+        attacker.publish(VOTE_KIND, wire.unpack(outsider))  # the outsider's own vote, spread by its gossip
+
+        # two refused by gossip's signature check, the replay as a duplicate, the other five by the VoteBox
+        def delta(reason: str) -> int:
+            return drops().get(reason, 0) - before_drops.get(reason, 0)
+
+        assert _wait(lambda: delta("bad_signature") >= 2 and delta("rejected") >= 5 and delta("duplicate") >= 1, 15)
+        time.sleep(0.5)
+        assert delta("bad_signature") == 2 and delta("rejected") == 5, (drops(), before_drops)
+        for name in ("replayed earlier round", "second vote for the slot", "another state of the same round"):
+            counted, reason = t.releases.box.add(hostile[name])  # straight into the box: refused there too
+            assert not counted, (name, reason)
+        assert t.releases.box.accepting(cand) == before_accepting
+        counted = {x["voter"]: x["verdict"] for x in t.releases.box.votes(cand)}
+        assert counted == {target.peer_id: "accept", ident_a.peer_id: "reject"}
+        assert t.releases.box.votes(candidate_id("run-other", 4, d4)) == []
+        assert t.releases.box.votes(candidate_id(run, 4, fork4)) == []
+        assert {x["voter"] for x in t.releases.box.votes(candidate_id(run, 2, d2))} == set(members)  # unchanged
+
+        # positive control: B's genuine accept is counted; 2 of 3 required, so still no v0.1.1 (A's second
+        # vote would have made the quorum had it counted)
+        push(b_genuine)
+        assert _wait(lambda: len(t.releases.box.accepting(cand)) == 2, 10)
+
+        # round 6, a new candidate for the same slot v0.1.1: B already accepted round 4's, so B's second accept
+        # for the slot is refused; A only rejected, so A's accept counts (a reject does not use up the slot); T
+        # itself accepted round 4's and does not vote again. 1 of 3: still no tag.
+        d6 = sha256_hex(b"round 6 state")
+        t.peer.commit(d6, _report(3.8, d6))
+        t.releases.on_commit(6, members)
+        cand6 = candidate_id(run, 6, d6)
+        r6 = dict(round_=6, digest=d6, parent="v0.1.0", version="v0.1.1")
+        b_second_slot = _vote(ident_b, **r6, **v)
+        push(b_second_slot, _vote(ident_a, **r6, **v))
+        assert _wait(lambda: t.releases.box.accepting(cand6) != [], 10)
+        time.sleep(1.0)
+        assert {x["voter"] for x in t.releases.box.votes(cand6)} == {ident_a.peer_id}
+        counted, reason = t.releases.box.add(b_second_slot)
+        assert not counted and "slot" in reason, reason
+        assert t.versions == ["v0.1.0"]
+        assert [c["version"] for c in Ledger(tmp_path / "peer0" / "ledger.bin").all()] == ["v0.1.0"]
+    finally:
+        attacker.close()
+        _close([t])
+
+
+@pytest.mark.timeout(150)
+def test_split_halves_cannot_tag_and_versions_never_fork(net, tmp_path):
+    """Four peers tag v0.1.0 together (electorate 4). Then the swarm splits into two halves of two that cannot
+    reach each other; each half commits its own round-4 state and all its members accept it, yet neither half
+    can tag v0.1.1: the quorum is over max(2, parent's 4) = 3 votes. A second, different certificate for v0.1.0
+    (validly signed by all four keys, for another state) is refused by every ledger as a conflict."""
+    run = "run-split"
+    dhts, idents = net
+    four = [0, 1, 2, 3]
+    nodes = _start_nodes(net, four, run, tmp_path)
+    ids = [n.id for n in nodes]
+    d2 = sha256_hex(b"shared round 2 state")
+    try:
+        _commit_all(nodes, 2, d2, [_report(4.0, d2)] * 4, ids)
+        assert _wait(lambda: all(n.versions == ["v0.1.0"] for n in nodes), 20), [n.versions for n in nodes]
+        assert _wait(lambda: all(len(_counted(n, 2, d2)) == 4 for n in nodes), 10)  # all four voted
+        v010 = nodes[0].releases.ledger.get("v0.1.0")
+        assert len(v010["electorate"]) == 4 and v010["required"] == 3
+    finally:
+        _close(nodes)
+
+    # the split: each half restarts its releases (ledgers persist on disk) and gossips only within itself
+    halves = {"A": [0, 1], "B": [2, 3]}
+    digests = {"A": sha256_hex(b"half A round 4"), "B": sha256_hex(b"half B round 4")}
+    parts = {}
+    try:
+        for h, which in halves.items():
+            parts[h] = _start_nodes(net, which, run, tmp_path, peers=which)
+        for h, part in parts.items():
+            assert all(n.versions == ["v0.1.0"] for n in part)
+            _commit_all(part, 4, digests[h], [_report(3.8, digests[h])] * 2, [n.id for n in part])
+        for h, part in parts.items():  # both members of each half accepted its candidate ...
+            assert _wait(lambda part=part, h=h: all(len(_counted(n, 4, digests[h])) == 2 for n in part), 10)
+            for n in part:
+                assert {x["verdict"] for x in _counted(n, 4, digests[h])} == {"accept"}
+                assert _counted(n, 4, digests["B" if h == "A" else "A"]) == []  # ... and nothing crossed over
+        assert required_votes(2, 4, "patch", 0.8) == 3
+        time.sleep(2.0)
+        everyone = [n for part in parts.values() for n in part]
+        for h, part in parts.items():  # ... but 2 < 3: no tag in either half
+            for n in part:
+                assert n.versions == ["v0.1.0"], (h, n.versions)
+                with pytest.raises(ValueError, match="quorum"):
+                    build_tag(
+                        votes=n.releases.box.accepting(candidate_id(run, 4, digests[h])),
+                        electorate=[x.id for x in part],
+                        parent_cert=v010,
+                    )
+
+        # a second certificate for v0.1.0: all four keys sign accepts for another state at round 6
+        other = sha256_hex(b"another genesis candidate")
+        forged_votes = [
+            _vote(idents[i], run_id=run, round_=6, digest=other, parent="", version="v0.1.0", members=ids) for i in four
+        ]
+        rival = build_tag(votes=forged_votes, electorate=ids, parent_cert=None)  # valid on its own
+        assert rival["version"] == "v0.1.0" and tag_id(rival) != tag_id(v010)
+        for n in everyone:
+            with pytest.raises(IntegrityError, match="conflict"):
+                n.releases.ledger.append(rival)
+            assert not n.releases._on_tag(type("Msg", (), {"body": {"cert": _encode(rival)}, "signer": "x"})())
+        for i in four:  # on disk: one certificate per version, the same one everywhere
+            certs = Ledger(tmp_path / f"peer{i}" / "ledger.bin").all()
+            assert [tag_id(c) for c in certs] == [tag_id(v010)]
+    finally:
+        for part in parts.values():
+            _close(part)
+
+
+def _encode(cert: dict) -> bytes:
+    from p2pmodel.versioning.tag import encode_tag
+
+    return encode_tag(cert)
