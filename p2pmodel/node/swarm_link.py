@@ -117,7 +117,7 @@ class SwarmLink:
         at, ids = self._peer_cache
         if time.monotonic() - at > 5.0:
             try:
-                records = list_peer_records(self.dht, self.run_id, max_age_s=3 * self.cfg.swarm.record_ttl_s)
+                records = list_peer_records(self.dht, self.run_id, max_age_s=self.cfg.swarm.record_ttl_s)
                 ids = [r["peer_id"] for r in records if r["peer_id"] != self.identity.peer_id]
             except Exception as e:  # keep the last known list
                 log.debug("peer list refresh failed: %s", e)
@@ -231,7 +231,8 @@ class SwarmLink:
         publish_digest(self.dht, self.identity, self.run_id, round_, peer.digest, ttl)
         # everyone online, not just our group: a round that split into two groups must still pick one state
         expected = set(outcome.members) | set(self.peer_ids()) | {self.identity.peer_id}
-        deadline = time.monotonic() + 2 * self.cfg.sync.request_timeout_s
+        # a group that formed later may still be averaging: give it a matchmaking window and some requests
+        deadline = time.monotonic() + self.cfg.sync.matchmaking_time_s + 4 * self.cfg.sync.request_timeout_s
         digests = get_digests(self.dht, self.run_id, round_)
         while not expected <= set(digests) and time.monotonic() < deadline:
             time.sleep(0.3)
