@@ -171,7 +171,7 @@ class SwarmLink:
         return round_ in self._closed_rounds
 
     def others_alive(self) -> bool:
-        max_age = 3 * self.cfg.swarm.record_ttl_s
+        max_age = self.cfg.swarm.record_ttl_s
         records = list_peer_records(self.dht, self.run_id, max_age_s=max_age)
         return any(r["peer_id"] != self.identity.peer_id for r in records)
 
