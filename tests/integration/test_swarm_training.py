@@ -27,7 +27,10 @@ def _same_digest_every_round(peers) -> dict[int, dict[str, str]]:
 @pytest.mark.timeout(300)
 def test_three_peers_agree_every_round_and_beat_a_solo_peer(tmp_path):
     # The solo peer (no --initial-peers: an isolated DHT) runs alongside the swarm to save wall time.
-    with LocalSwarm(tmp_path / "swarm", TINY, FAST) as swarm, LocalSwarm(tmp_path / "solo", TINY, FAST) as solo:
+    # Plain averaging of the deltas (outer lr 1, no momentum): at a few short rounds Nesterov's overshoot makes a
+    # single peer's loss swing by ~0.1 from run to run (DESIGN.md §6: plain averaging wins short runs).
+    plain = FAST + ["sync.outer_lr=1.0", "sync.outer_momentum=0.0", "sync.nesterov=false"]
+    with LocalSwarm(tmp_path / "swarm", TINY, plain) as swarm, LocalSwarm(tmp_path / "solo", TINY, plain) as solo:
         swarm.start_bootstrap()
         peers = [swarm.start_peer(f"peer{i}", max_rounds=ROUNDS) for i in range(1, 4)]
         lone = solo.start_peer("solo", max_rounds=ROUNDS)
@@ -51,6 +54,7 @@ def test_three_peers_agree_every_round_and_beat_a_solo_peer(tmp_path):
         assert len({s["val_loss"] for s in summaries}) == 1  # same state, same fixed eval batches
         swarm_loss, solo_loss = summaries[0]["val_loss"], solo_summary["val_loss"]
         # 3x the tokens per round: the swarm is clearly ahead (measured 2.71 vs 2.93 at this size)
+        print(f"swarm val_loss {swarm_loss:.4f} vs solo {solo_loss:.4f}")
         assert swarm_loss < solo_loss - 0.05, f"swarm val_loss {swarm_loss:.4f} vs solo {solo_loss:.4f}"
 
 
