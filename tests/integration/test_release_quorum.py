@@ -407,3 +407,56 @@ def _encode(cert: dict) -> bytes:
     from p2pmodel.versioning.tag import encode_tag
 
     return encode_tag(cert)
+
+
+@pytest.mark.timeout(120)
+def test_minor_and_major_only_by_proposal_and_major_needs_the_supermajority(net, tmp_path):
+    """Without a proposal the next version is a PATCH; a signed MINOR proposal (any key, e.g. the CLI's) makes the
+    next tag v0.2.0 and is used up by it; a MAJOR proposal lets voters accept a regression, but a MAJOR tag
+    needs ⌊0.8·N⌋+1 votes: with 3 of 4 members voting it does not form, with all 4 it does (v1.0.0)."""
+    from p2pmodel.node.release import PROPOSAL_KIND, proposals_key
+    from p2pmodel.swarm.records import publish_signed
+
+    dhts, idents = net
+    nodes = _start_nodes(net, [0, 1, 2, 3], "run-propose", tmp_path)
+    members = [n.id for n in nodes]
+    proposer = Identity.generate()
+
+    def propose(bump: str, after: str) -> None:
+        body = {
+            "peer_id": proposer.peer_id,
+            "run_id": "run-propose",
+            "bump": bump,
+            "after": after,
+            "reason": "test",
+            "time": time.time(),
+        }
+        assert publish_signed(dhts[3], proposer, proposals_key("run-propose"), PROPOSAL_KIND, body, 600)
+
+    def release(round_: int, loss: float, voters=nodes) -> str:
+        digest = sha256_hex(f"state-{round_}".encode())
+        _commit_all(voters, round_, digest, [_report(loss, digest) for _ in voters], members)
+        return digest
+
+    try:
+        release(2, 3.0)
+        assert _wait(lambda: all(n.versions == ["v0.1.0"] for n in nodes), 20), [n.versions for n in nodes]
+        propose("minor", "v0.1.0")
+        release(4, 2.9)
+        assert _wait(lambda: all(n.versions == ["v0.1.0", "v0.2.0"] for n in nodes), 20), [n.versions for n in nodes]
+        assert nodes[0].releases.ledger.get("v0.2.0")["bump"] == "minor"
+        release(6, 2.8)  # the proposal was used up by v0.2.0: back to PATCH
+        assert _wait(lambda: all(n.versions[-1] == "v0.2.1" for n in nodes), 20), [n.versions for n in nodes]
+
+        propose("major", "v0.2.1")
+        release(8, 3.5, voters=nodes[:3])  # a regression, accepted for a MAJOR; 3 of 4 < ⌊0.8·4⌋+1 = 4
+        votes8 = lambda: _counted(nodes[0], 8, sha256_hex(b"state-8"))  # noqa: E731
+        assert _wait(lambda: len(votes8()) == 3, 20)
+        assert all(v["verdict"] == "accept" and v["version"] == "v1.0.0" for v in votes8())
+        time.sleep(1.5)
+        assert all(n.versions[-1] == "v0.2.1" for n in nodes), [n.versions for n in nodes]
+        release(12, 3.4)  # all four accept the next MAJOR candidate (a new slot window: 12 // 4 > 8 // 4)
+        assert _wait(lambda: all(n.versions[-1] == "v1.0.0" for n in nodes), 20), [n.versions for n in nodes]
+        assert nodes[1].releases.ledger.get("v1.0.0")["bump"] == "major"
+    finally:
+        _close(nodes)
