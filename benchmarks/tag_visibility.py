@@ -34,16 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from p2pmodel.node.launch import LocalSwarm
+from p2pmodel.testing.swarm import FAST, TINY
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "configs" / "tiny.toml"
-FAST = [
-    "train.inner_steps=10",
-    "eval.batches=2",
-    "data.max_corpus_bytes=2000000",
-    "sync.matchmaking_time_s=2.0",
-    "sync.request_timeout_s=1.5",
-]
 TAGGED = re.compile(r"(\d\d):(\d\d):(\d\d)(?:[.,](\d+))? .*?tagged (v\d+\.\d+\.\d+) ")
 
 

@@ -11,21 +11,12 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
 from p2pmodel.node.launch import LocalSwarm
+from p2pmodel.testing.swarm import FAST, TINY
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = ROOT / "configs" / "tiny.toml"
-FAST = [
-    "train.inner_steps=10",
-    "eval.batches=2",
-    "data.max_corpus_bytes=2000000",
-    "sync.matchmaking_time_s=2.0",
-    "sync.request_timeout_s=1.5",
-]
 WANT = ("v0.1.0", "v0.1.1")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
