@@ -21,13 +21,15 @@ def _table(swarm, title: str) -> Table:
         t.add_column(col)
     for name, p in swarm.peers.items():
         e = p.last or {}
+        rounds = p.rounds()
+        group = rounds[-1].get("group_size", "-") if rounds else "-"
         state = "running" if p.proc.poll() is None else f"exit {p.proc.returncode}"
         t.add_row(
             name,
             str(e.get("round", "-")),
             f"{e['val_loss']:.4f}" if e.get("val_loss") else "-",
             (e.get("digest") or "")[:12],
-            str(e.get("group_size", "-")),
+            str(group),
             _bytes(e.get("bytes_sent")),
             _bytes(e.get("bytes_received")),
             state,
