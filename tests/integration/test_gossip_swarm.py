@@ -13,9 +13,8 @@ from p2pmodel.gossip import Gossip, GossipConfig, frames
 from p2pmodel.gossip.message import make_message
 from p2pmodel.swarm.aio import run_sync
 from p2pmodel.swarm.identity import Identity
-from p2pmodel.swarm.node import peer_id_of, start_dht, stop_dht, visible_maddrs
+from p2pmodel.testing.dht import identity_dhts
 
-LOCAL = ["/ip4/127.0.0.1/tcp/0"]
 N_DHTS = 6
 QUIET = {"anti_entropy_interval_s": 0}  # tests see the push/pull paths alone
 
@@ -23,18 +22,8 @@ QUIET = {"anti_entropy_interval_s": 0}  # tests see the push/pull paths alone
 @pytest.fixture(scope="module")
 def swarm(tmp_path_factory):
     """N_DHTS DHT peers whose libp2p keys are also their gossip signing identities."""
-    folder = tmp_path_factory.mktemp("ids")
-    dhts, idents = [], []
-    try:
-        for i in range(N_DHTS):
-            path = folder / f"peer{i}.key"
-            idents.append(Identity.load_or_create(path))
-            dhts.append(start_dht(path, visible_maddrs(dhts[0]) if dhts else [], LOCAL, wait_timeout_s=3))
-        assert [peer_id_of(d) for d in dhts] == [i.peer_id for i in idents]
-        yield dhts, idents
-    finally:
-        for dht in dhts:
-            stop_dht(dht)
+    with identity_dhts(N_DHTS, tmp_path_factory.mktemp("keys")) as pair:
+        yield pair
 
 
 class Inbox:

@@ -26,8 +26,8 @@ from p2pmodel.gossip import Gossip, frames
 from p2pmodel.node.release import Releases
 from p2pmodel.swarm.aio import run_sync
 from p2pmodel.swarm.identity import Identity
-from p2pmodel.swarm.node import peer_id_of, start_dht, stop_dht, visible_maddrs
 from p2pmodel.swarm.signed import sign_message
+from p2pmodel.testing.dht import identity_dhts
 from p2pmodel.versioning.ledger import Ledger
 from p2pmodel.versioning.quorum import required_votes
 from p2pmodel.versioning.store import Store
@@ -37,25 +37,14 @@ from p2pmodel.versioning.votes import VOTE_KIND, candidate_id, make_vote
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "tiny.toml"
 FAST = ["eval.batches=2", "data.max_corpus_bytes=2000000"]
-LOCAL = ["/ip4/127.0.0.1/tcp/0"]
 N_DHTS = 4
 
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
     """N_DHTS real DHT peers on 127.0.0.1 whose libp2p keys are also their signing identities."""
-    folder = tmp_path_factory.mktemp("keys")
-    dhts, idents = [], []
-    try:
-        for i in range(N_DHTS):
-            path = folder / f"peer{i}.key"
-            idents.append(Identity.load_or_create(path))
-            dhts.append(start_dht(path, visible_maddrs(dhts[0]) if dhts else [], LOCAL, wait_timeout_s=3))
-        assert [peer_id_of(d) for d in dhts] == [i.peer_id for i in idents]
-        yield dhts, idents
-    finally:
-        for dht in dhts:
-            stop_dht(dht)
+    with identity_dhts(N_DHTS, tmp_path_factory.mktemp("keys")) as pair:
+        yield pair
 
 
 class StubPeer:
