@@ -32,6 +32,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -110,6 +111,30 @@ class Netns:
 
     def _delete(self) -> None:
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+
+class _Timeline:
+    """With --keep-logs: the namespace's loopback tx bytes every 0.5 s (unix time, bytes since start), to line
+    traffic up with the peers' log lines."""
+
+    def __init__(self, ns: Netns, path: Path, start: int):
+        self.ns, self.path, self.start = ns, path, start
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        with open(self.path, "w") as f:
+            while not self.done.wait(0.5):
+                try:
+                    f.write(f"{time.time():.2f}\t{self.ns.lo_tx_bytes() - self.start}\n")
+                    f.flush()
+                except (subprocess.CalledProcessError, RuntimeError):
+                    return
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
 
 
 def _stop_group(p: subprocess.Popen, sig: int) -> None:
@@ -280,10 +305,15 @@ def run_mode(mode: str, args) -> dict:
     try:
         with Netns(mode) as ns:
             before = ns.lo_tx_bytes()
-            if mode == "p2pmodel":
-                res = run_p2pmodel(ns, args, work, deadline)
-            else:
-                res = run_workers(ns, mode, args, work, deadline)
+            sampler = _Timeline(ns, work / "timeline.tsv", before) if args.keep_logs else None
+            try:
+                if mode == "p2pmodel":
+                    res = run_p2pmodel(ns, args, work, deadline)
+                else:
+                    res = run_workers(ns, mode, args, work, deadline)
+            finally:
+                if sampler:
+                    sampler.stop()
             tx = ns.lo_tx_bytes() - before
         wall = time.monotonic() - t0
     finally:
@@ -313,7 +343,9 @@ def main() -> None:
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "tiny.toml")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override for every mode")
     ap.add_argument("--mode-timeout-s", type=float, default=900.0)
-    ap.add_argument("--keep-logs", action="store_true", help="keep each mode's scratch dir (logs) in /tmp")
+    ap.add_argument(
+        "--keep-logs", action="store_true", help="keep each mode's scratch dir in /tmp (logs, timeline.tsv of tx bytes)"
+    )
     args = ap.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in ALL_MODES]

@@ -26,9 +26,7 @@ def test_float16codec_really_averages_with_hivemind_peers():
         dhts.append(first)
         initial_peers = [str(a) for a in first.get_visible_maddrs()]
         for _ in range(N_PEERS - 1):
-            dhts.append(
-                hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=initial_peers)
-            )
+            dhts.append(hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=initial_peers))
         for dht, tensor in zip(dhts, originals, strict=True):
             averagers.append(
                 DecentralizedAverager(

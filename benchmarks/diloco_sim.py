@@ -1,0 +1,119 @@
+"""The ideal algorithm in one process, no network: where the daemon's loss should land, and which H, outer
+optimizer and schedule to pick before spending a real-swarm run (benchmarks/communication.py) on them.
+
+  ddp     one model at batch peers x b: the same gradients as gloo all-reduce of peers batches of b
+  diloco  peers workers, each with its own AdamW and stream, H inner steps, then the weighted mean of their
+          codec-decoded deltas (sender-side error feedback, as DeterministicAverager) and the outer step
+
+Same parts as the daemon (configs/tiny.toml model/data/eval, InnerTrainer, codecs, OuterOptimizer). Prints
+one JSON line: val loss at the end (and after every round with --trace) and the averaging payload per peer
+(encoded bytes x 2(n-1)/n per round, the all-reduce's share; the wire adds framing and control traffic).
+
+  python benchmarks/diloco_sim.py --method ddp --steps 1500
+  python benchmarks/diloco_sim.py --method diloco --steps 1500 --inner-steps 100 --codec int4 \
+      --set sync.outer_lr=1.0 --set sync.outer_momentum=0 --set sync.nesterov=false
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from p2pmodel.compress import make_codec
+from p2pmodel.config import load_config
+from p2pmodel.data import TrainStream, load_corpus
+from p2pmodel.eval import evaluate
+from p2pmodel.models import build_model
+from p2pmodel.sync.outer import OuterOptimizer
+from p2pmodel.train import InnerTrainer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--method", choices=["ddp", "diloco"], required=True)
+    ap.add_argument("--peers", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=300, help="inner steps per peer")
+    ap.add_argument("--inner-steps", type=int, default=50, help="H (diloco)")
+    ap.add_argument("--codec", default="int4", choices=["none", "fp16", "int8", "int4"])
+    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "tiny.toml")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override (dotted)")
+    ap.add_argument("--trace", action="store_true", help="also report the val loss after every round")
+    args = ap.parse_args()
+    cfg = load_config(args.config, args.overrides)
+    torch.set_num_threads(cfg.train.torch_threads or 1)
+    corpus = load_corpus(
+        cfg.data.source, cfg.data.paths, cfg.data.max_corpus_bytes, cfg.data.val_fraction, cfg.model.seq_len + 2
+    )
+
+    def val(model) -> float:
+        return evaluate(model, corpus.val, cfg.model.seq_len, cfg.eval.batches, cfg.eval.batch_size).val_loss
+
+    t0 = time.perf_counter()
+    out = {"method": args.method, "peers": args.peers, "steps_per_peer": args.steps, "overrides": args.overrides}
+    if args.method == "ddp":
+        model = build_model(cfg.model, cfg.train.seed)
+        tcfg = cfg.train.model_copy(update={"batch_size": cfg.train.batch_size * args.peers})
+        InnerTrainer(model, tcfg, torch.device("cpu")).run(
+            TrainStream(corpus.train, cfg.model.seq_len, cfg.train.seed, "sim-0"), args.steps
+        )
+        out["val_loss"] = val(model)
+    else:
+        out.update(diloco(cfg, corpus, args, val))
+    out["wall_s"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(out), flush=True)
+
+
+def diloco(cfg, corpus, args, val) -> dict:
+    if args.steps % args.inner_steps:
+        raise SystemExit("error: --steps must be a multiple of --inner-steps")
+    n, codec = args.peers, make_codec(args.codec, cfg.compress.block_size)
+    global_model = build_model(cfg.model, cfg.train.seed)
+    params = [p.detach() for p in global_model.parameters()]
+    outer = OuterOptimizer(params, cfg.sync.outer_lr, cfg.sync.outer_momentum, cfg.sync.nesterov)
+    workers = []
+    for r in range(n):
+        m = build_model(cfg.model, cfg.train.seed)
+        stream = TrainStream(corpus.train, cfg.model.seq_len, cfg.train.seed, f"sim-{r}")
+        workers.append((m, InnerTrainer(m, cfg.train, torch.device("cpu")), stream))
+    residuals = [[torch.zeros_like(p) for p in params] for _ in range(n)]
+    payload, trace = 0, []
+    for _ in range(args.steps // args.inner_steps):
+        mean = [torch.zeros_like(p) for p in params]
+        for (m, trainer, stream), res in zip(workers, residuals, strict=True):
+            with torch.no_grad():
+                for p, g in zip(m.parameters(), params, strict=True):
+                    p.copy_(g)
+            trainer.run(stream, args.inner_steps)
+            with torch.no_grad():
+                for p, g, r, acc in zip(m.parameters(), params, res, mean, strict=True):
+                    sent = (g - p) + r if cfg.compress.error_feedback else g - p
+                    msg = codec.compress(sent, _info(sent))
+                    decoded = codec.extract(msg).reshape(sent.shape)
+                    if cfg.compress.error_feedback:
+                        r.copy_(sent - decoded)
+                    acc.add_(decoded / n)
+                    payload += len(msg.SerializeToString()) * 2 * (n - 1) / n / n
+        outer.step(mean)
+        if args.trace:
+            trace.append(round(val(global_model), 4))
+    out = {"val_loss": val(global_model), "inner_steps_H": args.inner_steps, "codec": args.codec}
+    out["payload_bytes_per_peer"] = int(payload)
+    if args.trace:
+        out["val_per_round"] = trace
+    return out
+
+
+def _info(t: torch.Tensor):
+    from hivemind.compression import CompressionInfo
+
+    return CompressionInfo.from_tensor(t)
+
+
+if __name__ == "__main__":
+    main()
