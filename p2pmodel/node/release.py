@@ -69,6 +69,9 @@ class Releases:
             self.electorates[round_] = sorted(members)
             self.box.set_electorate(round_, peer.digest, members)
             parent = self.ledger.latest()
+        if parent and parent["round"] >= round_:  # a quorum tagged this round (or a later one) before we voted
+            log.info("round %d is already tagged (%s): not voting", round_, parent["version"])
+            return
         bump = self.proposed_bump(parent["version"] if parent else "")
         baseline = parent["metrics"] if parent and bump != "major" else None  # MAJOR may accept a regression
         verdict, reasons = judge(

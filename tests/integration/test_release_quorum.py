@@ -251,6 +251,8 @@ def test_hostile_votes_through_gossip_count_nowhere(net, tmp_path):
         a_round2 = _vote(ident_a, round_=2, digest=d2, parent="", version="v0.1.0", **v)
         push(a_round2, _vote(ident_b, round_=2, digest=d2, parent="", version="v0.1.0", **v))
         assert _wait(lambda: t.versions == ["v0.1.0"], 10), t.versions
+        t.releases.on_commit(2, members)  # a late commit hook of an already tagged round casts no second vote
+        assert "v0.1.1" not in t.releases._accepted
 
         # round 4: T votes accept on d4; A votes reject (genuinely)
         t.peer.commit(d4, _report(3.9, d4))
