@@ -39,7 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "_comm_worker.py"
 METHOD = "netns loopback tx bytes / peers"
-ALL_MODES = ("ddp", "hivemind", "p2pmodel", "local")
+ALL_MODES = ("ddp", "hivemind", "p2pmodel", "local", "ideal")
+SIM = Path(__file__).resolve().parent / "diloco_sim.py"
 
 
 class Netns:
@@ -298,7 +299,36 @@ def run_p2pmodel(ns: Netns, args, work: Path, deadline: float) -> dict:
     }
 
 
+def run_ideal(args) -> dict:
+    """The algorithm p2pmodel runs, simulated in one process with no network (benchmarks/diloco_sim.py): same
+    model, data, H, codec, error feedback and outer optimizer. Its bytes are the averaging payload it would send,
+    not wire bytes, so it gets no byte ratio."""
+    cmd = [sys.executable, str(SIM), "--method", "diloco", "--peers", str(args.peers), "--steps", str(args.steps)]
+    cmd += ["--inner-steps", str(args.inner_steps), "--codec", args.codec, "--config", str(args.config)]
+    for o in args.overrides:
+        cmd += ["--set", o]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.mode_timeout_s, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"diloco_sim exited with {proc.returncode}: {proc.stderr[-2000:]}")
+    sim = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {
+        "mode": "ideal",
+        "peers": args.peers,
+        "steps_per_peer": args.steps,
+        "inner_steps_H": args.inner_steps,
+        "codec": args.codec,
+        "bytes_per_peer": None,
+        "averaging_payload_per_peer": sim["payload_bytes_per_peer"],
+        "val_loss": sim["val_loss"],
+        "wall_s": round(time.monotonic() - t0, 1),
+        "method": "in-process simulation, no network (benchmarks/diloco_sim.py)",
+    }
+
+
 def run_mode(mode: str, args) -> dict:
+    if mode == "ideal":
+        return run_ideal(args)
     work = Path(tempfile.mkdtemp(prefix=f"p2pbench_{mode}_"))
     t0 = time.monotonic()
     deadline = t0 + args.mode_timeout_s
@@ -372,7 +402,7 @@ def main() -> None:
         )
         row["loss_ratio_vs_ddp"] = (row["val_loss"] / ddp["val_loss"]) if ddp else None
         print(json.dumps(row), flush=True)
-    p2p, hm = rows.get("p2pmodel"), rows.get("hivemind")
+    p2p, hm, ideal = rows.get("p2pmodel"), rows.get("hivemind"), rows.get("ideal")
     summary = {
         "summary": True,
         "peers": args.peers,
@@ -383,6 +413,7 @@ def main() -> None:
         "fewer_bytes_than_hivemind": (p2p["bytes_per_peer"] < hm["bytes_per_peer"]) if p2p and hm else None,
         "ge_1000x_fewer_bytes_than_ddp": (p2p["bytes_ratio_vs_ddp"] >= 1000) if p2p and ddp else None,
         "loss_within_3pct_of_ddp": (p2p["loss_ratio_vs_ddp"] <= 1.03) if p2p and ddp else None,
+        "loss_ratio_vs_ideal": (p2p["val_loss"] / ideal["val_loss"]) if p2p and ideal else None,
         "method": METHOD,
     }
     print(json.dumps(summary), flush=True)

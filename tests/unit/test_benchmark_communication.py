@@ -55,7 +55,7 @@ def test_communication_benchmark_tiny_run_reports_every_mode():
         sys.executable,
         str(ROOT / "benchmarks" / "communication.py"),
         "--peers", "2", "--steps", "4", "--inner-steps", "4",
-        "--modes", "ddp,p2pmodel",  # hivemind's start-up is the slowest; the full benchmark covers it
+        "--modes", "ddp,p2pmodel,ideal",  # hivemind's start-up is the slowest; the full benchmark covers it
         "--set", "data.max_corpus_bytes=2000000", "--set", "eval.batches=2",
         "--mode-timeout-s", "70",
     ]  # fmt: skip
@@ -73,7 +73,9 @@ def test_communication_benchmark_tiny_run_reports_every_mode():
     lines = [json.loads(x) for x in stdout.splitlines() if x.startswith("{")]
     assert proc.returncode == 0, f"rc {proc.returncode}\n{stdout}\n{stderr[-3000:]}"
     rows = {r["mode"]: r for r in lines if "mode" in r}
-    assert set(rows) == {"ddp", "p2pmodel"}, stdout
+    assert set(rows) == {"ddp", "p2pmodel", "ideal"}, stdout
+    ideal = rows.pop("ideal")
+    assert ideal["val_loss"] > 0 and ideal["averaging_payload_per_peer"] > 0 and ideal["bytes_per_peer"] is None
     for mode, row in rows.items():
         assert ROW_KEYS <= set(row), (mode, sorted(ROW_KEYS - set(row)))
         assert row["bytes_per_peer"] > 0, f"{mode}: no bytes measured"
@@ -85,6 +87,7 @@ def test_communication_benchmark_tiny_run_reports_every_mode():
     assert summary.get("summary") is True and CHECKS <= set(summary)
     assert isinstance(summary["ge_1000x_fewer_bytes_than_ddp"], bool)
     assert isinstance(summary["loss_within_3pct_of_ddp"], bool)
+    assert summary["loss_ratio_vs_ideal"] == rows["p2pmodel"]["val_loss"] / ideal["val_loss"]
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split("\n")
     leftover = [
         x for x in listed if x.split(" ")[0].startswith("p2pbench_") and x.split(" ")[0].endswith(f"_{proc.pid}")
