@@ -12,7 +12,6 @@ from pathlib import Path
 from p2pmodel.core.errors import P2PModelError
 from p2pmodel.core.ids import sha256_hex
 from p2pmodel.eval.suite import judge, metrics_of
-from p2pmodel.gossip import Gossip
 from p2pmodel.swarm.records import get_signed, publish_signed
 from p2pmodel.versioning.atomic import atomic_write
 from p2pmodel.versioning.ledger import Ledger
@@ -54,7 +53,7 @@ class Releases:
         self._lock = threading.RLock()
         for cert in self.ledger.all():
             self._index(cert)
-        self.gossip = Gossip(link.dht, link.identity, peers=link.peer_ids)
+        self.gossip = link.gossip  # owned (and closed) by the link
         self.gossip.subscribe(VOTE_KIND, self._on_vote)
         self.gossip.subscribe(TAG_KIND, self._on_tag)
         link.providers.append(self.certs.get)
@@ -250,4 +249,5 @@ class Releases:
         return False
 
     def close(self) -> None:
-        self.gossip.close()
+        self.gossip.unsubscribe(VOTE_KIND)
+        self.gossip.unsubscribe(TAG_KIND)

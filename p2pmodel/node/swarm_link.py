@@ -3,7 +3,13 @@
 
 DHT keys it uses besides swarm/records.py's: ``p2pmodel/{run}/ready/{round}`` (a peer finished its inner
 phase: the round closes for everyone, nobody idles) and ``p2pmodel/{run}/state`` (state offers: round,
-params digest and the sha256 of the downloadable package, served by the BlobServer)."""
+params digest and the sha256 of the downloadable package, served by the BlobServer).
+
+"Ready" is also pushed over gossip, which reaches every peer in milliseconds; the DHT key is the fallback,
+polled every ``PACE_POLL_S``. Measured (benchmarks/communication.py, 5 DHT nodes in a network namespace): one
+DHT get costs ~5 KB on the wire, one store of a signed record ~24 KB (replicated, traversal, encryption), so
+polling every 1.5 s cost more per round than the averaging payload at H=250; a gossip push costs one small
+message per peer."""
 
 import collections
 import logging
@@ -18,6 +24,7 @@ from p2pmodel.compress import make_codec
 from p2pmodel.core.errors import IntegrityError, P2PModelError
 from p2pmodel.core.ids import sha256_hex
 from p2pmodel.eval.digest import canonical_bytes
+from p2pmodel.gossip import Gossip
 from p2pmodel.node.exchange import ExchangeOutcome
 from p2pmodel.node.state_package import MAX_PACKAGE_BYTES, pack_state, unpack_state
 from p2pmodel.swarm.blobs import BlobServer, fetch_blob
@@ -36,7 +43,8 @@ from p2pmodel.sync import DeterministicAverager
 log = logging.getLogger("p2pmodel.swarm")
 READY, OFFER, RUN_KIND, HISTORY_KIND = "ready", "state_offer", "run_record", "history"
 RUNS_KEY = "p2pmodel/runs"
-PACE_POLL_S = 1.5  # how often a training peer asks whether the round closed (DHT traffic vs idle time)
+PACE_POLL_S = 10.0  # DHT fallback for a lost "ready" gossip push (each poll ~5 KB on the wire)
+PEER_LIST_CACHE_S = 30.0  # gossip's view of who is online (each refresh ~17 KB on the wire at 4 peers)
 _KEEP_PACKAGES = 3
 
 
@@ -72,6 +80,8 @@ class SwarmLink:
         self.commit_hooks: list = []  # called with (round, members) after each commit (releases)
         self._peer_cache: tuple[float, list[str]] = (0.0, [])
         self.blobs = BlobServer(self.dht, self._provide)
+        self.gossip = Gossip(self.dht, identity, peers=self.peer_ids)
+        self.gossip.subscribe(READY, self._on_ready)
         self.samples_per_s = 0.0
         self.refresher = RecordRefresher(self.dht, identity, self._record, s.record_ttl_s)
         self._closed_rounds: set[int] = set()
@@ -112,10 +122,10 @@ class SwarmLink:
         except P2PModelError:
             return None
 
-    def peer_ids(self) -> list[str]:
-        """Live peers of this run (from their DHT records), cached for a few seconds; used by gossip."""
+    def peer_ids(self, max_age_s: float = PEER_LIST_CACHE_S) -> list[str]:
+        """Live peers of this run (from their DHT records), cached up to ``max_age_s``; used by gossip."""
         at, ids = self._peer_cache
-        if time.monotonic() - at > 5.0:
+        if time.monotonic() - at >= max_age_s:
             try:
                 records = list_peer_records(self.dht, self.run_id, max_age_s=self.cfg.swarm.record_ttl_s)
                 ids = [r["peer_id"] for r in records if r["peer_id"] != self.identity.peer_id]
@@ -166,6 +176,15 @@ class SwarmLink:
                 if any(pid != self.identity.peer_id for pid in ready):
                     self._closed_rounds.add(r)
 
+    def _on_ready(self, msg) -> bool:
+        """A gossiped "ready" of this run: that round closes here too (our own push is delivered locally)."""
+        body = msg.body
+        if body.get("run_id") != self.run_id or not isinstance(body.get("round"), int) or body["round"] < 1:
+            return False
+        if msg.signer != self.identity.peer_id:
+            self._closed_rounds.add(body["round"])
+        return True
+
     def round_closed(self, round_: int) -> bool:
         self._pace_round = round_
         return round_ in self._closed_rounds
@@ -187,6 +206,10 @@ class SwarmLink:
             ttl,
         )
         self._closed_rounds.add(round_)
+        try:
+            self.gossip.publish(READY, {"run_id": self.run_id, "round": round_})
+        except P2PModelError as e:  # the others still see the DHT record at their next poll
+            log.warning("could not push ready for round %d: %s", round_, e)
         sent = [d + r for d, r in zip(delta, self.residuals, strict=True)] if self.residuals else delta
         with self.averager.get_tensors() as tensors:
             for t, d in zip(tensors, sent, strict=True):
@@ -230,7 +253,7 @@ class SwarmLink:
         ttl = self.cfg.swarm.record_ttl_s * 10
         publish_digest(self.dht, self.identity, self.run_id, round_, peer.digest, ttl)
         # everyone online, not just our group: a round that split into two groups must still pick one state
-        expected = set(outcome.members) | set(self.peer_ids()) | {self.identity.peer_id}
+        expected = set(outcome.members) | set(self.peer_ids(max_age_s=0)) | {self.identity.peer_id}
         # a group that formed later may still be averaging: give it a matchmaking window and some requests
         deadline = time.monotonic() + self.cfg.sync.matchmaking_time_s + 4 * self.cfg.sync.request_timeout_s
         digests = get_digests(self.dht, self.run_id, round_)
@@ -285,7 +308,8 @@ class SwarmLink:
         publish_signed(self.dht, self.identity, self._key(OFFER), OFFER, offer, self.cfg.swarm.record_ttl_s * 10)
         self.samples_per_s = samples_per_s
         self.refresher.refresh_now()
-        self.publish_run()
+        if round_ % self.cfg.versioning.release_every == 0:  # each publish is two DHT stores (~50 KB on the wire)
+            self.publish_run()
         for hook in self.commit_hooks:
             hook(round_, members)
 
@@ -306,7 +330,8 @@ class SwarmLink:
 
     def close(self) -> None:
         self._stop.set()
-        for step in (self.refresher.stop, self.blobs.close, self.averager.shutdown, lambda: stop_dht(self.dht)):
+        steps = (self.gossip.close, self.refresher.stop, self.blobs.close, self.averager.shutdown)
+        for step in (*steps, lambda: stop_dht(self.dht)):
             try:
                 step()
             except Exception as e:  # keep closing the rest

@@ -64,6 +64,7 @@ class StubLink:
 
     def __init__(self, dht, identity: Identity, peers: list[str]):
         self.dht, self.identity, self.peers, self.providers = dht, identity, list(peers), []
+        self.gossip = Gossip(dht, identity, peers=self.peer_ids)
 
     def peer_ids(self) -> list[str]:
         return [p for p in self.peers if p != self.identity.peer_id]
@@ -98,6 +99,7 @@ def _start_nodes(net, which: list[int], run_id: str, root: Path, overrides=(), p
 def _close(nodes) -> None:
     for n in nodes:
         n.releases.close()
+        n.link.gossip.close()
 
 
 def _wait(cond, timeout_s: float, step: float = 0.05) -> bool:
