@@ -125,7 +125,7 @@ class SwarmLink:
     def peer_ids(self, max_age_s: float = PEER_LIST_CACHE_S) -> list[str]:
         """Live peers of this run (from their DHT records), cached up to ``max_age_s``; used by gossip."""
         at, ids = self._peer_cache
-        if time.monotonic() - at >= max_age_s:
+        if time.monotonic() - at >= (max_age_s if ids else min(max_age_s, 5.0)):  # alone: look again soon
             try:
                 records = list_peer_records(self.dht, self.run_id, max_age_s=self.cfg.swarm.record_ttl_s)
                 ids = [r["peer_id"] for r in records if r["peer_id"] != self.identity.peer_id]
