@@ -112,7 +112,12 @@ class SyncConfig(_Section):
     min_group_size: int = Field(2, ge=1, le=1024, description="Fewer peers than this: apply own delta alone.")
     matchmaking_time_s: float = Field(5.0, gt=0, le=600, description="How long to gather peers for a round.")
     allreduce_timeout_s: float = Field(60.0, gt=0, le=3600, description="Deadline for the averaging exchange.")
-    request_timeout_s: float = Field(3.0, gt=0, le=600, description="Per-request deadline inside averaging.")
+    request_timeout_s: float = Field(
+        3.0, gt=0, le=600, description="Per-request deadline in matchmaking; keep it below matchmaking_time_s."
+    )
+    chunk_timeout_s: float = Field(
+        5.0, gt=0, le=600, description="A peer silent this long in the all-reduce is dropped (a reducer: 2x this)."
+    )
     download_timeout_s: float = Field(120.0, gt=0, le=3600, description="Deadline to download state from a peer.")
 
 

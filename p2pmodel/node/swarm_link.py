@@ -102,7 +102,7 @@ class SwarmLink:
             min_matchmaking_time=cfg.sync.matchmaking_time_s,
             request_timeout=cfg.sync.request_timeout_s,
             allreduce_timeout=cfg.sync.allreduce_timeout_s,
-            next_chunk_timeout=cfg.sync.request_timeout_s,
+            next_chunk_timeout=cfg.sync.chunk_timeout_s,
             client_mode=s.client_mode,
             allow_state_sharing=False,  # late joiners use our verified state offers, not hivemind's download
         )
@@ -254,8 +254,9 @@ class SwarmLink:
         publish_digest(self.dht, self.identity, self.run_id, round_, peer.digest, ttl)
         # everyone online, not just our group: a round that split into two groups must still pick one state
         expected = set(outcome.members) | set(self.peer_ids(max_age_s=0)) | {self.identity.peer_id}
-        # a group that formed later may still be averaging: give it a matchmaking window and some requests
-        deadline = time.monotonic() + self.cfg.sync.matchmaking_time_s + 4 * self.cfg.sync.request_timeout_s
+        # a group that formed later may still be averaging: give it a matchmaking window, requests and a stall
+        sync = self.cfg.sync
+        deadline = time.monotonic() + sync.matchmaking_time_s + 2 * sync.request_timeout_s + 2 * sync.chunk_timeout_s
         digests = get_digests(self.dht, self.run_id, round_)
         while not expected <= set(digests) and time.monotonic() < deadline:
             time.sleep(0.3)

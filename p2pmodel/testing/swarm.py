@@ -22,9 +22,15 @@ FAST = [
     "data.max_corpus_bytes=2000000",
     "sync.matchmaking_time_s=2.0",
     "sync.request_timeout_s=1.5",
+    "sync.chunk_timeout_s=1.5",
 ]
 # The same without the lineage fields (eval, data): a peer with these keeps configs/tiny.toml's run_id.
-FAST_SAME_RUN = ["train.inner_steps=10", "sync.matchmaking_time_s=2.0", "sync.request_timeout_s=1.5"]
+FAST_SAME_RUN = [
+    "train.inner_steps=10",
+    "sync.matchmaking_time_s=2.0",
+    "sync.request_timeout_s=1.5",
+    "sync.chunk_timeout_s=1.5",
+]
 
 
 def round_event(p: PeerProcess, round_: int) -> dict | None:

@@ -21,6 +21,7 @@ OVERRIDES = [
     "data.max_corpus_bytes=1000000",
     "sync.matchmaking_time_s=2.0",
     "sync.request_timeout_s=1.5",
+    "sync.chunk_timeout_s=1.5",
 ]
 _START = re.compile(r"starts at round 0 \(val_loss ([0-9.]+)\)")
 
