@@ -12,7 +12,7 @@ What changes against ``hivemind.averaging.DecentralizedAverager``:
   commit step's majority digest resolves (DESIGN.md "Commit step"). Never "keep your own";
 - optional sender-side error feedback: ``residuals[i] = local - decoded(bytes we sent)`` in float32, and
   the full local value on spans zeroed by a failed reducer (nothing of it got through);
-- the leader search queries the DHT at most every 0.25 s instead of in a tight loop (``matchmaking.py``);
+- the leader search queries the DHT at most every 0.5 s instead of in a tight loop (``matchmaking.py``);
 - ``step(weight, timeout)`` returns an ``AveragingResult`` and never raises for network failures.
 
 Notes for callers: hivemind names RPC handlers after the averager's class, so every peer of a swarm must

@@ -14,7 +14,7 @@ import asyncio
 import time
 from typing import Any
 
-LEADER_POLL_S = 0.25  # a follower learns of a new leader this much later at worst; matchmaking takes seconds
+LEADER_POLL_S = 0.5  # a follower learns of a new leader this much later at worst; matchmaking takes seconds
 
 
 class _SpacedKeyManager:
