@@ -27,6 +27,9 @@ lr 0.7 / momentum 0.5 (configs/tiny.toml), --modes ddp,hivemind,p2pmodel,ideal,l
   at this H and run length (4 peers at batch 8 on a gradient-noise-bound task, against ddp's effective batch of
   32 at every step), not the daemon's.
 
+  A p2pmodel-only rerun after the chunk deadline got its own setting (sync.chunk_timeout_s, same 5 s) and the
+  leader search was spaced to 0.5 s: 7.04 MB/peer (1081x the ddp figure above), val 1.406, digests agree.
+
   --steps 300 --inner-steps 50 (the issue's reference setting)
     ddp       1,524 MB/peer  val 1.900
     hivemind   83.3 MB/peer  val 2.231 (mean of 4; one peer ran 12 local epochs)   18x fewer bytes, 1.174x
