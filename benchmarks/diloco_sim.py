@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 
 import torch
+from hivemind.compression import CompressionInfo
 
-from p2pmodel.compress import make_codec
+from p2pmodel.compress import ErrorFeedback, make_codec
 from p2pmodel.config import load_config
 from p2pmodel.data import TrainStream, load_corpus
 from p2pmodel.eval import evaluate
@@ -81,38 +82,31 @@ def diloco(cfg, corpus, args, val) -> dict:
         m = build_model(cfg.model, cfg.train.seed)
         stream = TrainStream(corpus.train, cfg.model.seq_len, cfg.train.seed, f"sim-{r}")
         workers.append((m, InnerTrainer(m, cfg.train, torch.device("cpu")), stream))
-    residuals = [[torch.zeros_like(p) for p in params] for _ in range(n)]
-    payload, trace = 0, []
-    for _ in range(args.steps // args.inner_steps):
+    feedback = [ErrorFeedback() for _ in range(n)]
+    rounds, trace = args.steps // args.inner_steps, []
+    for _ in range(rounds):
         mean = [torch.zeros_like(p) for p in params]
-        for (m, trainer, stream), res in zip(workers, residuals, strict=True):
+        for (m, trainer, stream), ef in zip(workers, feedback, strict=True):
             with torch.no_grad():
                 for p, g in zip(m.parameters(), params, strict=True):
                     p.copy_(g)
             trainer.run(stream, args.inner_steps)
             with torch.no_grad():
-                for p, g, r, acc in zip(m.parameters(), params, res, mean, strict=True):
-                    sent = (g - p) + r if cfg.compress.error_feedback else g - p
-                    msg = codec.compress(sent, _info(sent))
-                    decoded = codec.extract(msg).reshape(sent.shape)
+                for i, (p, g, acc) in enumerate(zip(m.parameters(), params, mean, strict=True)):
+                    sent = ef.compensate(i, g - p) if cfg.compress.error_feedback else g - p
+                    decoded = codec.extract(codec.compress(sent, CompressionInfo.from_tensor(sent))).reshape(sent.shape)
                     if cfg.compress.error_feedback:
-                        r.copy_(sent - decoded)
+                        ef.update(i, sent, decoded)
                     acc.add_(decoded / n)
-                    payload += len(msg.SerializeToString()) * 2 * (n - 1) / n / n
         outer.step(mean)
         if args.trace:
             trace.append(round(val(global_model), 4))
+    encoded = sum(len(codec.compress(p, CompressionInfo.from_tensor(p)).SerializeToString()) for p in params)
     out = {"val_loss": val(global_model), "inner_steps_H": args.inner_steps, "codec": args.codec}
-    out["payload_bytes_per_peer"] = int(payload)
+    out["payload_bytes_per_peer"] = int(rounds * 2 * (n - 1) / n * encoded)  # the all-reduce's share, as the daemon
     if args.trace:
         out["val_per_round"] = trace
     return out
-
-
-def _info(t: torch.Tensor):
-    from hivemind.compression import CompressionInfo
-
-    return CompressionInfo.from_tensor(t)
 
 
 if __name__ == "__main__":
