@@ -89,7 +89,11 @@ def _start_nodes(net, which: list[int], run_id: str, root: Path, overrides=(), p
         for i in which:
             peer = StubPeer(run_id, root / f"peer{i}")
             link = StubLink(dhts[i], idents[i], gossip_with)
-            nodes.append(Node(Releases(cfg, peer, link, root / f"peer{i}"), peer, link))
+            try:
+                nodes.append(Node(Releases(cfg, peer, link, root / f"peer{i}"), peer, link))
+            except BaseException:
+                link.gossip.close()  # the link owns its gossip, as SwarmLink does
+                raise
     except BaseException:
         _close(nodes)
         raise
