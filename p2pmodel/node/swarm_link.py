@@ -70,23 +70,23 @@ class SwarmLink:
         self._buffers = [torch.zeros_like(p) for p in peer.global_params]
         self.residuals = [torch.zeros_like(p) for p in peer.global_params] if cfg.compress.error_feedback else None
         self.encoded_bytes = sum(len(self.codec.compress(t, _info(t)).SerializeToString()) for t in self._buffers)
-        try:
-            self._start_averaging(cfg, s)
-        except BaseException:
-            stop_dht(self.dht)
-            raise
         self.packages: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self.providers = [self.packages.get, self._stored_state]  # blob id → bytes, first hit wins
         self.commit_hooks: list = []  # called with (round, members) after each commit (releases)
         self._peer_cache: tuple[float, list[str]] = (0.0, [])
-        self.blobs = BlobServer(self.dht, self._provide)
-        self.gossip = Gossip(self.dht, identity, peers=self.peer_ids)
-        self.gossip.subscribe(READY, self._on_ready)
         self.samples_per_s = 0.0
-        self.refresher = RecordRefresher(self.dht, identity, self._record, s.record_ttl_s)
         self._closed_rounds: set[int] = set()
         self._pace_round = 0
         self._stop = threading.Event()
+        try:  # a part that fails to start takes down the ones started before it (close skips the rest)
+            self._start_averaging(cfg, s)
+            self.blobs = BlobServer(self.dht, self._provide)
+            self.gossip = Gossip(self.dht, identity, peers=self.peer_ids)
+            self.gossip.subscribe(READY, self._on_ready)
+            self.refresher = RecordRefresher(self.dht, identity, self._record, s.record_ttl_s)
+        except BaseException:
+            self.close()
+            raise
         self._pace = threading.Thread(target=self._watch_pace, name="p2pmodel-pace", daemon=True)
         self._pace.start()
 
@@ -331,7 +331,8 @@ class SwarmLink:
 
     def close(self) -> None:
         self._stop.set()
-        steps = (self.gossip.close, self.refresher.stop, self.blobs.close, self.averager.shutdown)
+        parts = (("gossip", "close"), ("refresher", "stop"), ("blobs", "close"), ("averager", "shutdown"))
+        steps = [getattr(getattr(self, part), method) for part, method in parts if hasattr(self, part)]
         for step in (*steps, lambda: stop_dht(self.dht)):
             try:
                 step()
