@@ -17,6 +17,12 @@ from p2pmodel.core.logging import setup_logging
 app = typer.Typer(help="List, verify, download and compare tagged versions.", no_args_is_help=True)
 PEERS = typer.Option(..., "--initial-peers", help="Multiaddr of any swarm member (repeatable).")
 RUN = typer.Option(None, "--run-id", help="Run to read [default: the only run online].")
+ALLOW = typer.Option(
+    None,
+    "--allow",
+    help="Count only votes signed by this PeerID (repeatable), as versioning.allowlist on peers "
+    "[default: any member of the tag's electorate].",
+)
 
 
 def _summary(cert: dict) -> dict:
@@ -33,19 +39,39 @@ def _summary(cert: dict) -> dict:
     }
 
 
-def _tags(initial_peers, run_id):
+def _allowlist(allow: list[str] | None) -> set[str] | None:
+    """The --allow PeerIDs, each checked (a typo would silently refuse every tag)."""
+    if not allow:
+        return None
+    from hivemind.p2p import PeerID
+
+    for peer_id in allow:
+        try:
+            PeerID.from_base58(peer_id)
+        except Exception:
+            raise UsageError(f"--allow: not a PeerID: {peer_id!r}") from None
+    return set(allow)
+
+
+def _tags(initial_peers, run_id, allow):
     from p2pmodel.node.light import fetch_tags, light_client, pick_run
 
+    allowlist = _allowlist(allow)
     setup_logging("warning")
     with light_client(initial_peers) as dht, tempfile.TemporaryDirectory() as tmp:
         rid, run = pick_run(dht, run_id)
-        return rid, run, fetch_tags(dht, rid, tmp)
+        return rid, run, fetch_tags(dht, rid, tmp, allowlist)
 
 
 @app.command("list")
-def list_(initial_peers: list[str] = PEERS, run_id: str = RUN, as_json: bool = typer.Option(False, "--json")):
+def list_(
+    initial_peers: list[str] = PEERS,
+    run_id: str = RUN,
+    allow: list[str] = ALLOW,
+    as_json: bool = typer.Option(False, "--json"),
+):
     """Tags with digest, round, metrics and votes x/N (each certificate verified)."""
-    rid, run, certs = _tags(initial_peers, run_id)
+    rid, run, certs = _tags(initial_peers, run_id, allow)
     if as_json:
         emit_json({"run_id": rid, "run_name": run.get("run_name"), "versions": [_summary(c) for c in certs]})
         return
@@ -76,13 +102,17 @@ def _find(certs, version: str) -> dict:
 
 @app.command()
 def show(
-    version: str, initial_peers: list[str] = PEERS, run_id: str = RUN, as_json: bool = typer.Option(False, "--json")
+    version: str,
+    initial_peers: list[str] = PEERS,
+    run_id: str = RUN,
+    allow: list[str] = ALLOW,
+    as_json: bool = typer.Option(False, "--json"),
 ):
     """The full certificate of VERSION, every vote's signature checked."""
     from p2pmodel.swarm.signed import open_signed
     from p2pmodel.versioning.votes import VOTE_KIND
 
-    _, _, certs = _tags(initial_peers, run_id)
+    _, _, certs = _tags(initial_peers, run_id, allow)
     cert = _find(certs, version)
     votes = []
     for raw in cert["votes"]:
@@ -108,6 +138,7 @@ def pull(
     initial_peers: list[str] = PEERS,
     out: Path = typer.Option(..., "-o", "--out", help="Directory to write model.safetensors + manifest.json."),
     run_id: str = RUN,
+    allow: list[str] = ALLOW,
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Download VERSION's weights (hash-verified) as safetensors with a manifest."""
@@ -117,10 +148,11 @@ def pull(
     from p2pmodel.node.light import fetch_tags, light_client, pick_run, pull_state
     from p2pmodel.versioning.atomic import atomic_write
 
+    allowlist = _allowlist(allow)
     setup_logging("warning")
     with light_client(initial_peers) as dht, tempfile.TemporaryDirectory() as tmp:
         rid, run = pick_run(dht, run_id)
-        cert = _find(fetch_tags(dht, rid, tmp), version)
+        cert = _find(fetch_tags(dht, rid, tmp, allowlist), version)
         state = pull_state(dht, rid, cert)
     if state_digest(state) != cert["digest"]:  # pull_state verified the bytes; check the parse too
         raise UsageError("downloaded state does not match the tag's digest")

@@ -64,8 +64,9 @@ def pick_run(dht, run_id: str | None) -> tuple[str, dict]:
     return next(iter(runs.items()))
 
 
-def fetch_tags(dht, run_id: str, workdir) -> list[dict]:
-    """Every tag of ``run_id`` that some peer indexes, each certificate downloaded and verified in chain order."""
+def fetch_tags(dht, run_id: str, workdir, allowlist: set[str] | None = None) -> list[dict]:
+    """Every tag of ``run_id`` that some peer indexes, each certificate downloaded and verified in chain order
+    (with ``allowlist``, only votes of those PeerIDs count towards a tag's quorum)."""
     import logging
 
     from p2pmodel.core.errors import P2PModelError
@@ -93,7 +94,7 @@ def fetch_tags(dht, run_id: str, workdir) -> list[dict]:
                     break
             except P2PModelError as e:
                 logging.getLogger(__name__).debug("certificate %s from %s: %s", version, peer, e)
-    ledger = Ledger(Path(workdir) / "ledger.bin")
+    ledger = Ledger(Path(workdir) / "ledger.bin", allowlist=allowlist)
     for cert in sorted(certs, key=lambda c: Version.parse(c["version"])):
         try:
             ledger.append(cert)  # verifies every signature, the quorum and the parent link

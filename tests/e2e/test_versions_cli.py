@@ -171,3 +171,30 @@ def test_cli_errors_are_one_line_with_exit_codes(swarm, tmp_path):
     assert "v0.1.0" in one_error_line(unknown)  # names the known ones
     assert dead.returncode == 1 and "initial peer" in one_error_line(dead) and dead.stdout == ""
     assert bad.returncode == 2 and "invalid multiaddr" in one_error_line(bad)
+
+
+@pytest.mark.timeout(240)
+def test_allow_counts_only_the_listed_voters(swarm):
+    """``--allow`` restricts whose votes count: the electorate's own keys keep both tags, a stranger's key (or too
+    few of the voters for a quorum) leaves none, and a malformed PeerID is a usage error."""
+    from p2pmodel.swarm.identity import Identity
+
+    maddr, _, _ = swarm
+    shown = cli("versions", "show", "v0.1.0", "--initial-peers", maddr, "--json")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    electorate = json.loads(shown.stdout)["electorate_peers"]
+    allow = lambda ids: [a for i in ids for a in ("--allow", i)]  # noqa: E731
+    stranger = Identity.generate().peer_id
+    with ThreadPoolExecutor(4) as pool:
+        members = pool.submit(cli, "versions", "list", "--initial-peers", maddr, *allow(electorate), "--json")
+        outsider = pool.submit(cli, "versions", "list", "--initial-peers", maddr, *allow([stranger]), "--json")
+        one = pool.submit(cli, "versions", "list", "--initial-peers", maddr, *allow(electorate[:1]), "--json")
+        bad = pool.submit(cli, "versions", "list", "--initial-peers", maddr, "--allow", "not-a-peer-id")
+        members, outsider, one, bad = (f.result() for f in (members, outsider, one, bad))
+    assert members.returncode == 0, members.stderr[-2000:]
+    check_tags(json.loads(members.stdout)["versions"])
+    for res in (outsider, one):  # quorum is 3 of 3 members: one allowed voter cannot reach it
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert json.loads(res.stdout)["versions"] == [], res.stdout
+        assert "refusing tag v0.1.0" in res.stderr, res.stderr[-2000:]
+    assert bad.returncode == 2 and "--allow: not a PeerID" in one_error_line(bad)
