@@ -39,6 +39,15 @@ lr 0.7 / momentum 0.5 (configs/tiny.toml), --modes ddp,hivemind,p2pmodel,ideal,l
 Before the fixes of 2026-11-30 (hivemind's leader search polling the DHT in a tight loop, a 1.5 s DHT pace poll,
 a 2 s chunk deadline that caused 6.7 MB re-syncs), the same run measured 11.6 MB/peer (655x); with outer
 momentum 0.9 it reached val 1.638 (ideal 1.581).
+
+Why not within 3 % of ddp: the ideal algorithm (diloco_sim.py, int4, H=250, 4 peers) is at best 1.26x ddp's loss in
+every run length and inner lr tried, so no choice of run length closes it on this task:
+  3000 steps (the recipe's train.total_steps, 12 rounds)   ideal 1.132  ddp 0.900  1.26x
+  1500 steps, cosine ending at 1500 (train.total_steps)     ideal 1.433  ddp 1.062  1.35x
+  1500 steps, inner lr 1.5e-3 / 3e-3 (recipe) / 6e-3        ideal 1.426 / 1.418 / 1.825  ddp 1.115 / 1.111 / 1.209
+                                                            (1.28x / 1.28x / 1.51x)
+The task is gradient-noise bound at batch 8 (ddp's batch of 32 per step is worth ~4x the steps of one peer); H
+cannot shrink enough to help, since 1000x fewer bytes needs H >= ~210 at ~1.1 MB per int4 round.
 """
 
 from __future__ import annotations
