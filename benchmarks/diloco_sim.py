@@ -3,7 +3,8 @@ optimizer and schedule to pick before spending a real-swarm run (benchmarks/comm
 
   ddp     one model at batch peers x b: the same gradients as gloo all-reduce of peers batches of b
   diloco  peers workers, each with its own AdamW and stream, H inner steps, then the weighted mean of their
-          codec-decoded deltas (sender-side error feedback, as DeterministicAverager) and the outer step
+          codec-decoded deltas (sender-side error feedback, as DeterministicAverager), encoded and decoded once
+          more (the reducers send the mean in the codec; --exact-mean skips that) and the outer step
 
 Same parts as the daemon (configs/tiny.toml model/data/eval, InnerTrainer, codecs, OuterOptimizer). Prints
 one JSON line: val loss at the end (and after every round with --trace) and the averaging payload per peer
@@ -45,6 +46,12 @@ def main() -> None:
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "tiny.toml")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override (dotted)")
     ap.add_argument("--trace", action="store_true", help="also report the val loss after every round")
+    ap.add_argument(
+        "--exact-mean",
+        dest="mean_codec",
+        action="store_false",
+        help="skip the codec round trip of the averaged delta (the daemon's reducers send it encoded)",
+    )
     args = ap.parse_args()
     cfg = load_config(args.config, args.overrides)
     torch.set_num_threads(cfg.train.torch_threads or 1)
@@ -98,11 +105,14 @@ def diloco(cfg, corpus, args, val) -> dict:
                     if cfg.compress.error_feedback:
                         ef.update(i, sent, decoded)
                     acc.add_(decoded / n)
+        if args.mean_codec:  # as the daemon: each reducer encodes the averaged part once and everyone decodes it
+            mean = [codec.extract(codec.compress(m, CompressionInfo.from_tensor(m))).reshape(m.shape) for m in mean]
         outer.step(mean)
         if args.trace:
             trace.append(round(val(global_model), 4))
     encoded = sum(len(codec.compress(p, CompressionInfo.from_tensor(p)).SerializeToString()) for p in params)
     out = {"val_loss": val(global_model), "inner_steps_H": args.inner_steps, "codec": args.codec}
+    out["mean_encoded"] = args.mean_codec
     out["payload_bytes_per_peer"] = int(rounds * 2 * (n - 1) / n * encoded)  # the all-reduce's share, as the daemon
     if args.trace:
         out["val_per_round"] = trace
