@@ -40,6 +40,17 @@ Before the fixes of 2026-11-30 (hivemind's leader search polling the DHT in a ti
 a 2 s chunk deadline that caused 6.7 MB re-syncs), the same run measured 11.6 MB/peer (655x); with outer
 momentum 0.9 it reached val 1.638 (ideal 1.581).
 
+Repeats with other seeds (--set train.seed=N: model init and data order), --modes hivemind,p2pmodel,ideal:
+  --steps 1500 --inner-steps 250, seed 1: hivemind 68.9 MB/peer val 1.594; p2pmodel 6.96 MB/peer (1094x fewer than
+    ddp's 7,610 MB, which no seed changes) val 1.430, digests agree; ideal 1.425 (ratio 1.004)
+  --steps 300 --inner-steps 50, seeds 0 / 1 / 2 / 3 (ideal of seeds 1-3 without the reducers' re-encoding):
+    hivemind  2.231 / 2.258 / 2.333 / 2.257   (38-83 MB/peer)
+    p2pmodel  2.156 / 2.192 / 2.356 / 2.139   (6.3-7.8 MB/peer)   mean 2.211 against hivemind's 2.270
+    ideal     2.149 / 2.159 / 2.141 / 2.130
+  p2pmodel's peers take their data order from their (new, random) PeerIDs and close a round when the first one
+  finishes (~97 % of the steps), so reruns of one seed vary: five more runs at seed 2 gave 2.164 2.189 2.241 2.136
+  2.177; the 2.356 above was the worst of six. At 300 steps it beats hivemind in 3 of 4 seeds, at 1500 in both.
+
 Why not within 3 % of ddp: the ideal algorithm (diloco_sim.py, int4, H=250, 4 peers) is at best 1.26x ddp's loss in
 every run length and inner lr tried, so no choice of run length closes it on this task:
   3000 steps (the recipe's train.total_steps, 12 rounds)   ideal 1.132  ddp 0.900  1.26x
