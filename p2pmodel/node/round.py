@@ -22,7 +22,7 @@ def run_round(
     """Run round ``round_`` to its commit, or return None (nothing committed) if interrupted before."""
     first = peer.trainer.step
 
-    def stop_inner() -> bool:  # the round closes when a peer finished its H steps: nobody idles waiting
+    def stop_inner() -> bool:  # a peer finished its H steps (+ a short grace): the round closes, nobody idles
         return interrupted() or (peer.trainer.step > first and exchange.round_closed(round_))
 
     stats = peer.trainer.run(peer.stream, peer.cfg.train.inner_steps, stop_inner, on_step)  # inner phase

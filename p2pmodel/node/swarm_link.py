@@ -5,6 +5,11 @@ DHT keys it uses besides swarm/records.py's: ``p2pmodel/{run}/ready/{round}`` (a
 phase: the round closes for everyone, nobody idles) and ``p2pmodel/{run}/state`` (state offers: round,
 params digest and the sha256 of the downloadable package, served by the BlobServer).
 
+A peer still training when the round closes keeps going for ``CLOSE_GRACE`` of the matchmaking window (or until
+its H steps are done): the first finisher waits that window for a group anyway, and rounds start a little apart
+(commit, eval and DHT work take different times on each peer), so stopping at once cost up to a fifth of a short
+round's steps (tests/integration/test_swarm_training.py: 23-27 of 30 steps per peer).
+
 "Ready" is also pushed over gossip, which reaches every peer in milliseconds; the DHT key is the fallback,
 polled every ``PACE_POLL_S``. Measured (benchmarks/communication.py, 5 DHT nodes in a network namespace): one
 DHT get costs ~5 KB on the wire, one store of a signed record ~24 KB (replicated, traversal, encryption), so
@@ -43,6 +48,7 @@ from p2pmodel.sync import DeterministicAverager
 log = logging.getLogger("p2pmodel.swarm")
 READY, OFFER, RUN_KIND, HISTORY_KIND = "ready", "state_offer", "run_record", "history"
 RUNS_KEY = "p2pmodel/runs"
+CLOSE_GRACE = 1 / 3  # of sync.matchmaking_time_s: joins the group well inside the window
 PACE_POLL_S = 10.0  # DHT fallback for a lost "ready" gossip push (each poll ~5 KB on the wire)
 PEER_LIST_CACHE_S = 30.0  # gossip's view of who is online (each refresh ~17 KB on the wire at 4 peers)
 _KEEP_PACKAGES = 3
@@ -75,7 +81,7 @@ class SwarmLink:
         self.commit_hooks: list = []  # called with (round, members) after each commit (releases)
         self._peer_cache: tuple[float, list[str]] = (0.0, [])
         self.samples_per_s = 0.0
-        self._closed_rounds: set[int] = set()
+        self._closed_rounds: dict[int, float] = {}  # round → when this peer learned it closed (monotonic)
         self._pace_round = 0
         self._stop = threading.Event()
         try:  # a part that fails to start takes down the ones started before it (close skips the rest)
@@ -174,7 +180,7 @@ class SwarmLink:
                     log.debug("pace check failed: %s", e)
                     continue
                 if any(pid != self.identity.peer_id for pid in ready):
-                    self._closed_rounds.add(r)
+                    self._closed_rounds.setdefault(r, time.monotonic())
 
     def _on_ready(self, msg) -> bool:
         """A gossiped "ready" of this run: that round closes here too (our own push is delivered locally)."""
@@ -182,12 +188,14 @@ class SwarmLink:
         if body.get("run_id") != self.run_id or not isinstance(body.get("round"), int) or body["round"] < 1:
             return False
         if msg.signer != self.identity.peer_id:
-            self._closed_rounds.add(body["round"])
+            self._closed_rounds.setdefault(body["round"], time.monotonic())
         return True
 
     def round_closed(self, round_: int) -> bool:
+        """True once another peer finished ``round_`` at least the grace period ago: stop the inner phase."""
         self._pace_round = round_
-        return round_ in self._closed_rounds
+        since = self._closed_rounds.get(round_)
+        return since is not None and time.monotonic() - since >= CLOSE_GRACE * self.cfg.sync.matchmaking_time_s
 
     def others_alive(self) -> bool:
         max_age = self.cfg.swarm.record_ttl_s
@@ -205,7 +213,7 @@ class SwarmLink:
             {"peer_id": self.identity.peer_id, "round": round_, "time": time.time()},
             ttl,
         )
-        self._closed_rounds.add(round_)
+        self._closed_rounds.setdefault(round_, time.monotonic())
         try:
             self.gossip.publish(READY, {"run_id": self.run_id, "round": round_})
         except P2PModelError as e:  # the others still see the DHT record at their next poll
