@@ -51,8 +51,9 @@ Repeats with other seeds (--set train.seed=N: model init and data order), --mode
     p2pmodel  2.156 / 2.192 / 2.356 / 2.139   (6.3-7.8 MB/peer)   mean 2.211 against hivemind's 2.270
     ideal     2.149 / 2.159 / 2.141 / 2.130
   p2pmodel's peers take their data order from their (new, random) PeerIDs and (in these runs) closed a round
-  when the first one finished (~97 % of the steps), so reruns of one seed vary: five more runs at seed 2 gave 2.164 2.189 2.241 2.136
-  2.177; the 2.356 above was the worst of six. At 300 steps it beats hivemind in 3 of 4 seeds, at 1500 in both.
+  when the first one finished (~97 % of the steps), so reruns of one seed vary: five more runs at seed 2 gave
+  2.164 2.189 2.241 2.136 2.177; the 2.356 above was the worst of six. At 300 steps it beats hivemind in 3 of 4
+  seeds, at 1500 in both.
 
 Why not within 3 % of ddp: the ideal algorithm (diloco_sim.py, int4, H=250, 4 peers) is at best 1.26x ddp's loss in
 every run length and inner lr tried, so no choice of run length closes it on this task:
