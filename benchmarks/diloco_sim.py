@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--trace", action="store_true", help="also report the val loss after every round")
     ap.add_argument(
         "--exact-mean",
-        dest="mean_codec",
+        dest="encode_mean",
         action="store_false",
         help="skip the codec round trip of the averaged delta (the daemon's reducers send it encoded)",
     )
@@ -105,14 +105,14 @@ def diloco(cfg, corpus, args, val) -> dict:
                     if cfg.compress.error_feedback:
                         ef.update(i, sent, decoded)
                     acc.add_(decoded / n)
-        if args.mean_codec:  # as the daemon: each reducer encodes the averaged part once and everyone decodes it
-            mean = [codec.extract(codec.compress(m, CompressionInfo.from_tensor(m))).reshape(m.shape) for m in mean]
+        if args.encode_mean:  # as the daemon: each reducer encodes the averaged part once and everyone decodes it
+            mean = [codec.extract(codec.compress(t, CompressionInfo.from_tensor(t))).reshape(t.shape) for t in mean]
         outer.step(mean)
         if args.trace:
             trace.append(round(val(global_model), 4))
     encoded = sum(len(codec.compress(p, CompressionInfo.from_tensor(p)).SerializeToString()) for p in params)
     out = {"val_loss": val(global_model), "inner_steps_H": args.inner_steps, "codec": args.codec}
-    out["mean_encoded"] = args.mean_codec
+    out["mean_encoded"] = args.encode_mean
     out["payload_bytes_per_peer"] = int(rounds * 2 * (n - 1) / n * encoded)  # the all-reduce's share, as the daemon
     if args.trace:
         out["val_per_round"] = trace

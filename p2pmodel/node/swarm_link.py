@@ -61,16 +61,6 @@ class SwarmLink:
         use_hivemind_log_handler("nowhere")  # hivemind propagates to our root handler (one format, one stream)
         if cfg.logging.level != "debug":
             logging.getLogger("hivemind").setLevel(logging.WARNING)
-        self.dht = start_dht(
-            identity.path,
-            s.initial_peers,
-            s.host_maddrs,
-            s.announce_maddrs,
-            s.client_mode,
-            wait_timeout_s=min(s.join_timeout_s, 10.0),
-            startup_timeout_s=s.join_timeout_s,
-        )
-        self.maddrs = visible_maddrs(self.dht)
         self.run_id = peer.run_id
         self.codec = make_codec(cfg.compress.codec, cfg.compress.block_size)
         self._buffers = [torch.zeros_like(p) for p in peer.global_params]
@@ -84,7 +74,17 @@ class SwarmLink:
         self._closed_rounds: dict[int, float] = {}  # round → when this peer learned it closed (monotonic)
         self._pace_round = 0
         self._stop = threading.Event()
-        try:  # a part that fails to start takes down the ones started before it (close skips the rest)
+        self.dht = start_dht(
+            identity.path,
+            s.initial_peers,
+            s.host_maddrs,
+            s.announce_maddrs,
+            s.client_mode,
+            wait_timeout_s=min(s.join_timeout_s, 10.0),
+            startup_timeout_s=s.join_timeout_s,
+        )
+        try:  # whatever fails from here takes down the parts started before it (close skips the rest)
+            self.maddrs = visible_maddrs(self.dht)
             self._start_averaging(cfg, s)
             self.blobs = BlobServer(self.dht, self._provide)
             self.gossip = Gossip(self.dht, identity, peers=self.peer_ids)

@@ -183,7 +183,10 @@ def test_allow_counts_only_the_listed_voters(swarm):
     shown = cli("versions", "show", "v0.1.0", "--initial-peers", maddr, "--json")
     assert shown.returncode == 0, shown.stderr[-2000:]
     electorate = json.loads(shown.stdout)["electorate_peers"]
-    allow = lambda ids: [a for i in ids for a in ("--allow", i)]  # noqa: E731
+
+    def allow(ids: list[str]) -> list[str]:
+        return [arg for peer_id in ids for arg in ("--allow", peer_id)]
+
     stranger = Identity.generate().peer_id
     with ThreadPoolExecutor(4) as pool:
         members = pool.submit(cli, "versions", "list", "--initial-peers", maddr, *allow(electorate), "--json")
