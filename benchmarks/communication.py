@@ -61,8 +61,14 @@ every run length and inner lr tried, so no choice of run length closes it on thi
   1500 steps, cosine ending at 1500 (train.total_steps)     ideal 1.433  ddp 1.062  1.35x
   1500 steps, inner lr 1.5e-3 / 3e-3 (recipe) / 6e-3        ideal 1.426 / 1.418 / 1.825  ddp 1.115 / 1.111 / 1.209
                                                             (1.28x / 1.28x / 1.51x)
-The task is gradient-noise bound at batch 8 (ddp's batch of 32 per step is worth ~4x the steps of one peer); H
-cannot shrink enough to help, since 1000x fewer bytes needs H >= ~210 at ~1.1 MB per int4 round.
+The task is gradient-noise bound at batch 8 (ddp's batch of 32 per step is worth ~4x the steps of one peer). A
+smaller H narrows the gap but never closes it, even uncompressed (1500 steps, --codec none --exact-mean, measured
+2026-11-30 against ddp 1.107 above):
+  H=10   (150 rounds, 758 MB payload/peer, 10x fewer than ddp)    ideal 1.169  1.056x
+  H=50   (30 rounds, 152 MB payload/peer, 50x fewer)                ideal 1.294  1.169x
+  H=250  (6 rounds, int4, ~1.1 MB per round on the wire)            ideal 1.418  1.281x
+so within 3 % would need H < 10, i.e. over 150 rounds in 7.6 MB/peer: under 51 KB per round for 0.84M parameters
+(< 0.5 bit each, control traffic included); at ~1.1 MB per int4 round, 1000x fewer bytes needs H >= ~210.
 """
 
 from __future__ import annotations

@@ -238,6 +238,7 @@ def plot(
     initial_peers: list[str] = PEERS,
     out: Path = typer.Option(..., "-o", "--out", help="PNG file to write."),
     run_id: str = RUN,
+    allow: list[str] = ALLOW,
 ):
     """Validation loss by round (median over peers) with the tagged versions marked."""
     import matplotlib
@@ -247,10 +248,11 @@ def plot(
 
     from p2pmodel.node.light import fetch_history, fetch_tags, light_client, pick_run
 
+    allowlist = _allowlist(allow)
     setup_logging("warning")
     with light_client(initial_peers) as dht, tempfile.TemporaryDirectory() as tmp:
         rid, run = pick_run(dht, run_id)
-        history, certs = fetch_history(dht, rid), fetch_tags(dht, rid, tmp)
+        history, certs = fetch_history(dht, rid), fetch_tags(dht, rid, tmp, allowlist)
     if not history and not certs:
         raise UsageError(f"run {rid} has no history yet")
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
@@ -281,6 +283,7 @@ def propose(
     identity: Path = typer.Option(None, "--identity", help="Key to sign with [default: a throwaway key]."),
     ttl_h: float = typer.Option(24.0, "--ttl-hours", min=0.1, help="How long the proposal stays open."),
     run_id: str = RUN,
+    allow: list[str] = ALLOW,
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Propose that the next release candidate be a MINOR or MAJOR version (MAJOR needs a supermajority)."""
@@ -293,11 +296,12 @@ def propose(
 
     if bump not in ("minor", "major"):
         raise UsageError(f"--bump must be minor or major, not {bump!r} (PATCH needs no proposal)")
+    allowlist = _allowlist(allow)
     setup_logging("warning")
     me = Identity.load_or_create(identity) if identity else Identity.generate()
     with light_client(initial_peers) as dht, tempfile.TemporaryDirectory() as tmp:
         rid, _ = pick_run(dht, run_id)
-        certs = fetch_tags(dht, rid, tmp)
+        certs = fetch_tags(dht, rid, tmp, allowlist)
         after = certs[-1]["version"] if certs else ""
         body = {
             "peer_id": me.peer_id,

@@ -31,6 +31,7 @@ from p2pmodel.core.ids import sha256_hex
 from p2pmodel.eval.digest import canonical_bytes
 from p2pmodel.gossip import Gossip
 from p2pmodel.node.exchange import ExchangeOutcome
+from p2pmodel.node.pace import RoundCloses
 from p2pmodel.node.state_package import MAX_PACKAGE_BYTES, pack_state, unpack_state
 from p2pmodel.swarm.blobs import BlobServer, fetch_blob
 from p2pmodel.swarm.node import start_dht, stop_dht, visible_maddrs
@@ -71,7 +72,7 @@ class SwarmLink:
         self.commit_hooks: list = []  # called with (round, members) after each commit (releases)
         self._peer_cache: tuple[float, list[str]] = (0.0, [])
         self.samples_per_s = 0.0
-        self._closed_rounds: dict[int, float] = {}  # round → when this peer learned it closed (monotonic)
+        self._closed = RoundCloses()
         self._pace_round = 0
         self._stop = threading.Event()
         self.dht = start_dht(
@@ -173,14 +174,14 @@ class SwarmLink:
     def _watch_pace(self) -> None:
         while not self._stop.wait(PACE_POLL_S):
             r = self._pace_round
-            if r and r not in self._closed_rounds:
+            if r and r not in self._closed:
                 try:
                     ready = get_signed(self.dht, self._key(READY, r), READY)
                 except Exception as e:  # a DHT hiccup: look again next tick
                     log.debug("pace check failed: %s", e)
                     continue
                 if any(pid != self.identity.peer_id for pid in ready):
-                    self._closed_rounds.setdefault(r, time.monotonic())
+                    self._closed.mark(r, self.peer.round)
 
     def _on_ready(self, msg) -> bool:
         """A gossiped "ready" of this run: that round closes here too (our own push is delivered locally)."""
@@ -188,14 +189,14 @@ class SwarmLink:
         if body.get("run_id") != self.run_id or not isinstance(body.get("round"), int) or body["round"] < 1:
             return False
         if msg.signer != self.identity.peer_id:
-            self._closed_rounds.setdefault(body["round"], time.monotonic())
+            self._closed.mark(body["round"], self.peer.round)
         return True
 
     def round_closed(self, round_: int) -> bool:
         """True once another peer finished ``round_`` at least the grace period ago: stop the inner phase."""
         self._pace_round = round_
-        since = self._closed_rounds.get(round_)
-        return since is not None and time.monotonic() - since >= CLOSE_GRACE * self.cfg.sync.matchmaking_time_s
+        closed_for = self._closed.closed_for(round_)
+        return closed_for is not None and closed_for >= CLOSE_GRACE * self.cfg.sync.matchmaking_time_s
 
     def others_alive(self) -> bool:
         max_age = self.cfg.swarm.record_ttl_s
@@ -213,7 +214,7 @@ class SwarmLink:
             {"peer_id": self.identity.peer_id, "round": round_, "time": time.time()},
             ttl,
         )
-        self._closed_rounds.setdefault(round_, time.monotonic())
+        self._closed.mark(round_, self.peer.round)
         try:
             self.gossip.publish(READY, {"run_id": self.run_id, "round": round_})
         except P2PModelError as e:  # the others still see the DHT record at their next poll

@@ -174,9 +174,9 @@ def test_cli_errors_are_one_line_with_exit_codes(swarm, tmp_path):
 
 
 @pytest.mark.timeout(240)
-def test_allow_counts_only_the_listed_voters(swarm):
+def test_allow_counts_only_the_listed_voters(swarm, tmp_path):
     """``--allow`` restricts whose votes count: the electorate's own keys keep both tags, a stranger's key (or too
-    few of the voters for a quorum) leaves none, and a malformed PeerID is a usage error."""
+    few of the voters for a quorum) leaves none (in ``plot`` too), and a malformed PeerID is a usage error."""
     from p2pmodel.swarm.identity import Identity
 
     maddr, _, _ = swarm
@@ -188,12 +188,14 @@ def test_allow_counts_only_the_listed_voters(swarm):
         return [arg for peer_id in ids for arg in ("--allow", peer_id)]
 
     stranger = Identity.generate().peer_id
-    with ThreadPoolExecutor(4) as pool:
+    png = tmp_path / "strangers.png"
+    with ThreadPoolExecutor(5) as pool:
+        plot = pool.submit(cli, "versions", "plot", "--initial-peers", maddr, *allow([stranger]), "-o", str(png))
         members = pool.submit(cli, "versions", "list", "--initial-peers", maddr, *allow(electorate), "--json")
         outsider = pool.submit(cli, "versions", "list", "--initial-peers", maddr, *allow([stranger]), "--json")
         one = pool.submit(cli, "versions", "list", "--initial-peers", maddr, *allow(electorate[:1]), "--json")
         bad = pool.submit(cli, "versions", "list", "--initial-peers", maddr, "--allow", "not-a-peer-id")
-        members, outsider, one, bad = (f.result() for f in (members, outsider, one, bad))
+        members, outsider, one, bad, plot = (f.result() for f in (members, outsider, one, bad, plot))
     assert members.returncode == 0, members.stderr[-2000:]
     check_tags(json.loads(members.stdout)["versions"])
     for res in (outsider, one):  # quorum is 3 of 3 members: one allowed voter cannot reach it
@@ -201,3 +203,5 @@ def test_allow_counts_only_the_listed_voters(swarm):
         assert json.loads(res.stdout)["versions"] == [], res.stdout
         assert "refusing tag v0.1.0" in res.stderr, res.stderr[-2000:]
     assert bad.returncode == 2 and "--allow: not a PeerID" in one_error_line(bad)
+    assert plot.returncode == 0 and "0 versions" in plot.stdout, plot.stdout + plot.stderr[-2000:]
+    assert png.read_bytes()[:8] == PNG_MAGIC

@@ -1,0 +1,29 @@
+"""RoundCloses keeps only rounds just ahead of the last commit, so "ready" messages for arbitrary rounds cannot
+grow it, and reports how long ago a round closed."""
+
+import time
+
+import pytest
+
+from p2pmodel.node.pace import RoundCloses
+
+
+@pytest.mark.timeout(10)
+def test_keeps_only_rounds_just_ahead_of_the_commit():
+    closes = RoundCloses(rounds_ahead=4)
+    for r in range(-3, 10_000):  # a stranger's flood of signed "ready"s for every round number
+        closes.mark(r, committed=2)
+    assert sorted(r for r in range(-3, 10_000) if r in closes) == [3, 4, 5, 6]
+    closes.mark(7, committed=5)  # after a commit, rounds up to it are dropped
+    assert len(closes) == 2 and 6 in closes and 7 in closes and 5 not in closes
+
+
+@pytest.mark.timeout(10)
+def test_closed_for_counts_from_the_first_mark():
+    closes = RoundCloses()
+    assert closes.closed_for(1) is None
+    closes.mark(1, committed=0)
+    time.sleep(0.05)
+    closes.mark(1, committed=0)  # a second "ready" for the same round does not restart the clock
+    assert closes.closed_for(1) >= 0.05
+    assert closes.closed_for(2) is None
