@@ -69,6 +69,13 @@ smaller H narrows the gap but never closes it, even uncompressed (1500 steps, --
   H=250  (6 rounds, int4, ~1.1 MB per round on the wire)            ideal 1.418  1.281x
 so within 3 % would need H < 10, i.e. over 150 rounds in 7.6 MB/peer: under 51 KB per round for 0.84M parameters
 (< 0.5 bit each, control traffic included); at ~1.1 MB per int4 round, 1000x fewer bytes needs H >= ~210.
+A larger batch per peer (what a GPU peer would run) shrinks the gap at that H, as gradient noise predicts; 1500
+steps, H=250, int4, --set train.batch_size=B (ddp's batch 4B), measured 2026-11-30:
+  B=8    ideal 1.418  ddp 1.107  1.281x
+  B=32   ideal 0.993  ddp 0.896  1.109x   (32 min per method on one core)
+  B=64   ideal 0.886  ddp 0.817  1.083x   (65 min per method)
+The bytes do not change with B (ddp's gradients and p2pmodel's deltas have the model's size), so 1000x holds; whether
+a GPU-sized batch reaches 3 % is untested: the real three-way run at B >= 64 takes hours per mode on this 2-core CPU.
 """
 
 from __future__ import annotations
