@@ -1,6 +1,7 @@
 """``p2pmodel versions list|show|pull|diff``: read the swarm's tags as a light client (no training, no GPU);
 every certificate is verified (signatures, quorum, parent chain) before it is shown or used."""
 
+import contextlib
 import json
 import statistics
 import tempfile
@@ -53,14 +54,21 @@ def _allowlist(allow: list[str] | None) -> set[str] | None:
     return set(allow)
 
 
-def _tags(initial_peers, run_id, allow):
+@contextlib.contextmanager
+def _reading(initial_peers, run_id, allow):
+    """A light client on the swarm: (dht, run id, run record, its verified tags); the DHT is open inside."""
     from p2pmodel.node.light import fetch_tags, light_client, pick_run
 
     allowlist = _allowlist(allow)
     setup_logging("warning")
     with light_client(initial_peers) as dht, tempfile.TemporaryDirectory() as tmp:
         rid, run = pick_run(dht, run_id)
-        return rid, run, fetch_tags(dht, rid, tmp, allowlist)
+        yield dht, rid, run, fetch_tags(dht, rid, tmp, allowlist)
+
+
+def _tags(initial_peers, run_id, allow):
+    with _reading(initial_peers, run_id, allow) as (_, rid, run, certs):
+        return rid, run, certs
 
 
 @app.command("list")
@@ -145,14 +153,11 @@ def pull(
     from safetensors.torch import save
 
     from p2pmodel.eval.digest import state_digest
-    from p2pmodel.node.light import fetch_tags, light_client, pick_run, pull_state
+    from p2pmodel.node.light import pull_state
     from p2pmodel.versioning.atomic import atomic_write
 
-    allowlist = _allowlist(allow)
-    setup_logging("warning")
-    with light_client(initial_peers) as dht, tempfile.TemporaryDirectory() as tmp:
-        rid, run = pick_run(dht, run_id)
-        cert = _find(fetch_tags(dht, rid, tmp, allowlist), version)
+    with _reading(initial_peers, run_id, allow) as (dht, rid, run, certs):
+        cert = _find(certs, version)
         state = pull_state(dht, rid, cert)
     if state_digest(state) != cert["digest"]:  # pull_state verified the bytes; check the parse too
         raise UsageError("downloaded state does not match the tag's digest")
@@ -246,13 +251,10 @@ def plot(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from p2pmodel.node.light import fetch_history, fetch_tags, light_client, pick_run
+    from p2pmodel.node.light import fetch_history
 
-    allowlist = _allowlist(allow)
-    setup_logging("warning")
-    with light_client(initial_peers) as dht, tempfile.TemporaryDirectory() as tmp:
-        rid, run = pick_run(dht, run_id)
-        history, certs = fetch_history(dht, rid), fetch_tags(dht, rid, tmp, allowlist)
+    with _reading(initial_peers, run_id, allow) as (dht, rid, run, certs):
+        history = fetch_history(dht, rid)
     if not history and not certs:
         raise UsageError(f"run {rid} has no history yet")
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
@@ -289,19 +291,14 @@ def propose(
     """Propose that the next release candidate be a MINOR or MAJOR version (MAJOR needs a supermajority)."""
     import time
 
-    from p2pmodel.node.light import fetch_tags, light_client, pick_run
     from p2pmodel.node.release import PROPOSAL_KIND, proposals_key
     from p2pmodel.swarm.identity import Identity
     from p2pmodel.swarm.records import publish_signed
 
     if bump not in ("minor", "major"):
         raise UsageError(f"--bump must be minor or major, not {bump!r} (PATCH needs no proposal)")
-    allowlist = _allowlist(allow)
-    setup_logging("warning")
-    me = Identity.load_or_create(identity) if identity else Identity.generate()
-    with light_client(initial_peers) as dht, tempfile.TemporaryDirectory() as tmp:
-        rid, _ = pick_run(dht, run_id)
-        certs = fetch_tags(dht, rid, tmp, allowlist)
+    with _reading(initial_peers, run_id, allow) as (dht, rid, _, certs):
+        me = Identity.load_or_create(identity) if identity else Identity.generate()
         after = certs[-1]["version"] if certs else ""
         body = {
             "peer_id": me.peer_id,
