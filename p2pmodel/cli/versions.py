@@ -48,9 +48,14 @@ def _allowlist(allow: list[str] | None) -> set[str] | None:
 
     for peer_id in allow:
         try:
-            PeerID.from_base58(peer_id)
+            raw = PeerID.from_base58(peer_id).to_bytes()
         except Exception:
-            raise UsageError(f"--allow: not a PeerID: {peer_id!r}") from None
+            raw = b""
+        # any base58 word decodes: require a multihash, sha2-256 (0x12, 32 bytes) or identity (0x00, inline key)
+        if not (
+            (len(raw) == 34 and raw[:2] == b"\x12\x20") or (len(raw) > 2 and raw[0] == 0 and raw[1] == len(raw) - 2)
+        ):
+            raise UsageError(f"--allow: not a PeerID: {peer_id!r}")
     return set(allow)
 
 
