@@ -150,13 +150,17 @@ def test_oversized_dropped_and_flood_rate_limited(swarm):
         run_sync(caller.call(target, frames.encode("push", {"msgs": [big_msg]}), 5), 10)
         assert _wait(lambda: gossips[1].stats()["drops"].get("oversized") == 2, 5)
 
+        started = time.monotonic()
         flood = [gossips[0].publish("vote", {"run": "r1", "i": i}) for i in range(150)]
         lone = gossips[2].publish("vote", {"run": "r1", "from": "other peer"})
         assert _wait(lambda: lone in inboxes[1].ids(), 5)
         time.sleep(1.0)
         got = set(inboxes[1].ids())
-        assert len(got & set(flood)) <= 20 + 5 * 5  # burst + rate over the test's few seconds
-        assert gossips[1].stats()["drops"].get("rate_limited", 0) >= 100
+        elapsed = time.monotonic() - started
+        # at most burst + rate * elapsed get through (frames cost a token too, so usually fewer); a refused frame
+        # counts one drop whatever it held, so the drop count is a lower bound on the messages refused
+        assert len(got & set(flood)) <= 20 + 5 * elapsed < 150, elapsed
+        assert gossips[1].stats()["drops"].get("rate_limited", 0) > 0
     finally:
         _close(gossips)
 
