@@ -17,13 +17,17 @@ class RoundCloses:
         self._since: dict[int, float] = {}  # round -> time.monotonic() when it closed here
         self._lock = threading.Lock()  # the gossip handler, the DHT poller and the round loop all write
 
-    def mark(self, round_: int, committed: int) -> None:
-        """``round_`` closed; ``committed`` is this peer's last committed round (older entries are dropped)."""
+    def mark(self, round_: int, committed: int) -> bool:
+        """``round_`` closed; ``committed`` is this peer's last committed round (older entries are dropped).
+
+        Returns whether ``round_`` is near enough to ``committed`` (either side) to be worth passing on to peers:
+        the gossip handler refuses the rest, so a "ready" for an absurd round stops at the first honest hop."""
         with self._lock:
             for r in [r for r in self._since if r <= committed]:
                 del self._since[r]
             if committed < round_ <= committed + self.rounds_ahead:
                 self._since.setdefault(round_, time.monotonic())
+        return committed - self.rounds_ahead < round_ <= committed + self.rounds_ahead
 
     def __contains__(self, round_: int) -> bool:
         return round_ in self._since

@@ -186,11 +186,11 @@ class SwarmLink:
     def _on_ready(self, msg) -> bool:
         """A gossiped "ready" of this run: that round closes here too (our own push is delivered locally)."""
         body = msg.body
-        if body.get("run_id") != self.run_id or not isinstance(body.get("round"), int) or body["round"] < 1:
+        if body.get("run_id") != self.run_id or type(body.get("round")) is not int or body["round"] < 1:
             return False
-        if msg.signer != self.identity.peer_id:
-            self._closed.mark(body["round"], self.peer.round)
-        return True
+        if msg.signer == self.identity.peer_id:
+            return True
+        return self._closed.mark(body["round"], self.peer.round)  # False: neither kept nor forwarded
 
     def round_closed(self, round_: int) -> bool:
         """True once another peer finished ``round_`` at least the grace period ago: stop the inner phase."""
