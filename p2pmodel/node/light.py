@@ -1,5 +1,7 @@
 """A light client for the CLI: joins the DHT in client mode (no training, no GPU), with an ephemeral identity."""
 
+import math
+import statistics
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -124,21 +126,24 @@ def pull_state(dht, run_id: str, cert: dict, timeout_s: float = 300.0) -> dict:
 
 def fetch_history(dht, run_id: str) -> dict[int, float]:
     """Median validation loss per round over the peers' signed history records."""
-    import statistics
-
     from p2pmodel.node.swarm_link import HISTORY_KIND
     from p2pmodel.swarm.records import get_signed
 
+    return median_loss_by_round(get_signed(dht, f"p2pmodel/{run_id}/history", HISTORY_KIND).values(), run_id)
+
+
+def median_loss_by_round(bodies, run_id: str) -> dict[int, float]:
+    """Median of the finite ``[round, val_loss]`` pairs of ``run_id`` in signed history bodies; the rest is ignored."""
     per_round: dict[int, list[float]] = {}
-    for body in get_signed(dht, f"p2pmodel/{run_id}/history", HISTORY_KIND).values():
+    for body in bodies:
         rounds = body.get("rounds") if body.get("run_id") == run_id else None
         for item in rounds if isinstance(rounds, list) else []:
             if (
                 isinstance(item, list)
                 and len(item) == 2
-                and isinstance(item[0], int)
-                and isinstance(item[1], (int, float))
-                and item[1] == item[1]
+                and type(item[0]) is int  # bools are ints to isinstance; a signed record is still hostile input
+                and type(item[1]) in (int, float)
+                and math.isfinite(item[1])
             ):
                 per_round.setdefault(item[0], []).append(float(item[1]))
     return {r: statistics.median(v) for r, v in sorted(per_round.items())}
