@@ -87,7 +87,7 @@ class BlobServer:
     async def _handle(self, info, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await asyncio.wait_for(self._serve(reader, writer), self.serve_timeout_s)
-        except (*asyncio.IncompleteReadError, ConnectionError, WireError) as e:
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, WireError) as e:
             logger.debug(f"blob request from {info.peer_id} ended early: {type(e).__name__}: {e}")
         except Exception:
             logger.warning(f"blob request from {info.peer_id} failed", exc_info=True)
@@ -161,14 +161,13 @@ async def afetch_blob(
             raise WireError(f"malformed blob header from {peer_id}")
         if size > max_bytes:
             raise WireError(f"blob {digest[:12]} from {peer_id} is {size} bytes, over the limit of {max_bytes}")
-        hasher, parts, received = hashlib.sha256(), [], 0
-        while received < size:
-            chunk = await _read_frame(reader, min(MAX_CHUNK_BYTES, size - received))
+        hasher, received = hashlib.sha256(), bytearray()  # one buffer: a stream of 1-byte frames costs no more
+        while len(received) < size:
+            chunk = await _read_frame(reader, min(MAX_CHUNK_BYTES, size - len(received)))
             if not chunk:
                 raise WireError(f"empty chunk in blob {digest[:12]} from {peer_id}")
             hasher.update(chunk)
-            parts.append(chunk)
-            received += len(chunk)
+            received += chunk
     except asyncio.IncompleteReadError:
         raise SwarmError(f"peer {peer_id} closed the stream before blob {digest[:12]} was complete") from None
     except ConnectionError as e:
@@ -179,7 +178,7 @@ async def afetch_blob(
         raise IntegrityError(
             f"blob from {peer_id} does not match its digest {digest[:12]} (got {hasher.hexdigest()[:12]})"
         )
-    return b"".join(parts)
+    return bytes(received)
 
 
 def fetch_blob(

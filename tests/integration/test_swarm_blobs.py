@@ -1,7 +1,9 @@
 """Chunked, sha256-verified blob transfer between two real peers on 127.0.0.1."""
 
 import hashlib
+import logging
 import os
+import time
 
 import pytest
 
@@ -71,3 +73,28 @@ def test_lying_size_and_missing_server(pair):
             fetch_blob(client_dht, peer_id_of(server_dht), DIGEST, 2**30, timeout_s=10, protocol="/test/liar/1")
     with pytest.raises(SwarmError):  # nobody serves this protocol
         fetch_blob(client_dht, peer_id_of(server_dht), DIGEST, 2**30, timeout_s=10, protocol="/test/none/1")
+
+
+@pytest.mark.timeout(60)
+def test_request_cut_short_is_logged_quietly_and_serving_goes_on(pair, caplog):
+    from hivemind.p2p import PeerID
+
+    from p2pmodel.swarm.aio import get_p2p, run_sync
+
+    server_dht, client_dht = pair
+
+    async def half_a_request():
+        p2p = await get_p2p(client_dht)
+        _, _, writer = await p2p.call_binary_stream_handler(PeerID.from_base58(peer_id_of(server_dht)), "/test/cut/1")
+        writer.write(b"\x00\x00")  # half of a length prefix, then hang up
+        await writer.drain()
+        writer.close()
+
+    caplog.set_level(logging.DEBUG, logger="p2pmodel.swarm.blobs")
+    with BlobServer(server_dht, {DIGEST: BLOB}.get, protocol="/test/cut/1"):
+        run_sync(half_a_request(), 10)
+        deadline = time.monotonic() + 10
+        while "ended early: IncompleteReadError" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "ended early: IncompleteReadError" in caplog.text, caplog.text
+        assert fetch_blob(client_dht, peer_id_of(server_dht), DIGEST, len(BLOB), timeout_s=30, protocol="/test/cut/1")
