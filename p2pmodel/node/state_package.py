@@ -19,8 +19,9 @@ def pack_state(names: list[str], params: list[torch.Tensor], momentum: list[torc
     return save(tensors, metadata={"round": str(round_)})
 
 
-def unpack_state(blob: bytes, names: list[str], expected_digest: str) -> tuple[dict, list, int]:
-    """→ (params by name, momentum list aligned with names, round); IntegrityError if anything is off."""
+def unpack_state(blob: bytes, shapes: dict[str, tuple], expected_digest: str) -> tuple[dict, list, int]:
+    """→ (params by name, momentum list in ``shapes``' order, round); IntegrityError if anything is off, shapes
+    included (the digest covers them, but only the model knows which ones it can load)."""
     try:
         tensors = load(blob)
         round_ = _round_from_header(blob)
@@ -29,13 +30,16 @@ def unpack_state(blob: bytes, names: list[str], expected_digest: str) -> tuple[d
     except Exception as e:
         raise IntegrityError(f"state package is not valid safetensors ({type(e).__name__})") from None
     params = {k.removeprefix("param/"): v for k, v in tensors.items() if k.startswith("param/")}
-    if set(params) != set(names) or any(t.dtype != torch.float32 for t in tensors.values()):
+    if set(params) != set(shapes) or any(t.dtype != torch.float32 for t in tensors.values()):
         raise IntegrityError("state package does not match this run's parameters")
+    wrong = [n for n in shapes if tuple(params[n].shape) != tuple(shapes[n])]
+    if wrong:
+        raise IntegrityError(f"state package has the wrong shape for {wrong[0]}")
     digest = state_digest(params)
     if digest != expected_digest:
         raise IntegrityError(f"state package digest {digest[:12]} is not the advertised {expected_digest[:12]}")
-    momentum = [tensors.get(f"momentum/{n}") for n in names]
-    for m, n in zip(momentum, names, strict=True):
+    momentum = [tensors.get(f"momentum/{n}") for n in shapes]
+    for m, n in zip(momentum, shapes, strict=True):
         if m is not None and m.shape != params[n].shape:
             raise IntegrityError(f"momentum of {n} has the wrong shape")
     return params, momentum, round_

@@ -18,6 +18,7 @@ message per peer."""
 
 import collections
 import logging
+import re
 import threading
 import time
 
@@ -53,6 +54,7 @@ CLOSE_GRACE = 1 / 3  # of sync.matchmaking_time_s: joins the group well inside t
 PACE_POLL_S = 10.0  # DHT fallback for a lost "ready" gossip push (each poll ~5 KB on the wire)
 PEER_LIST_CACHE_S = 30.0  # gossip's view of who is online (each refresh ~17 KB on the wire at 4 peers)
 _KEEP_PACKAGES = 3
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class SwarmLink:
@@ -270,7 +272,8 @@ class SwarmLink:
         while not expected <= set(digests) and time.monotonic() < deadline:
             time.sleep(0.3)
             digests = get_digests(self.dht, self.run_id, round_)
-        winner = majority(digests) or peer.digest
+        # only peers known to be in this run vote, and only with a real digest ("" would send everyone re-syncing)
+        winner = majority({p: d for p, d in digests.items() if p in expected and _HEX64.fullmatch(d)}) or peer.digest
         if winner != peer.digest:
             log.warning(
                 "round %d: this peer holds %s but most peers hold %s: re-syncing", round_, peer.digest[:12], winner[:12]
@@ -283,7 +286,8 @@ class SwarmLink:
         tried: set[str] = {self.identity.peer_id}
         while time.monotonic() < deadline:
             offers = self._offers(round_, digest)
-            got = download_state(self.dht, offers, self.peer.names, digest, round_, deadline - time.monotonic(), tried)
+            shapes = {n: tuple(t.shape) for n, t in self.peer.global_state().items()}
+            got = download_state(self.dht, offers, shapes, digest, round_, deadline - time.monotonic(), tried)
             if got is not None:
                 pid, params, momentum = got
                 self.peer.adopt(params, momentum)
@@ -326,12 +330,11 @@ class SwarmLink:
     # --- late join -------------------------------------------------------------------------------------
     def catch_up(self) -> bool:
         """If the swarm is ahead of this peer, adopt its latest committed state (verified)."""
-        offers = [o for o in get_signed(self.dht, self._key(OFFER), OFFER).values() if _valid_offer(o)]
-        ahead = [o for o in offers if o["round"] > self.peer.round]
-        if not ahead:
+        offers = get_signed(self.dht, self._key(OFFER), OFFER)
+        picked = most_offered([o for pid, o in offers.items() if pid != self.identity.peer_id and _valid_offer(o)])
+        if picked is None or picked[0] <= self.peer.round:
             return False
-        latest = max(o["round"] for o in ahead)
-        digest = majority({o["peer_id"]: o["digest"] for o in ahead if o["round"] == latest})
+        latest, digest = picked
         log.info("swarm is at round %d (this peer: %d): downloading state %s", latest, self.peer.round, digest[:12])
         if self.resync(latest, digest):
             self.peer.round = latest
@@ -350,7 +353,7 @@ class SwarmLink:
 
 
 def download_state(
-    dht, offers: dict[str, dict], names: list[str], digest: str, round_: int, timeout_s: float, tried: set[str]
+    dht, offers: dict[str, dict], shapes: dict[str, tuple], digest: str, round_: int, timeout_s: float, tried: set[str]
 ) -> tuple[str, dict, list] | None:
     """Try the state ``offers`` ({peer_id: offer}) in turn, skipping (and adding to) ``tried``: the first package
     whose bytes match the offer's blob id, whose params hash to ``digest`` and whose round is ``round_`` wins.
@@ -364,7 +367,7 @@ def download_state(
             blob = fetch_blob(
                 dht, pid, offer["blob"], MAX_PACKAGE_BYTES, timeout_s=max(1.0, deadline - time.monotonic())
             )
-            params, momentum, got_round = unpack_state(blob, names, digest)
+            params, momentum, got_round = unpack_state(blob, shapes, digest)
             if got_round != round_:
                 raise IntegrityError(f"package is of round {got_round}, offer said {round_}")
         except P2PModelError as e:
@@ -382,13 +385,27 @@ def majority(digests: dict[str, str]) -> str | None:
     return min(counts, key=lambda d: (-counts[d], d))
 
 
+def most_offered(offers: list[dict]) -> tuple[int, str] | None:
+    """The (round, digest) the most peers offer; among equals the latest round, then the smallest digest.
+
+    Each peer has one offer (its last commit), so a single key claiming some far round cannot outvote two peers
+    that agree; just after a commit, when peers are split between two rounds, a joiner may take the older one
+    and re-syncs at its first commit."""
+    support = collections.Counter((o["round"], o["digest"]) for o in offers)
+    if not support:
+        return None
+    return min(support, key=lambda rd: (-support[rd], -rd[0], rd[1]))
+
+
 def _valid_offer(o: dict) -> bool:
     return (
         isinstance(o, dict)
-        and isinstance(o.get("round"), int)
+        and type(o.get("round")) is int
+        and 0 < o["round"] < 2**63
         and isinstance(o.get("digest"), str)
+        and _HEX64.fullmatch(o["digest"]) is not None
         and isinstance(o.get("blob"), str)
-        and len(o["blob"]) == 64
+        and _HEX64.fullmatch(o["blob"]) is not None
         and isinstance(o.get("peer_id"), str)
     )
 

@@ -73,6 +73,7 @@ def test_corrupted_and_lying_packages_are_rejected_and_the_good_one_adopted(thre
     bad, good = peer_id_of(bad_dht), peer_id_of(good_dht)
     names, params, momentum, package = _state(0, round_=5)
     digest = state_digest(dict(zip(names, params, strict=True)))
+    shapes = {n: tuple(p.shape) for n, p in zip(names, params, strict=True)}
     blob_id = sha256_hex(package)
     corrupted = bytearray(package)
     corrupted[-3] ^= 0xFF  # a flipped byte inside the tensor data
@@ -84,7 +85,7 @@ def test_corrupted_and_lying_packages_are_rejected_and_the_good_one_adopted(thre
     with BlobServer(bad_dht, bad_blobs.get), BlobServer(good_dht, {blob_id: package}.get):
         # bytes that do not hash to the advertised blob id: IntegrityError, skipped, the honest peer's copy adopted
         tried: set[str] = set()
-        got = download_state(client, {bad: offer, good: offer}, names, digest, 5, 20.0, tried)
+        got = download_state(client, {bad: offer, good: offer}, shapes, digest, 5, 20.0, tried)
         assert got is not None and got[0] == good
         _, got_params, got_momentum = got
         assert state_digest(got_params) == digest
@@ -95,14 +96,24 @@ def test_corrupted_and_lying_packages_are_rejected_and_the_good_one_adopted(thre
         # a self-consistent package (bytes match its blob id) whose params are not the advertised digest
         caplog.clear()
         lying = {bad: {**offer, "blob": sha256_hex(other)}}
-        assert download_state(client, lying, names, digest, 5, 20.0, set()) is None
+        assert download_state(client, lying, shapes, digest, 5, 20.0, set()) is None
         assert any("not the advertised" in r.getMessage() for r in caplog.records), caplog.text
 
         # the right params, but a package of another round than the offer says
         caplog.clear()
         stale = {bad: {**offer, "blob": sha256_hex(wrong_round)}}
-        assert download_state(client, stale, names, digest, 5, 20.0, set()) is None
+        assert download_state(client, stale, shapes, digest, 5, 20.0, set()) is None
         assert any("of round 4" in r.getMessage() for r in caplog.records), caplog.text
 
+        # a package true to its own digest whose tensors have other shapes than this model's (copy_ would broadcast)
+        caplog.clear()
+        reshaped = [params[0].reshape(16, 64), params[1]]
+        odd = pack_state(names, reshaped, [None, None], 5)
+        odd_digest = state_digest(dict(zip(names, reshaped, strict=True)))
+        odd_offer = {bad: {**offer, "digest": odd_digest, "blob": sha256_hex(odd)}}
+        bad_blobs[sha256_hex(odd)] = odd  # served by the bad peer's BlobServer above
+        assert download_state(client, odd_offer, shapes, odd_digest, 5, 20.0, set()) is None
+        assert any("wrong shape for emb.weight" in r.getMessage() for r in caplog.records), caplog.text
+
         # offers already tried are skipped (SwarmLink.resync puts its own peer id there)
-        assert download_state(client, {good: offer}, names, digest, 5, 20.0, {good}) is None
+        assert download_state(client, {good: offer}, shapes, digest, 5, 20.0, {good}) is None
