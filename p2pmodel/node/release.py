@@ -26,6 +26,7 @@ MAX_CERT_BYTES = 1 << 20
 
 
 PROPOSAL_KIND = "proposal"
+MAX_HELD_TAGS = 16
 
 
 def tags_key(run_id: str) -> str:
@@ -45,6 +46,9 @@ class Releases:
         self.box = VoteBox(peer.run_id, allowlist=allow, reopen_after_rounds=self.reopen_rounds)
         self.ledger = Ledger(Path(data_dir) / "ledger.bin", allowlist=allow, major_fraction=v.major_fraction)
         self.electorates: dict[int, list[str]] = {}
+        self.last_round: int | None = None  # the last round this peer committed (None until the first commit)
+        self._committed: dict[int, str] = {}  # release round -> the digest this peer committed (recent ones)
+        self._held_tags: list[dict] = []  # verified tags of rounds this peer has not committed yet
         self._accepted_path = Path(data_dir) / "accepted_slots.json"  # survives restarts: never accept twice
         self._accepted: dict[str, list] = (  # version → [candidate, round] we accepted
             json.loads(self._accepted_path.read_text()) if self._accepted_path.exists() else {}
@@ -61,13 +65,22 @@ class Releases:
     # --- voting ----------------------------------------------------------------------------------------
     def on_commit(self, round_: int, members: list[str]) -> None:
         """After committing ``round_``: vote on it if it is a release candidate and we are in its electorate."""
-        if round_ % self.cfg.versioning.release_every or self.link.identity.peer_id not in members:
-            return
         peer = self.peer
+        voting = round_ % self.cfg.versioning.release_every == 0 and self.link.identity.peer_id in members
         with self._lock:
-            self.electorates[round_] = sorted(members)
-            self.box.set_electorate(round_, peer.digest, members)
+            if voting:
+                self.electorates[round_] = sorted(members)
+                self.box.set_electorate(round_, peer.digest, members)
+            if round_ % self.cfg.versioning.release_every == 0:
+                self._committed[round_] = peer.digest
+                for old in sorted(self._committed)[:-MAX_HELD_TAGS]:
+                    del self._committed[old]
+            self.last_round = round_
+            self.box.advance(round_, self.reopen_rounds)
+            self._release_held_tags(round_)
             parent = self.ledger.latest()
+        if not voting:
+            return
         if parent and parent["round"] >= round_:  # a quorum tagged this round (or a later one) before we voted
             log.info("round %d is already tagged (%s): not voting", round_, parent["version"])
             return
@@ -187,6 +200,9 @@ class Releases:
         try:
             cert = decode_tag(msg.body["cert"], MAX_CERT_BYTES)
             with self._lock:
+                if self.last_round is not None and cert["round"] > self.last_round:
+                    return self._hold_tag(cert)
+                self._check_digest(cert)
                 if self._append(cert):
                     return True
                 # a tag we hold already (e.g. our own announcement, delivered here first): still accept it so
@@ -197,6 +213,40 @@ class Releases:
         except (P2PModelError, KeyError, TypeError, ValueError) as e:
             log.debug("tag from %s refused: %s", msg.signer, e)
             return False
+
+    def _hold_tag(self, cert: dict) -> bool:
+        """A tag of a round this peer has not committed yet (it often arrives just before our own commit) waits,
+        checked against the ledger (parent, votes, conflicts), for that commit, so that its digest can be checked
+        against ours. Tags of rounds too far ahead to be real, or past a small bound, are refused, not forwarded."""
+        if cert["round"] > self.last_round + self.reopen_rounds:
+            raise ValueError(f"round {cert['round']} is too far past this peer's {self.last_round}")
+        if not self.ledger.check(cert) or any(encode_tag(c) == encode_tag(cert) for c in self._held_tags):
+            return True  # held or stored already
+        if len(self._held_tags) >= MAX_HELD_TAGS:
+            raise ValueError("too many tags waiting for their round")
+        self._held_tags.append(cert)
+        return True
+
+    def _release_held_tags(self, committed: int) -> None:
+        """Caller holds the lock: tags of rounds up to ``committed`` are appended if their digest is ours."""
+        due = sorted((c for c in self._held_tags if c["round"] <= committed), key=lambda c: c["round"])
+        self._held_tags = [c for c in self._held_tags if c["round"] > committed]
+        for cert in due:
+            try:
+                self._check_digest(cert)
+            except ValueError as e:
+                log.warning("tag %s refused: %s", cert["version"], e)
+                continue
+            if self._append(cert):
+                log.info("tagged %s = %s (round %d, received)", cert["version"], cert["digest"][:12], cert["round"])
+
+    def _check_digest(self, cert: dict) -> None:
+        """A tag of a (recent) round this peer committed must name the state this peer committed in it."""
+        ours = self._committed.get(cert["round"])
+        if ours is not None and cert["digest"] != ours:
+            raise ValueError(
+                f"it names {cert['digest'][:12]} for round {cert['round']}, this peer committed {ours[:12]}"
+            )
 
     def _append(self, cert: dict) -> bool:
         if not self.ledger.append(cert):  # verifies the certificate against its parent; refuses conflicts

@@ -131,16 +131,8 @@ class Ledger:
             raise IntegrityError(f"invalid tag: {len(payload)} bytes exceeds {MAX_TAG_BYTES}")
         with self._lock, self._locked_file() as fd:
             self._read(fd, truncate=True)  # records other processes appended meanwhile
-            if self._ids.get(version) == tid:
+            if not self._admissible(cert, version, tid):
                 return False
-            self._verify(cert)
-            if version in self._certs:
-                held = self._certs[version]
-                raise IntegrityError(
-                    f"conflict: {version} is already tagged (digest {held['digest'][:12]}, round {held['round']}, "
-                    f"tag {self._ids[version][:12]}); refusing digest {cert['digest'][:12]}, round {cert['round']}, "
-                    f"tag {tid[:12]}"
-                )
             record = _HEADER.pack(len(payload), hashlib.sha256(payload).digest()) + payload
             os.lseek(fd, self._offset, os.SEEK_SET)
             view = memoryview(record)
@@ -150,6 +142,27 @@ class Ledger:
             self._offset += len(record)
             self._certs[version] = wire.unpack(payload, MAX_TAG_BYTES)
             self._ids[version] = tid
+        return True
+
+    def check(self, cert: dict) -> bool:
+        """What ``append`` would decide, storing nothing: True if it would store ``cert``, False if it is here
+        already; raises as ``append`` does."""
+        version = check_tag_schema(cert)
+        with self._lock, self._locked_file() as fd:
+            self._read(fd, truncate=True)
+            return self._admissible(cert, version, tag_id(cert))
+
+    def _admissible(self, cert: dict, version, tid: str) -> bool:
+        if self._ids.get(version) == tid:
+            return False
+        self._verify(cert)
+        if version in self._certs:
+            held = self._certs[version]
+            raise IntegrityError(
+                f"conflict: {version} is already tagged (digest {held['digest'][:12]}, round {held['round']}, "
+                f"tag {self._ids[version][:12]}); refusing digest {cert['digest'][:12]}, round {cert['round']}, "
+                f"tag {tid[:12]}"
+            )
         return True
 
     def extend(self, certs: list[dict]) -> int:

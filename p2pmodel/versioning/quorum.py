@@ -93,6 +93,7 @@ class VoteBox:
         self._lock = threading.Lock()
         self._electorates: dict[int, tuple[str, frozenset[str], str]] = {}  # round -> (digest, members, hash)
         self._pending: list[tuple[bytes, dict]] = []
+        self._hold_window: tuple[int, int] | None = None  # (last committed round, furthest round held); see advance
         self._pending_per_voter: Counter[str] = Counter()
         self._slots: dict[tuple[str, str], tuple[str, int]] = {}  # (version, voter) -> (candidate, round)
         self._voted: set[tuple[str, str]] = set()  # (candidate, voter)
@@ -129,6 +130,20 @@ class VoteBox:
             for data, body in held:
                 _, reason = self._admit(data, body)
                 logger.debug("held vote of %s for round %d: %s", body["voter"][:16], round, reason)
+
+    def advance(self, committed: int, hold_ahead: int) -> None:
+        """This peer committed round ``committed``: only votes of rounds in (committed, committed + hold_ahead]
+        wait for an electorate from now on. Held votes of rounds up to it can never be judged here (their
+        electorate was not set) and go, as do those of far rounds, so a stranger's votes neither fill the pending
+        list nor travel on."""
+        with self._lock:
+            low, high = self._hold_window = (committed, committed + hold_ahead)
+            keep = [(d, b) for d, b in self._pending if low < b["round"] <= high]
+            for _, body in [(d, b) for d, b in self._pending if not low < b["round"] <= high]:
+                self._pending_per_voter[body["voter"]] -= 1
+                if self._pending_per_voter[body["voter"]] <= 0:
+                    del self._pending_per_voter[body["voter"]]
+            self._pending = keep
 
     def electorate(self, round: int) -> list[str] | None:
         """The snapshot set for ``round`` (sorted), or None."""
@@ -175,6 +190,8 @@ class VoteBox:
 
     def _hold(self, data: bytes, body: dict) -> tuple[bool, str]:
         voter = body["voter"]
+        if self._hold_window is not None and not self._hold_window[0] < body["round"] <= self._hold_window[1]:
+            return False, f"refused: round {body['round']} is outside the rounds held here {self._hold_window}"
         if any(held == data for held, _ in self._pending):
             return False, f"held: already waiting for the electorate of round {body['round']}"
         if len(self._pending) >= self.max_pending:

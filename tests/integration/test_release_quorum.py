@@ -391,7 +391,7 @@ def test_split_halves_cannot_tag_and_versions_never_fork(net, tmp_path):
         for n in everyone:
             with pytest.raises(IntegrityError, match="conflict"):
                 n.releases.ledger.append(rival)
-            assert not n.releases._on_tag(type("Msg", (), {"body": {"cert": _encode(rival)}, "signer": "x"})())
+            assert not _deliver(n, rival)
         for i in four:  # on disk: one certificate per version, the same one everywhere
             certs = Ledger(tmp_path / f"peer{i}" / "ledger.bin").all()
             assert [tag_id(c) for c in certs] == [tag_id(v010)]
@@ -404,6 +404,47 @@ def _encode(cert: dict) -> bytes:
     from p2pmodel.versioning.tag import encode_tag
 
     return encode_tag(cert)
+
+
+def _deliver(node: Node, cert: dict) -> bool:
+    """Hand ``cert`` to the node's tag handler as gossip would (True: kept or held, and forwarded)."""
+    return node.releases._on_tag(type("Msg", (), {"body": {"cert": _encode(cert)}, "signer": "x"})())
+
+
+@pytest.mark.timeout(120)
+def test_one_key_cannot_tag_a_genesis_and_early_tags_wait_for_the_commit(net, tmp_path):
+    """Before the first tag, any key can sign a self-consistent genesis certificate naming itself as the
+    electorate. A far round is refused outright; a near one waits until the peer commits that round and is
+    refused there because its digest is not the committed one. A genuine tag that reaches a peer before its own
+    commit waits the same way and is kept."""
+    dhts, idents = net
+    run, x = "run-forged-genesis", Identity.generate()
+    a, b, c, d = nodes = _start_nodes(net, [0, 1, 2, 3], run, tmp_path)
+    good, bad = sha256_hex(b"the committed state"), sha256_hex(b"the forger's state")
+
+    def forged(round_: int) -> dict:
+        votes = [_vote(x, run_id=run, round_=round_, digest=bad, parent="", version="v0.1.0", members=[x.peer_id])]
+        return build_tag(votes=votes, electorate=[x.peer_id], parent_cert=None)
+
+    try:
+        _commit_all(nodes, 1, good, [_report(4.0, good)] * 4, [n.id for n in nodes])  # not a release round
+        far, near = forged(2**40), forged(2)
+        for n in nodes:
+            assert not _deliver(n, far)  # refused: not forwarded either
+            assert _deliver(n, near)  # held until round 2 commits here
+            assert n.versions == []
+        members = [a.id, b.id, c.id]  # d is not in round 2's electorate, and commits it last
+        _commit_all([a, b, c], 2, good, [_report(4.0, good)] * 3, members)
+        assert _wait(lambda: all(n.versions == ["v0.1.0"] for n in (a, b, c)), 20), [n.versions for n in nodes]
+        assert _wait(lambda: any(t["digest"] == good for t in d.releases._held_tags), 20)  # reached d: waits
+        assert d.versions == []
+        d.peer.commit(good, _report(4.0, good))
+        d.releases.on_commit(2, members)
+        for n in nodes:
+            assert n.versions == ["v0.1.0"] and n.releases.ledger.get("v0.1.0")["digest"] == good
+            assert n.releases._held_tags == []
+    finally:
+        _close(nodes)
 
 
 @pytest.mark.timeout(120)

@@ -298,6 +298,25 @@ def test_pending_is_bounded(ids):
     assert sum(a[1].startswith("held") for a in answers) == 8
 
 
+def test_advance_drops_votes_no_electorate_will_judge_and_refuses_far_rounds(ids):
+    box = VoteBox(RUN)
+    el = members(ids)
+    for r in (9, 10, 12, 2**62):  # before any commit, anything waits (bounded by max_pending)
+        assert box.add(signed_vote(ids[0], el, round=r))[1].startswith("held")
+    box.set_electorate(10, D1, el)  # round 10's vote is counted, the others wait
+    assert box.pending_count() == 3
+    box.advance(10, hold_ahead=4)  # round 9 will never get an electorate here, 2**62 is out of the window
+    assert box.pending_count() == 1
+    for r in (3, 9, 15, 2**62):
+        counted, reason = box.add(signed_vote(ids[1], el, round=r))
+        assert not counted and reason.startswith("refused") and "outside the rounds held" in reason, (r, reason)
+    assert box.add(signed_vote(ids[1], el, round=14))[1].startswith("held")  # a faster peer's next candidate
+    assert box.pending_count() == 2
+    box.advance(14, hold_ahead=4)  # our commit of 14 came without us in its electorate: its votes go too
+    assert box.pending_count() == 0
+    assert box.add(signed_vote(ids[0], el, round=13))[1].startswith("refused")  # and do not come back
+
+
 def test_first_snapshot_of_a_round_wins(ids):
     box = fresh_box(ids, k=2)
     box.set_electorate(10, D2, members(ids, 4))  # ignored
