@@ -1,11 +1,16 @@
 """A light client for the CLI: joins the DHT in client mode (no training, no GPU), with an ephemeral identity."""
 
 import math
+import re
 import statistics
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from p2pmodel.config import load_config
+
+MAX_CLOCK_SKEW_S = 600.0
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 @contextmanager
@@ -42,10 +47,18 @@ def find_runs(dht) -> dict[str, dict]:
     from p2pmodel.node.swarm_link import RUN_KIND, RUNS_KEY
     from p2pmodel.swarm.records import get_signed
 
+    return newest_runs(get_signed(dht, RUNS_KEY, RUN_KIND).values())
+
+
+def newest_runs(bodies) -> dict[str, dict]:
+    """{run_id: the newest well-stamped record} of signed run records; a record "from the future" is ignored."""
     runs: dict[str, dict] = {}
-    for body in get_signed(dht, RUNS_KEY, RUN_KIND).values():
-        rid = body.get("run_id")
-        if isinstance(rid, str) and (rid not in runs or body.get("time", 0) > runs[rid].get("time", 0)):
+    latest = time.time() + MAX_CLOCK_SKEW_S
+    for body in bodies:
+        rid, stamp = body.get("run_id"), body.get("time")
+        if not isinstance(rid, str) or type(stamp) not in (int, float) or not 0 <= stamp <= latest:
+            continue  # NaN fails the range check too
+        if rid not in runs or stamp > runs[rid]["time"]:
             runs[rid] = body
     return runs
 
@@ -79,29 +92,41 @@ def fetch_tags(dht, run_id: str, workdir, allowlist: set[str] | None = None) -> 
     from p2pmodel.versioning.semver import Version
     from p2pmodel.versioning.tag import decode_tag
 
-    holders: dict[tuple[str, str], list[str]] = {}
+    log = logging.getLogger(__name__)
+    holders: dict[Version, dict[str, list[str]]] = {}  # version -> certificate blob id -> peers indexing it
     for peer, body in get_signed(dht, tags_key(run_id), TAG_INDEX_KIND).items():
         if body.get("run_id") != run_id or not isinstance(body.get("tags"), list):
             continue
         for item in body["tags"][:256]:
-            if isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item):
-                holders.setdefault((item[0], item[1]), []).append(peer)
-    certs = []
-    for (version, blob_id), peers in holders.items():
-        for peer in peers:
+            if not (isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item)):
+                continue
             try:
-                cert = decode_tag(fetch_blob(dht, peer, blob_id, MAX_CERT_BYTES, timeout_s=10.0), MAX_CERT_BYTES)
-                if isinstance(cert, dict) and cert.get("version") == version and cert.get("run_id") == run_id:
-                    certs.append(cert)
-                    break
-            except P2PModelError as e:
-                logging.getLogger(__name__).debug("certificate %s from %s: %s", version, peer, e)
+                version = Version.parse(item[0])
+            except ValueError:
+                continue
+            if str(version) == item[0] and _HEX64.fullmatch(item[1]):
+                holders.setdefault(version, {}).setdefault(item[1], []).append(peer)
     ledger = Ledger(Path(workdir) / "ledger.bin", allowlist=allowlist)
-    for cert in sorted(certs, key=lambda c: Version.parse(c["version"])):
-        try:
-            ledger.append(cert)  # verifies every signature, the quorum and the parent link
-        except P2PModelError as e:
-            logging.getLogger(__name__).warning("refusing tag %s: %s", cert.get("version"), e)
+    unreachable: set[str] = set()  # a peer that failed once is not waited for again
+    for version in sorted(holders):  # parents first; for each version the certificate most peers index first
+        for blob_id, peers in sorted(holders[version].items(), key=lambda kv: (-len(kv[1]), kv[0])):
+            if ledger.get(str(version)) is not None:
+                break
+            for peer in [p for p in peers if p not in unreachable]:
+                try:
+                    cert = decode_tag(fetch_blob(dht, peer, blob_id, MAX_CERT_BYTES, timeout_s=10.0), MAX_CERT_BYTES)
+                except P2PModelError as e:
+                    unreachable.add(peer)
+                    log.debug("certificate %s from %s: %s", version, peer, e)
+                    continue
+                if cert.get("version") != str(version) or cert.get("run_id") != run_id:
+                    unreachable.add(peer)
+                    continue
+                try:
+                    ledger.append(cert)  # verifies every signature, the quorum and the parent link
+                except P2PModelError as e:
+                    log.warning("refusing tag %s: %s", version, e)
+                break  # the blob is what its id says: other holders have the same bytes
     return ledger.all()
 
 
