@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[GossipMessage], bool]
 """Validates and takes a message: return True to accept it (it is then stored and forwarded)."""
 MAX_PENDING_PULLS = 16_384
+MAX_PENDING_PULLS_PER_SOURCE = 2_048  # two sync answers: one announcer cannot take the whole pull backlog
 MAX_SOURCES_PER_ID = 4
 
 
@@ -81,6 +82,7 @@ class Gossip:
         self._known: tuple[float, list[str]] = (-float("inf"), [])
         self._outboxes: dict[str, Outbox] = {}
         self._pending: dict[bytes, list[str]] = {}  # ids being pulled -> other announcers to try
+        self._pulling: Counter[str] = Counter()  # ids each peer is being asked for right now
         self._tasks: set[asyncio.Task] = set()
         self._deliver = ThreadPoolExecutor(1, thread_name_prefix="p2pmodel-gossip-deliver")
         self._closed = False
@@ -341,17 +343,22 @@ class Gossip:
             if alternatives is not None:
                 if len(alternatives) < MAX_SOURCES_PER_ID and source not in alternatives:
                     alternatives.append(source)
-            elif len(self._pending) < MAX_PENDING_PULLS:
+            elif len(self._pending) < MAX_PENDING_PULLS and self._pulling[source] + len(new) < (
+                MAX_PENDING_PULLS_PER_SOURCE
+            ):
                 self._pending[mid] = []
                 new.append(mid)
             else:
                 self._drop("pull_backlog")
         if new:
+            self._pulling[source] += len(new)
             self._spawn(self._fetch(source, new))
         return new
 
     async def _fetch(self, peer: str, ids: list[bytes], futures: list | None = None) -> None:
-        """Pull ``ids`` from ``peer`` in frames of at most MAX_MSGS; hand misses to the next announcer."""
+        """Pull ``ids`` from ``peer`` in frames of at most MAX_MSGS; hand misses to the next announcer.
+
+        The caller has counted ``ids`` in ``_pulling[peer]``; this releases them."""
         remaining = list(ids)
         try:
             while remaining:
@@ -375,6 +382,9 @@ class Gossip:
                     break
                 remaining = [m for m in remaining if m not in got]
         finally:
+            self._pulling[peer] -= len(ids)
+            if self._pulling[peer] <= 0:
+                del self._pulling[peer]
             retry: dict[str, list[bytes]] = defaultdict(list)
             for mid in remaining:
                 alternatives = self._pending.pop(mid, None)
@@ -383,6 +393,7 @@ class Gossip:
                     retry[alternatives[0]].append(mid)
             if not self._closed:
                 for other, mids in retry.items():
+                    self._pulling[other] += len(mids)
                     self._spawn(self._fetch(other, mids))
 
     async def _sync_from(self, peer: str, kind: str | None, wait: bool = False) -> list[asyncio.Future]:
@@ -400,6 +411,7 @@ class Gossip:
             self._pending[mid] = []
         futures: list[asyncio.Future] = []
         if missing:
+            self._pulling[peer] += len(missing)
             await self._fetch(peer, missing, futures)
         return futures
 

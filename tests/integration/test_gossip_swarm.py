@@ -10,6 +10,7 @@ import pytest
 from p2pmodel.core import wire
 from p2pmodel.core.errors import UsageError, WireError
 from p2pmodel.gossip import Gossip, GossipConfig, frames
+from p2pmodel.gossip.gossip import MAX_PENDING_PULLS_PER_SOURCE
 from p2pmodel.gossip.message import make_message
 from p2pmodel.swarm.aio import run_sync
 from p2pmodel.swarm.identity import Identity
@@ -161,6 +162,25 @@ def test_oversized_dropped_and_flood_rate_limited(swarm):
         # counts one drop whatever it held, so the drop count is a lower bound on the messages refused
         assert len(got & set(flood)) <= 20 + 5 * elapsed < 150, elapsed
         assert gossips[1].stats()["drops"].get("rate_limited", 0) > 0
+    finally:
+        _close(gossips)
+
+
+@pytest.mark.timeout(60)
+def test_one_announcer_cannot_fill_the_pull_backlog(swarm):
+    gossips, inboxes = _start(swarm, {0: [1], 1: []}, "/test/gossip/backlog", rpc_timeout_s=10)
+    stranger = Identity.generate().peer_id  # announces ids nobody serves: each pull waits for its timeout
+
+    async def announce(n_ids: int):
+        for start in range(0, n_ids, frames.MAX_IDS):
+            ids = [os.urandom(frames.ID_BYTES) for _ in range(min(frames.MAX_IDS, n_ids - start))]
+            await gossips[1].handle_frame(frames.encode("ihave", {"ids": ids}), stranger)
+
+    try:
+        run_sync(announce(4 * frames.MAX_IDS), 30)
+        assert gossips[1].stats()["drops"]["pull_backlog"] == 4 * frames.MAX_IDS - MAX_PENDING_PULLS_PER_SOURCE
+        big = gossips[0].publish("tag", {"run": "r1", "blob": os.urandom(100_000)})  # announced, then pulled
+        assert _wait(lambda: big in inboxes[1].ids(), 5)
     finally:
         _close(gossips)
 
