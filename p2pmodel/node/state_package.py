@@ -2,6 +2,7 @@
 lagging peer gets everything it needs to take part in the next round. Parsing is hostile-input safe."""
 
 import json
+import math
 import struct
 
 import torch
@@ -10,7 +11,11 @@ from safetensors.torch import load, save
 from p2pmodel.core.errors import IntegrityError
 from p2pmodel.eval import state_digest
 
-MAX_PACKAGE_BYTES = 8 << 30
+
+def package_limit(shapes: dict[str, tuple]) -> int:
+    """The most bytes a package for a model of these shapes can take: fp32 params and momentum, their headers."""
+    values = sum(math.prod(shape) for shape in shapes.values())
+    return 8 * values + sum(2 * (len(name) + 256) for name in shapes) + 4096
 
 
 def pack_state(names: list[str], params: list[torch.Tensor], momentum: list[torch.Tensor | None], round_: int) -> bytes:

@@ -33,7 +33,7 @@ from p2pmodel.eval.digest import canonical_bytes
 from p2pmodel.gossip import Gossip
 from p2pmodel.node.exchange import ExchangeOutcome
 from p2pmodel.node.pace import RoundCloses
-from p2pmodel.node.state_package import MAX_PACKAGE_BYTES, pack_state, unpack_state
+from p2pmodel.node.state_package import pack_state, package_limit, unpack_state
 from p2pmodel.swarm.blobs import BlobServer, fetch_blob
 from p2pmodel.swarm.node import start_dht, stop_dht, visible_maddrs
 from p2pmodel.swarm.records import (
@@ -359,14 +359,13 @@ def download_state(
     whose bytes match the offer's blob id, whose params hash to ``digest`` and whose round is ``round_`` wins.
     → (peer_id, params by name, momentum), or None when none verified; every rejection is logged."""
     deadline = time.monotonic() + timeout_s
-    for pid, offer in offers.items():
-        if pid in tried:
-            continue
+    untried = [pid for pid in offers if pid not in tried]
+    for i, pid in enumerate(untried):
         tried.add(pid)
+        offer = offers[pid]
+        share = (deadline - time.monotonic()) / (len(untried) - i)  # one stalling peer cannot use all the time
         try:
-            blob = fetch_blob(
-                dht, pid, offer["blob"], MAX_PACKAGE_BYTES, timeout_s=max(1.0, deadline - time.monotonic())
-            )
+            blob = fetch_blob(dht, pid, offer["blob"], package_limit(shapes), timeout_s=max(1.0, share))
             params, momentum, got_round = unpack_state(blob, shapes, digest)
             if got_round != round_:
                 raise IntegrityError(f"package is of round {got_round}, offer said {round_}")

@@ -34,3 +34,16 @@ def test_offer_schema():
         [],
     ):
         assert not _valid_offer(bad), bad
+
+
+@pytest.mark.timeout(10)
+def test_package_limit_fits_a_full_package_and_little_more():
+    import torch
+
+    from p2pmodel.node.state_package import pack_state, package_limit
+
+    names = ["tok.weight", "blocks.0.attn.qkv.weight", "blocks.0.attn.qkv.bias", "ln_f.weight" + "x" * 300]
+    params = [torch.randn(256, 64), torch.randn(192, 64), torch.randn(192), torch.randn(64)]
+    shapes = {n: tuple(p.shape) for n, p in zip(names, params, strict=True)}
+    full = pack_state(names, params, [torch.randn_like(p) for p in params], round_=2**40)
+    assert len(full) <= package_limit(shapes) < len(full) + 8192
