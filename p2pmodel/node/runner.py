@@ -3,6 +3,7 @@ steps on SIGINT/SIGTERM without touching the last committed round, and return th
 
 import asyncio
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -16,6 +17,27 @@ from p2pmodel.node.status import PeerStatus, StatusServer
 from p2pmodel.node.swarm_link import SwarmLink
 
 log = logging.getLogger("p2pmodel.peer")
+
+
+def _check_data_dir(data_dir: Path) -> None:
+    """A data dir that cannot hold checkpoints is a usage error, found before anything starts."""
+    from p2pmodel.core.errors import UsageError
+
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot use --data-dir {data_dir}: {e.strerror or e}") from None
+    if not os.access(data_dir, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot use --data-dir {data_dir}: not writable")
+
+
+def _status_server(status: PeerStatus, host: str, port: int) -> StatusServer:
+    from p2pmodel.core.errors import UsageError
+
+    try:
+        return StatusServer(status, host, port)
+    except OSError as e:
+        raise UsageError(f"cannot serve status on {host}:{port}: {e.strerror or e}") from None
 
 
 def summary(peer: Peer, extra: dict | None = None) -> dict:
@@ -68,39 +90,46 @@ async def _serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, _on_signal, stop, sig)
+    _check_data_dir(data_dir)
     identity = Identity.load_or_create(identity_path)
     peer = await asyncio.to_thread(Peer, cfg, data_dir, identity.peer_id)
     await asyncio.to_thread(peer.restore)
-    exchange = SwarmLink(cfg, peer, identity)  # main thread: hivemind's averager sets signal handlers
-    log.info("listening on %s", " ".join(exchange.maddrs))
-    releases = Releases(cfg, peer, exchange, data_dir)
-    exchange.commit_hooks.append(releases.on_commit)
-    exchange.publish_run()
-    releases.publish_index()
     status = PeerStatus(peer.peer_id, peer.run_id)
-    status.update(
-        state="ready",
-        round=peer.round,
-        digest=peer.digest,
-        listen=exchange.maddrs,
-        val_loss=peer.last_report.val_loss if peer.last_report else None,
-    )
     obs = cfg.observability
-    server = StatusServer(status, obs.status_host, obs.status_port) if obs.status_port else None
-    if await asyncio.to_thread(exchange.catch_up):  # late joiner: adopt the swarm's latest state first
-        await asyncio.to_thread(peer.evaluate)
-        await asyncio.to_thread(peer.commit, peer.round)
-    if peer.last_report is None:
-        await asyncio.to_thread(peer.evaluate)
-    log.info(
-        "peer %s run %s starts at round %d (val_loss %.4f)",
-        peer.peer_id,
-        peer.run_id,
-        peer.round,
-        peer.last_report.val_loss,
-    )
-    display = _Progress(cfg.train.inner_steps) if progress else None
+    server = _status_server(status, obs.status_host, obs.status_port) if obs.status_port else None
+    releases = None
     try:
+        exchange = SwarmLink(cfg, peer, identity)  # main thread: hivemind's averager sets signal handlers
+    except BaseException:
+        if server:
+            server.close()
+        raise
+    try:  # from here on the DHT runs: whatever fails, it is shut down (a process left behind never exits)
+        log.info("listening on %s", " ".join(exchange.maddrs))
+        releases = Releases(cfg, peer, exchange, data_dir)
+        exchange.commit_hooks.append(releases.on_commit)
+        exchange.publish_run()
+        releases.publish_index()
+        status.update(
+            state="ready",
+            round=peer.round,
+            digest=peer.digest,
+            listen=exchange.maddrs,
+            val_loss=peer.last_report.val_loss if peer.last_report else None,
+        )
+        if await asyncio.to_thread(exchange.catch_up):  # late joiner: adopt the swarm's latest state first
+            await asyncio.to_thread(peer.evaluate)
+            await asyncio.to_thread(peer.commit, peer.round)
+        if peer.last_report is None:
+            await asyncio.to_thread(peer.evaluate)
+        log.info(
+            "peer %s run %s starts at round %d (val_loss %.4f)",
+            peer.peer_id,
+            peer.run_id,
+            peer.round,
+            peer.last_report.val_loss,
+        )
+        display = _Progress(cfg.train.inner_steps) if progress else None
         with display or nullcontext():
             while not stop.is_set() and (max_rounds is None or peer.round < max_rounds):
                 r = peer.round + 1
@@ -131,7 +160,8 @@ async def _serve(
         status.update(state="stopping")
         if server:
             server.close()
-        releases.close()
+        if releases:
+            releases.close()
         await asyncio.to_thread(exchange.close)
     if stop.is_set():
         log.info("stopped; last committed round %d (digest %s)", peer.round, peer.digest[:12])

@@ -6,6 +6,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -197,13 +198,18 @@ BAD = {
     "bad_value": ["--set", "train.lr=-1"],
     "missing_file": ["--config", "/nonexistent/p2pmodel.toml"],
     "bad_data_path": ["--set", "data.source=text", "--set", 'data.paths=["/nonexistent/*.txt"]'],
+    "data_dir_is_a_file": [],  # the test creates a file there
+    "busy_status_port": ["--status-port"],  # + the port of a socket the test holds
 }
 
 
 @pytest.mark.timeout(120)
 def test_bad_config_and_data_exit_2_with_one_line(tmp_path):
     procs = {}
-    for name, extra in BAD.items():  # all at once: each pays the import time
+    (tmp_path / "data_dir_is_a_file").write_text("not a directory")
+    busy = socket.create_server(("127.0.0.1", 0))
+    extras = {**BAD, "busy_status_port": ["--status-port", str(busy.getsockname()[1])]}
+    for name, extra in extras.items():  # all at once: each pays the import time
         cmd = [*p2pmodel_cmd(), "peer", "run", "--config", TINY, "--data-dir", str(tmp_path / name), *extra]
         procs[name] = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, text=True, start_new_session=True
@@ -220,8 +226,47 @@ def test_bad_config_and_data_exit_2_with_one_line(tmp_path):
         assert "train.learning_rate" in errors["unknown_field"] and "train.lr" in errors["bad_value"]
         assert "/nonexistent/p2pmodel.toml" in errors["missing_file"]
         assert "/nonexistent/*.txt" in errors["bad_data_path"]
+        assert "--data-dir" in errors["data_dir_is_a_file"] and "in use" in errors["busy_status_port"]
     finally:
+        busy.close()
         for proc in procs.values():
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
+
+
+@pytest.mark.timeout(120)
+def test_failure_after_the_dht_started_exits_and_leaves_nothing_running(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "accepted_slots.json").write_text("{damaged")  # read once the swarm link is up
+    proc = subprocess.Popen(
+        [*p2pmodel_cmd(), "peer", "run", "--config", TINY, "--data-dir", str(data_dir), *FAST],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _, err = proc.communicate(timeout=90)  # it used to hang here, deaf to SIGTERM, with its DHT running
+        assert proc.returncode == 1, err
+        lines = [x for x in err.splitlines() if x.startswith("error:")]
+        assert len(lines) == 1 and "JSONDecodeError" in lines[0] and "Traceback" not in err, err
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the DHT process and p2pd are gone too (same process group)
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("processes of the failed peer are still running")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
