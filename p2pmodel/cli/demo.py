@@ -11,6 +11,7 @@ from rich.live import Live
 from rich.table import Table
 
 from p2pmodel.cli.output import emit_json
+from p2pmodel.core.errors import P2PModelError, UsageError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny.toml"
 
@@ -82,6 +83,11 @@ def demo(
     from p2pmodel.node.launch import LocalSwarm
 
     load_config(config, set_)  # a bad config fails here, once, with exit code 2
+    if workdir:
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"cannot use --workdir {workdir}: {e.strerror or e}") from None
     tmp = None if workdir else tempfile.TemporaryDirectory(prefix="p2pmodel-demo-")
     root = workdir or Path(tmp.name)
     console = Console(stderr=True)
@@ -96,19 +102,18 @@ def demo(
                     live.update(_table(swarm, "p2pmodel demo"))
                     time.sleep(0.5)
                 live.update(_table(swarm, "p2pmodel demo: done"))
-            failed = {n: p for n, p in swarm.peers.items() if p.proc.returncode != 0}
-            for n, p in failed.items():
-                console.print(f"[red]{n} exited with {p.proc.returncode}[/red]\n{p.stderr_tail(8)}")
+            failed = {n: _last_error(p) for n, p in swarm.peers.items() if p.proc.returncode != 0}
             result = {n: p.last for n, p in swarm.peers.items()}
             digests = {(e or {}).get("digest") for e in result.values()}
             tags = _tags(root, swarm.peers)
     finally:
         if tmp is not None:
             tmp.cleanup()
+    same = len(digests) == 1 and None not in digests
     if as_json:
-        emit_json({"peers": result, "same_digest": len(digests) == 1, "bootstrap": maddr, "versions": tags})
+        emit_json({"peers": result, "same_digest": same, "bootstrap": maddr, "versions": tags})
     else:
-        typer.echo(f"{len(result)} peers, {'one state digest' if len(digests) == 1 else 'DIFFERENT digests'}")
+        typer.echo(f"{len(result)} peers, {'one state digest' if same else 'not one state digest'}")
         table = Table(title="tagged versions (quorum of signed votes)")
         for col in ("version", "digest", "round", "val loss", "votes"):
             table.add_column(col)
@@ -116,4 +121,11 @@ def demo(
             table.add_row(t["version"], t["digest"][:12], str(t["round"]), f"{t['val_loss']:.4f}", t["votes"])
         Console().print(table if tags else "no version tagged")
     if failed:
-        raise typer.Exit(1)
+        name, why = next(iter(failed.items()))
+        raise P2PModelError(f"{len(failed)} of {len(result)} peers failed; {name}: {why}")
+
+
+def _last_error(peer) -> str:
+    """The peer's own one-line error, else its exit code."""
+    lines = [x for x in peer.stderr_tail(50).splitlines() if x.startswith("error:")]
+    return lines[-1].removeprefix("error: ") if lines else f"exited with code {peer.proc.returncode}"

@@ -1,6 +1,7 @@
 """Printing data: one JSON object per line with --json, a rich table otherwise."""
 
 import json
+import math
 import sys
 
 from rich.console import Console
@@ -8,8 +9,19 @@ from rich.table import Table
 
 
 def emit_json(obj) -> None:
-    sys.stdout.write(json.dumps(obj, default=str, sort_keys=True) + "\n")
+    """One line of strict JSON: NaN and infinities (not JSON) are written as null."""
+    sys.stdout.write(json.dumps(_finite(obj), default=str, sort_keys=True, allow_nan=False) + "\n")
     sys.stdout.flush()
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def print_kv(title: str, data: dict) -> None:

@@ -62,18 +62,30 @@ def run(
 def status(
     url: str = typer.Option("http://127.0.0.1:8080", "--url", help="The peer's status endpoint."),
     as_json: bool = typer.Option(False, "--json", help="Print the raw JSON."),
-    timeout_s: float = typer.Option(5.0, "--timeout", help="Seconds to wait for an answer."),
+    timeout_s: float = typer.Option(5.0, "--timeout", min=0.1, max=3600, help="Seconds to wait for the answer."),
 ):
     """Show a running peer's status (exit 1 if it does not answer): round, losses, digest, version, peers."""
     import json
+    import time
+    import urllib.parse
     import urllib.request
 
     from p2pmodel.cli.output import print_kv
-    from p2pmodel.core.errors import P2PModelError
+    from p2pmodel.core.errors import P2PModelError, UsageError
 
+    parts = urllib.parse.urlparse(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UsageError(f"--url must be an http(s) URL like http://127.0.0.1:8080, got {url!r}")
+    deadline, body = time.monotonic() + timeout_s, b""
     try:
         with urllib.request.urlopen(url.rstrip("/") + "/status", timeout=timeout_s) as r:
-            data = json.loads(r.read())
+            while chunk := r.read1(1 << 16):  # the whole answer within --timeout, and at most 4 MiB of it
+                body += chunk
+                if time.monotonic() > deadline or len(body) > 4 << 20:
+                    raise ValueError("answer too slow or too large")
+        data = json.loads(body)
+        if not isinstance(data, dict):
+            raise ValueError("answer is not a JSON object")
     except (OSError, ValueError) as e:
         raise P2PModelError(f"no status from {url}: {e}") from None
     if as_json:

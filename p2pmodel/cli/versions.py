@@ -3,6 +3,7 @@ every certificate is verified (signatures, quorum, parent chain) before it is sh
 
 import contextlib
 import json
+import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -103,10 +104,31 @@ def list_(
     Console().print(table)
 
 
+def _version(text: str):
+    """VERSION as given on the command line, checked before any network work."""
+    from p2pmodel.versioning.semver import Version
+
+    try:
+        return Version.parse(text)
+    except ValueError:
+        raise UsageError(f"not a version: {text!r} (expected vMAJOR.MINOR.PATCH, e.g. v0.1.0)") from None
+
+
+def _writable_dir(path: Path) -> Path:
+    """An output directory (created if needed) that can be written, checked before any network work."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot write to {path}: {e.strerror or e}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to {path}: permission denied")
+    return path
+
+
 def _find(certs, version: str) -> dict:
     from p2pmodel.versioning.semver import Version
 
-    want = Version.parse(version)
+    want = _version(version)
     for c in certs:
         if Version.parse(c["version"]) == want:
             return c
@@ -125,6 +147,7 @@ def show(
     from p2pmodel.swarm.signed import open_signed
     from p2pmodel.versioning.votes import VOTE_KIND
 
+    _version(version)
     _, _, certs = _tags(initial_peers, run_id, allow)
     cert = _find(certs, version)
     votes = []
@@ -161,12 +184,13 @@ def pull(
     from p2pmodel.node.light import pull_state
     from p2pmodel.versioning.atomic import atomic_write
 
+    _version(version)
+    _writable_dir(out)
     with _reading(initial_peers, run_id, allow) as (dht, rid, run, certs):
         cert = _find(certs, version)
         state = pull_state(dht, rid, cert)
     if state_digest(state) != cert["digest"]:  # pull_state verified the bytes; check the parse too
         raise UsageError("downloaded state does not match the tag's digest")
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write(
         out / "model.safetensors", save(state, metadata={"digest": cert["digest"], "version": cert["version"]})
     )
@@ -185,15 +209,20 @@ def pull(
 
 
 def _load_dir(path: Path) -> tuple[str, dict]:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from p2pmodel.eval.digest import state_digest
 
-    manifest = json.loads((path / "manifest.json").read_text())
-    state = load_file(path / "model.safetensors")
-    if state_digest(state) != manifest["digest"]:
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+        version, digest = manifest["version"], manifest["digest"]
+        state = load_file(path / "model.safetensors")
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+        raise UsageError(f"{path} is not a readable `versions pull` directory ({type(e).__name__}: {e})") from None
+    if state_digest(state) != digest:
         raise UsageError(f"{path}: weights do not match the manifest's digest")
-    return manifest["version"], state
+    return str(version), state
 
 
 @app.command()
@@ -204,11 +233,11 @@ def diff(a: Path, b: Path, as_json: bool = typer.Option(False, "--json")):
             raise UsageError(f"{p} is not a directory written by `p2pmodel versions pull`")
     va, sa = _load_dir(a)
     vb, sb = _load_dir(b)
-    if set(sa) != set(sb):
+    if set(sa) != set(sb) or any(sa[n].shape != sb[n].shape for n in sa):
         raise UsageError(f"{va} and {vb} have different parameter schemas (a MAJOR change)")
     rows = []
     for name in sorted(sa):
-        d = (sb[name] - sa[name]).float()
+        d = sb[name].float() - sa[name].float()
         base = sa[name].float().norm().item()
         rows.append(
             {
@@ -258,6 +287,9 @@ def plot(
 
     from p2pmodel.node.light import fetch_history
 
+    if out.suffix.lower() != ".png":
+        raise UsageError(f"--out must name a .png file, got {out}")
+    _writable_dir(out.parent)
     with _reading(initial_peers, run_id, allow) as (dht, rid, run, certs):
         history = fetch_history(dht, rid)
     if not history and not certs:
@@ -276,7 +308,6 @@ def plot(
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     plt.close(fig)
     typer.echo(f"wrote {out} ({len(history)} rounds, {len(certs)} versions)")
@@ -288,7 +319,7 @@ def propose(
     initial_peers: list[str] = PEERS,
     reason: str = typer.Option("", "--reason", help="Why (shown to operators)."),
     identity: Path = typer.Option(None, "--identity", help="Key to sign with [default: a throwaway key]."),
-    ttl_h: float = typer.Option(24.0, "--ttl-hours", min=0.1, help="How long the proposal stays open."),
+    ttl_h: float = typer.Option(24.0, "--ttl-hours", min=0.1, max=24 * 30, help="How long the proposal stays open."),
     run_id: str = RUN,
     allow: list[str] = ALLOW,
     as_json: bool = typer.Option(False, "--json"),
