@@ -44,17 +44,20 @@ def bootstrap(
 @app.command()
 def peers(
     initial_peers: list[str] = typer.Option(..., "--initial-peers", help="Multiaddr of any swarm member."),
-    run_id: str = typer.Option(None, "--run-id", help="Run to list [default: every run found via --config]."),
-    config: Path = typer.Option(Path("configs/tiny.toml"), "--config", help="Config whose run to list."),
+    run_id: str = typer.Option(
+        None, "--run-id", help="Run to list [default: the run of --config, else the one online]."
+    ),
+    config: Path = typer.Option(None, "--config", help="Config whose run to list."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """List the peers of a run that are online: round, throughput, digest, addresses."""
-    from p2pmodel.node.light import light_client, resolve_run_id
+    from p2pmodel.node.light import light_client, pick_run, resolve_run_id
     from p2pmodel.swarm.records import list_peer_records
 
     setup_logging("warning")
+    rid = run_id or (resolve_run_id(config) if config else None)  # a bad config fails before joining
     with light_client(initial_peers) as dht:
-        rid = run_id or resolve_run_id(config)
+        rid = rid or pick_run(dht, None)[0]  # the run registered online (several: asks for --run-id)
         records = list_peer_records(dht, rid)
     if as_json:
         emit_json({"run_id": rid, "peers": records})

@@ -19,6 +19,8 @@ def parse_override(item: str) -> tuple[list[str], object]:
         value = json.loads(raw)
     except json.JSONDecodeError:
         value = raw
+    except RecursionError:
+        raise ConfigError(f"override {key.strip()!r}: value nested too deeply") from None
     return key.strip().split("."), value
 
 
@@ -53,10 +55,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             raise ConfigError(f"cannot read config {p}: {e}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{p}: invalid TOML: {e}") from None
+        except RecursionError:
+            raise ConfigError(f"{p}: invalid TOML: nested too deeply") from None
     for item in overrides:
         _apply(tree, *parse_override(item))
     try:
         return Config.model_validate(tree)
+    except RecursionError:
+        raise ConfigError(f"{path or 'config'}: nested too deeply") from None
     except ValidationError as e:
         prefix = f"{path}: " if path is not None else ""
         raise ConfigError(prefix + _first_error(e)) from None

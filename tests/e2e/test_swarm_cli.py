@@ -44,6 +44,8 @@ def test_bootstrap_json_then_swarm_peers_lists_the_running_peers(tmp_path):
         assert {e["peer_id"] for e in events.values()} <= set(by_id), listed
         for e in events.values():
             assert by_id[e["peer_id"]]["run_id"] == listed["run_id"] and by_id[e["peer_id"]]["round"] >= 1
+        plain = _cli(["swarm", "peers", "--initial-peers", maddr, "--json"], 60)  # no config: the run online
+        assert plain.returncode == 0 and _last_json(plain.stdout)["run_id"] == listed["run_id"], plain.stderr[-2000:]
         stop_all(peers)
 
 
