@@ -11,7 +11,8 @@ from rich.live import Live
 from rich.table import Table
 
 from p2pmodel.cli.output import emit_json
-from p2pmodel.core.errors import P2PModelError, UsageError
+from p2pmodel.core.errors import P2PModelError
+from p2pmodel.core.paths import writable_dir
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny.toml"
 
@@ -84,10 +85,7 @@ def demo(
 
     load_config(config, set_)  # a bad config fails here, once, with exit code 2
     if workdir:
-        try:
-            workdir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UsageError(f"cannot use --workdir {workdir}: {e.strerror or e}") from None
+        writable_dir(workdir, "--workdir")
     tmp = None if workdir else tempfile.TemporaryDirectory(prefix="p2pmodel-demo-")
     root = workdir or Path(tmp.name)
     console = Console(stderr=True)

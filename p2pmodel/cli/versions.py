@@ -3,7 +3,6 @@ every certificate is verified (signatures, quorum, parent chain) before it is sh
 
 import contextlib
 import json
-import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -15,6 +14,7 @@ from rich.table import Table
 from p2pmodel.cli.output import emit_json
 from p2pmodel.core.errors import SwarmError, UsageError
 from p2pmodel.core.logging import setup_logging
+from p2pmodel.core.paths import writable_dir
 
 app = typer.Typer(help="List, verify, download and compare tagged versions.", no_args_is_help=True)
 PEERS = typer.Option(..., "--initial-peers", help="Multiaddr of any swarm member (repeatable).")
@@ -114,17 +114,6 @@ def _version(text: str):
         raise UsageError(f"not a version: {text!r} (expected vMAJOR.MINOR.PATCH, e.g. v0.1.0)") from None
 
 
-def _writable_dir(path: Path) -> Path:
-    """An output directory (created if needed) that can be written, checked before any network work."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot write to {path}: {e.strerror or e}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write to {path}: permission denied")
-    return path
-
-
 def _find(certs, version: str) -> dict:
     from p2pmodel.versioning.semver import Version
 
@@ -185,7 +174,7 @@ def pull(
     from p2pmodel.versioning.atomic import atomic_write
 
     _version(version)
-    _writable_dir(out)
+    writable_dir(out, "--out")
     with _reading(initial_peers, run_id, allow) as (dht, rid, run, certs):
         cert = _find(certs, version)
         state = pull_state(dht, rid, cert)
@@ -289,7 +278,7 @@ def plot(
 
     if out.suffix.lower() != ".png":
         raise UsageError(f"--out must name a .png file, got {out}")
-    _writable_dir(out.parent)
+    writable_dir(out.parent, "--out")
     with _reading(initial_peers, run_id, allow) as (dht, rid, run, certs):
         history = fetch_history(dht, rid)
     if not history and not certs:

@@ -3,13 +3,13 @@ steps on SIGINT/SIGTERM without touching the last committed round, and return th
 
 import asyncio
 import logging
-import os
 import signal
 import threading
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
+from p2pmodel.core.paths import writable_dir
 from p2pmodel.node.peer import Peer
 from p2pmodel.node.release import Releases
 from p2pmodel.node.round import RoundResult, run_round
@@ -17,18 +17,6 @@ from p2pmodel.node.status import PeerStatus, StatusServer
 from p2pmodel.node.swarm_link import SwarmLink
 
 log = logging.getLogger("p2pmodel.peer")
-
-
-def _check_data_dir(data_dir: Path) -> None:
-    """A data dir that cannot hold checkpoints is a usage error, found before anything starts."""
-    from p2pmodel.core.errors import UsageError
-
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot use --data-dir {data_dir}: {e.strerror or e}") from None
-    if not os.access(data_dir, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot use --data-dir {data_dir}: not writable")
 
 
 def _status_server(status: PeerStatus, host: str, port: int) -> StatusServer:
@@ -90,7 +78,7 @@ async def _serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, _on_signal, stop, sig)
-    _check_data_dir(data_dir)
+    writable_dir(data_dir, "--data-dir")  # before anything starts
     identity = Identity.load_or_create(identity_path)
     peer = await asyncio.to_thread(Peer, cfg, data_dir, identity.peer_id)
     await asyncio.to_thread(peer.restore)
