@@ -66,12 +66,13 @@ class Releases:
     def on_commit(self, round_: int, members: list[str]) -> None:
         """After committing ``round_``: vote on it if it is a release candidate and we are in its electorate."""
         peer = self.peer
-        voting = round_ % self.cfg.versioning.release_every == 0 and self.link.identity.peer_id in members
+        release = round_ % self.cfg.versioning.release_every == 0
+        voting = release and self.link.identity.peer_id in members
         with self._lock:
             if voting:
                 self.electorates[round_] = sorted(members)
                 self.box.set_electorate(round_, peer.digest, members)
-            if round_ % self.cfg.versioning.release_every == 0:
+            if release:
                 self._committed[round_] = peer.digest
                 for old in sorted(self._committed)[:-MAX_HELD_TAGS]:
                     del self._committed[old]

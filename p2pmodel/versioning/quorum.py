@@ -119,15 +119,7 @@ class VoteBox:
                     logger.warning("round %d already has an electorate snapshot; ignoring a different one", round)
                 return
             self._electorates[round] = snapshot
-            held = [(data, body) for data, body in self._pending if body["round"] == round]
-            if not held:
-                return
-            self._pending = [(data, body) for data, body in self._pending if body["round"] != round]
-            for _, body in held:
-                self._pending_per_voter[body["voter"]] -= 1
-                if self._pending_per_voter[body["voter"]] <= 0:
-                    del self._pending_per_voter[body["voter"]]
-            for data, body in held:
+            for data, body in self._take_pending(lambda r: r == round):
                 _, reason = self._admit(data, body)
                 logger.debug("held vote of %s for round %d: %s", body["voter"][:16], round, reason)
 
@@ -138,12 +130,17 @@ class VoteBox:
         list nor travel on."""
         with self._lock:
             low, high = self._hold_window = (committed, committed + hold_ahead)
-            keep = [(d, b) for d, b in self._pending if low < b["round"] <= high]
-            for _, body in [(d, b) for d, b in self._pending if not low < b["round"] <= high]:
-                self._pending_per_voter[body["voter"]] -= 1
-                if self._pending_per_voter[body["voter"]] <= 0:
-                    del self._pending_per_voter[body["voter"]]
-            self._pending = keep
+            self._take_pending(lambda r: not low < r <= high)
+
+    def _take_pending(self, by_round) -> list[tuple[bytes, dict]]:
+        """Caller holds the lock: remove and return the held votes whose round ``by_round`` selects."""
+        taken = [(data, body) for data, body in self._pending if by_round(body["round"])]
+        self._pending = [(data, body) for data, body in self._pending if not by_round(body["round"])]
+        for _, body in taken:
+            self._pending_per_voter[body["voter"]] -= 1
+            if self._pending_per_voter[body["voter"]] <= 0:
+                del self._pending_per_voter[body["voter"]]
+        return taken
 
     def electorate(self, round: int) -> list[str] | None:
         """The snapshot set for ``round`` (sorted), or None."""
