@@ -1,16 +1,15 @@
 """A light client for the CLI: joins the DHT in client mode (no training, no GPU), with an ephemeral identity."""
 
 import math
-import re
 import statistics
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from p2pmodel.config import load_config
+from p2pmodel.core.ids import is_hex64
 
 MAX_CLOCK_SKEW_S = 600.0
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 @contextmanager
@@ -104,7 +103,7 @@ def fetch_tags(dht, run_id: str, workdir, allowlist: set[str] | None = None) -> 
                 version = Version.parse(item[0])
             except ValueError:
                 continue
-            if str(version) == item[0] and _HEX64.fullmatch(item[1]):
+            if str(version) == item[0] and is_hex64(item[1]):
                 holders.setdefault(version, {}).setdefault(item[1], []).append(peer)
     ledger = Ledger(Path(workdir) / "ledger.bin", allowlist=allowlist)
     unreachable: set[str] = set()  # a peer that failed once is not waited for again

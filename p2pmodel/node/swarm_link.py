@@ -18,7 +18,6 @@ message per peer."""
 
 import collections
 import logging
-import re
 import threading
 import time
 
@@ -28,7 +27,7 @@ from hivemind.utils.logging import use_hivemind_log_handler
 
 from p2pmodel.compress import make_codec
 from p2pmodel.core.errors import IntegrityError, P2PModelError
-from p2pmodel.core.ids import sha256_hex
+from p2pmodel.core.ids import is_hex64, sha256_hex
 from p2pmodel.eval.digest import canonical_bytes
 from p2pmodel.gossip import Gossip
 from p2pmodel.node.exchange import ExchangeOutcome
@@ -54,7 +53,6 @@ CLOSE_GRACE = 1 / 3  # of sync.matchmaking_time_s: joins the group well inside t
 PACE_POLL_S = 10.0  # DHT fallback for a lost "ready" gossip push (each poll ~5 KB on the wire)
 PEER_LIST_CACHE_S = 30.0  # gossip's view of who is online (each refresh ~17 KB on the wire at 4 peers)
 _KEEP_PACKAGES = 3
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class SwarmLink:
@@ -273,7 +271,7 @@ class SwarmLink:
             time.sleep(0.3)
             digests = get_digests(self.dht, self.run_id, round_)
         # only peers known to be in this run vote, and only with a real digest ("" would send everyone re-syncing)
-        winner = majority({p: d for p, d in digests.items() if p in expected and _HEX64.fullmatch(d)}) or peer.digest
+        winner = majority({p: d for p, d in digests.items() if p in expected and is_hex64(d)}) or peer.digest
         if winner != peer.digest:
             log.warning(
                 "round %d: this peer holds %s but most peers hold %s: re-syncing", round_, peer.digest[:12], winner[:12]
@@ -401,10 +399,8 @@ def _valid_offer(o: dict) -> bool:
         isinstance(o, dict)
         and type(o.get("round")) is int
         and 0 < o["round"] < 2**63
-        and isinstance(o.get("digest"), str)
-        and _HEX64.fullmatch(o["digest"]) is not None
-        and isinstance(o.get("blob"), str)
-        and _HEX64.fullmatch(o["blob"]) is not None
+        and is_hex64(o.get("digest"))
+        and is_hex64(o.get("blob"))
         and isinstance(o.get("peer_id"), str)
     )
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import re
 from collections.abc import Callable
 
 import hivemind
@@ -23,6 +22,7 @@ from hivemind.p2p import PeerID
 
 from p2pmodel.core import wire
 from p2pmodel.core.errors import IntegrityError, SwarmError, UsageError, WireError
+from p2pmodel.core.ids import is_hex64
 from p2pmodel.swarm.aio import get_p2p, run_sync
 
 logger = logging.getLogger(__name__)
@@ -32,7 +32,6 @@ DEFAULT_CHUNK_BYTES = 1 << 20
 MAX_CHUNK_BYTES = 8 << 20  # a fetcher refuses bigger frames whatever the server's chunk size
 _MAX_CONTROL_BYTES = 4096
 _REQUEST_TIMEOUT_S = 10.0
-_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 
 Provider = Callable[[str], "bytes | None"]
 
@@ -100,7 +99,7 @@ class BlobServer:
             _MAX_CONTROL_BYTES,
         )
         digest = request.get("digest") if isinstance(request, dict) else None
-        if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
+        if not is_hex64(digest):
             await _write_frame(writer, wire.pack({"error": "bad request"}))
             return
         if self._slots.locked():
@@ -137,7 +136,7 @@ async def afetch_blob(
     p2p: hivemind.P2P, peer_id: str, digest: str, max_bytes: int, protocol: str = BLOB_PROTOCOL
 ) -> bytes:
     """Async core of ``fetch_blob`` for callers already on an event loop with a P2P instance."""
-    if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
+    if not is_hex64(digest):
         raise UsageError(f"not a sha256 hex digest: {digest!r}")
     try:
         remote = PeerID.from_base58(peer_id)

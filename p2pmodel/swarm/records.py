@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Callable
 
 import hivemind
@@ -25,6 +24,7 @@ from hivemind.utils.timed_storage import ValueWithExpiration, get_dht_time
 from p2pmodel import PROTOCOL_VERSION, __version__
 from p2pmodel.core import wire
 from p2pmodel.core.errors import IntegrityError, WireError
+from p2pmodel.core.ids import is_hex64
 from p2pmodel.swarm.identity import Identity
 from p2pmodel.swarm.signed import open_signed, sign_message
 
@@ -34,7 +34,6 @@ MAX_RECORD_BYTES = 16 << 10
 MAX_CLOCK_SKEW_S = 60.0
 PEER_RECORD_KIND = "peer_record"
 DIGEST_RECORD_KIND = "digest_record"
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def peers_key(run_id: str) -> str:
@@ -58,7 +57,7 @@ def _number(v) -> bool:
 
 
 def _digest(v) -> bool:
-    return isinstance(v, str) and (v == "" or bool(_HEX64.fullmatch(v)))
+    return v == "" or is_hex64(v)
 
 
 def _addrs(v) -> bool:

@@ -18,10 +18,9 @@ happens only in ``quorum.VoteBox`` and ``tag.verify_tag``.
 from __future__ import annotations
 
 import math
-import re
 
 from p2pmodel.core.errors import WireError
-from p2pmodel.core.ids import sha256_hex
+from p2pmodel.core.ids import is_hex64, sha256_hex
 from p2pmodel.swarm.signed import canonical_pack
 from p2pmodel.versioning.semver import Version, next_version
 
@@ -33,7 +32,6 @@ MAX_METRICS = 32
 MAX_METRIC_NAME = 64
 MAX_ID_CHARS = 128  # run ids, PeerIDs
 MAX_ELECTORATE = 1024
-_HEX64 = re.compile(r"[0-9a-f]{64}", re.ASCII)
 
 VOTE_FIELDS = (
     "bump",
@@ -54,10 +52,6 @@ VOTE_FIELDS = (
 
 class VoteError(WireError, ValueError):
     """A vote body that does not validate: a WireError for the network, a ValueError for local callers."""
-
-
-def is_hex64(v: object) -> bool:
-    return isinstance(v, str) and _HEX64.fullmatch(v) is not None
 
 
 def is_id(v: object) -> bool:
