@@ -76,7 +76,7 @@ def status(
     parts = urllib.parse.urlparse(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise UsageError(f"--url must be an http(s) URL like http://127.0.0.1:8080, got {url!r}")
-    deadline, body = time.monotonic() + timeout_s, b""
+    deadline, body = time.monotonic() + timeout_s, bytearray()
     try:
         with urllib.request.urlopen(url.rstrip("/") + "/status", timeout=timeout_s) as r:
             while chunk := r.read1(1 << 16):  # the whole answer within --timeout, and at most 4 MiB of it

@@ -85,14 +85,9 @@ async def _serve(
     status = PeerStatus(peer.peer_id, peer.run_id)
     obs = cfg.observability
     server = _status_server(status, obs.status_host, obs.status_port) if obs.status_port else None
-    releases = None
-    try:
+    exchange = releases = None
+    try:  # once the DHT runs, whatever fails, it is shut down (a process left behind never exits)
         exchange = SwarmLink(cfg, peer, identity)  # main thread: hivemind's averager sets signal handlers
-    except BaseException:
-        if server:
-            server.close()
-        raise
-    try:  # from here on the DHT runs: whatever fails, it is shut down (a process left behind never exits)
         log.info("listening on %s", " ".join(exchange.maddrs))
         releases = Releases(cfg, peer, exchange, data_dir)
         exchange.commit_hooks.append(releases.on_commit)
@@ -150,7 +145,8 @@ async def _serve(
             server.close()
         if releases:
             releases.close()
-        await asyncio.to_thread(exchange.close)
+        if exchange:
+            await asyncio.to_thread(exchange.close)
     if stop.is_set():
         log.info("stopped; last committed round %d (digest %s)", peer.round, peer.digest[:12])
     versions = [c["version"] for c in releases.ledger.all()]
