@@ -316,8 +316,8 @@ def propose(
     """Propose that the next release candidate be a MINOR or MAJOR version (MAJOR needs a supermajority)."""
     import time
 
-    from p2pmodel.node.release import PROPOSAL_KIND, proposals_key
     from p2pmodel.swarm.identity import Identity
+    from p2pmodel.swarm.keys import PROPOSAL_KIND, proposals_key
     from p2pmodel.swarm.records import publish_signed
 
     if bump not in ("minor", "major"):

@@ -43,7 +43,7 @@ def resolve_run_id(config_path) -> str:
 
 def find_runs(dht) -> dict[str, dict]:
     """Runs registered in the DHT by live peers: {run_id: newest run record}."""
-    from p2pmodel.node.swarm_link import RUN_KIND, RUNS_KEY
+    from p2pmodel.swarm.keys import RUN_KIND, RUNS_KEY
     from p2pmodel.swarm.records import get_signed
 
     return newest_runs(get_signed(dht, RUNS_KEY, RUN_KIND).values())
@@ -84,8 +84,9 @@ def fetch_tags(dht, run_id: str, workdir, allowlist: set[str] | None = None) -> 
     import logging
 
     from p2pmodel.core.errors import P2PModelError
-    from p2pmodel.node.release import MAX_CERT_BYTES, TAG_INDEX_KIND, tags_key
+    from p2pmodel.node.release import MAX_CERT_BYTES
     from p2pmodel.swarm.blobs import fetch_blob
+    from p2pmodel.swarm.keys import TAG_INDEX_KIND, tags_key
     from p2pmodel.swarm.records import get_signed
     from p2pmodel.versioning.ledger import Ledger
     from p2pmodel.versioning.semver import Version
@@ -150,7 +151,7 @@ def pull_state(dht, run_id: str, cert: dict, timeout_s: float = 300.0) -> dict:
 
 def fetch_history(dht, run_id: str) -> dict[int, float]:
     """Median validation loss per round over the peers' signed history records."""
-    from p2pmodel.node.swarm_link import HISTORY_KIND
+    from p2pmodel.swarm.keys import HISTORY_KIND
     from p2pmodel.swarm.records import get_signed
 
     return median_loss_by_round(get_signed(dht, f"p2pmodel/{run_id}/history", HISTORY_KIND).values(), run_id)

@@ -12,6 +12,7 @@ from pathlib import Path
 from p2pmodel.core.errors import P2PModelError
 from p2pmodel.core.ids import sha256_hex
 from p2pmodel.eval.suite import judge, metrics_of
+from p2pmodel.swarm.keys import PROPOSAL_KIND, TAG_INDEX_KIND, proposals_key, tags_key
 from p2pmodel.swarm.records import get_signed, publish_signed
 from p2pmodel.versioning.atomic import atomic_write
 from p2pmodel.versioning.ledger import Ledger
@@ -21,20 +22,8 @@ from p2pmodel.versioning.tag import TAG_KIND, build_tag, decode_tag, encode_tag,
 from p2pmodel.versioning.votes import VOTE_KIND, candidate_id, make_vote
 
 log = logging.getLogger("p2pmodel.release")
-TAG_INDEX_KIND = "tag_index"
 MAX_CERT_BYTES = 1 << 20
-
-
-PROPOSAL_KIND = "proposal"
 MAX_HELD_TAGS = 16
-
-
-def tags_key(run_id: str) -> str:
-    return f"p2pmodel/{run_id}/tags"
-
-
-def proposals_key(run_id: str) -> str:
-    return f"p2pmodel/{run_id}/proposals"
 
 
 class Releases:

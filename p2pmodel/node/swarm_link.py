@@ -34,6 +34,7 @@ from p2pmodel.node.exchange import ExchangeOutcome
 from p2pmodel.node.pace import RoundCloses
 from p2pmodel.node.state_package import pack_state, package_limit, unpack_state
 from p2pmodel.swarm.blobs import BlobServer, fetch_blob
+from p2pmodel.swarm.keys import HISTORY_KIND, OFFER_KIND, READY_KIND, RUN_KIND, RUNS_KEY
 from p2pmodel.swarm.node import start_dht, stop_dht, visible_maddrs
 from p2pmodel.swarm.records import (
     get_digests,
@@ -47,8 +48,7 @@ from p2pmodel.swarm.refresher import RecordRefresher
 from p2pmodel.sync import DeterministicAverager
 
 log = logging.getLogger("p2pmodel.swarm")
-READY, OFFER, RUN_KIND, HISTORY_KIND = "ready", "state_offer", "run_record", "history"
-RUNS_KEY = "p2pmodel/runs"
+READY, OFFER = READY_KIND, OFFER_KIND
 CLOSE_GRACE = 1 / 3  # of sync.matchmaking_time_s: joins the group well inside the window
 PACE_POLL_S = 10.0  # DHT fallback for a lost "ready" gossip push (each poll ~5 KB on the wire)
 PEER_LIST_CACHE_S = 30.0  # gossip's view of who is online (each refresh ~17 KB on the wire at 4 peers)

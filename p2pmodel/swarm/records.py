@@ -26,22 +26,13 @@ from p2pmodel.core import wire
 from p2pmodel.core.errors import IntegrityError, WireError
 from p2pmodel.core.ids import is_hex64
 from p2pmodel.swarm.identity import Identity
+from p2pmodel.swarm.keys import DIGEST_RECORD_KIND, PEER_RECORD_KIND, digest_key, peers_key
 from p2pmodel.swarm.signed import open_signed, sign_message
 
 logger = logging.getLogger(__name__)
 
 MAX_RECORD_BYTES = 16 << 10
 MAX_CLOCK_SKEW_S = 60.0
-PEER_RECORD_KIND = "peer_record"
-DIGEST_RECORD_KIND = "digest_record"
-
-
-def peers_key(run_id: str) -> str:
-    return f"p2pmodel/{run_id}/peers"
-
-
-def digest_key(run_id: str, round: int) -> str:
-    return f"p2pmodel/{run_id}/digest/{round}"
 
 
 def _short_str(v) -> bool:

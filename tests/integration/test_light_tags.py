@@ -9,9 +9,9 @@ import pytest
 
 from p2pmodel.core.ids import sha256_hex
 from p2pmodel.node.light import fetch_tags
-from p2pmodel.node.release import TAG_INDEX_KIND, tags_key
 from p2pmodel.swarm.blobs import BlobServer
 from p2pmodel.swarm.identity import Identity
+from p2pmodel.swarm.keys import TAG_INDEX_KIND, tags_key
 from p2pmodel.swarm.records import publish_signed
 from p2pmodel.swarm.signed import sign_message
 from p2pmodel.testing.dht import identity_dhts

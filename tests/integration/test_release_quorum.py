@@ -452,7 +452,7 @@ def test_minor_and_major_only_by_proposal_and_major_needs_the_supermajority(net,
     """Without a proposal the next version is a PATCH; a signed MINOR proposal (any key, e.g. the CLI's) makes the
     next tag v0.2.0 and is used up by it; a MAJOR proposal lets voters accept a regression, but a MAJOR tag
     needs ⌊0.8·N⌋+1 votes: with 3 of 4 members voting it does not form, with all 4 it does (v1.0.0)."""
-    from p2pmodel.node.release import PROPOSAL_KIND, proposals_key
+    from p2pmodel.swarm.keys import PROPOSAL_KIND, proposals_key
     from p2pmodel.swarm.records import publish_signed
 
     dhts, idents = net

@@ -1,0 +1,60 @@
+"""Every DHT key and signed-message kind p2pmodel uses, in one place (the wire's vocabulary).
+
+DHT layout (one key per topic, one subkey per signer; readers check signer == subkey == body peer_id)::
+
+    p2pmodel/runs                        run registry: one "run_record" per peer (light clients find runs here)
+    p2pmodel/{run}/peers                 "peer_record": who is in the run (swarm/records.py)
+    p2pmodel/{run}/digest/{round}        "digest_record": the state a peer committed (the commit step's vote)
+    p2pmodel/{run}/ready/{round}         "ready": a peer finished its inner phase (DHT fallback of the gossip push)
+    p2pmodel/{run}/state                 "state_offer": the last committed state a peer serves, by blob id
+    p2pmodel/{run}/history               "history": recent (round, val loss) pairs, for plots
+    p2pmodel/{run}/tags                  "tag_index": the tags a peer holds and their certificates' blob ids
+    p2pmodel/{run}/proposals             "proposal": a signed request for a MINOR/MAJOR next release
+
+Gossip kinds (signed messages pushed to every peer of the run): "ready", "leave", "vote", "tag".
+"""
+
+RUNS_KEY = "p2pmodel/runs"
+
+RUN_KIND = "run_record"
+PEER_RECORD_KIND = "peer_record"
+DIGEST_RECORD_KIND = "digest_record"
+READY_KIND = "ready"
+LEAVE_KIND = "leave"
+OFFER_KIND = "state_offer"
+HISTORY_KIND = "history"
+TAG_INDEX_KIND = "tag_index"
+PROPOSAL_KIND = "proposal"
+
+
+def run_key(run_id: str, what: str, round_: int | None = None) -> str:
+    """``p2pmodel/{run_id}/{what}`` or, per round, ``p2pmodel/{run_id}/{what}/{round}``."""
+    return f"p2pmodel/{run_id}/{what}" + ("" if round_ is None else f"/{round_}")
+
+
+def peers_key(run_id: str) -> str:
+    return run_key(run_id, "peers")
+
+
+def digest_key(run_id: str, round_: int) -> str:
+    return run_key(run_id, "digest", round_)
+
+
+def ready_key(run_id: str, round_: int) -> str:
+    return run_key(run_id, "ready", round_)
+
+
+def offers_key(run_id: str) -> str:
+    return run_key(run_id, "state")
+
+
+def history_key(run_id: str) -> str:
+    return run_key(run_id, "history")
+
+
+def tags_key(run_id: str) -> str:
+    return run_key(run_id, "tags")
+
+
+def proposals_key(run_id: str) -> str:
+    return run_key(run_id, "proposals")
