@@ -1,8 +1,9 @@
-"""How the deltas of a round are combined. SoloExchange: a peer alone applies its own delta (the swarm's
-exchange is SwarmLink in swarm_link.py, same methods). Both return
-an ExchangeOutcome the round can apply without caring."""
+"""How the deltas of a round are combined: the ``Exchange`` protocol ``run_round`` takes. SoloExchange: a peer
+alone applies its own delta; the swarm's exchange is SwarmLink (swarm_link.py). Both return an ExchangeOutcome
+the round can apply without caring."""
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -16,6 +17,20 @@ class ExchangeOutcome:
     reason: str = ""  # why the peer ended alone, when it did
     bytes_sent: int = 0
     bytes_received: int = 0
+
+
+class Exchange(Protocol):
+    def round_closed(self, round_: int) -> bool:
+        """Stop the inner phase of ``round_`` now (another peer finished it)?"""
+
+    def average(self, round_: int, delta: list[torch.Tensor], weight: float) -> ExchangeOutcome:
+        """Combine this peer's ``delta`` (weighted by its samples) with the round's other peers'."""
+
+    def agree(self, round_: int, outcome: ExchangeOutcome) -> None:
+        """Commit step: make this peer hold the state most of the round's participants hold."""
+
+    def after_commit(self, round_: int, samples_per_s: float, members: list[str]) -> None:
+        """The round is durable here: serve it, announce it."""
 
 
 class SoloExchange:

@@ -1,32 +1,53 @@
-"""When each round closed, as this peer learned it (its own "ready", another's gossip push or DHT record).
+"""The round's pace: when each round closed and who is in it, as this peer learned it.
 
-Only rounds just ahead of the last commit are kept: "ready" messages are signed but any member may send them,
-for any round number, so an unbounded map would be memory a stranger could fill."""
+A peer that finishes its inner phase announces "ready" for the round (gossip push, DHT record as fallback):
+the round closes for everyone, and the peers that announced are the round's participants. A peer that stops
+cleanly announces a signed "leave", so the others neither wait for it in matchmaking nor in the commit step.
+
+``RoundCloses`` keeps only rounds just ahead of the last commit: "ready" messages are signed but any member
+may send them, for any round number, so an unbounded map would be memory a stranger could fill. The leave
+list is bounded the same way."""
 
 from __future__ import annotations
 
+import collections
+import logging
 import threading
 import time
+from collections.abc import Callable
 
+from p2pmodel.core.errors import P2PModelError
+from p2pmodel.swarm.keys import LEAVE_KIND, READY_KIND, ready_key
+from p2pmodel.swarm.records import get_signed, publish_signed
+
+log = logging.getLogger("p2pmodel.pace")
 ROUNDS_AHEAD = 4  # a peer further behind than this re-syncs its state before it trains that round anyway
+MAX_READY_PER_ROUND = 1024
+MAX_LEFT = 1024
 
 
 class RoundCloses:
     def __init__(self, rounds_ahead: int = ROUNDS_AHEAD):
         self.rounds_ahead = rounds_ahead
         self._since: dict[int, float] = {}  # round -> time.monotonic() when it closed here
+        self._who: dict[int, set[str]] = {}  # round -> peers that announced ready for it
         self._lock = threading.Lock()  # the gossip handler, the DHT poller and the round loop all write
 
-    def mark(self, round_: int, committed: int) -> bool:
-        """``round_`` closed; ``committed`` is this peer's last committed round (older entries are dropped).
+    def mark(self, round_: int, committed: int, peer: str | None = None) -> bool:
+        """``round_`` closed (``peer`` announced it); ``committed`` is this peer's last committed round (older
+        entries are dropped).
 
         Returns whether ``round_`` is near enough to ``committed`` (either side) to be worth passing on to peers:
         the gossip handler refuses the rest, so a "ready" for an absurd round stops at the first honest hop."""
         with self._lock:
             for r in [r for r in self._since if r <= committed]:
                 del self._since[r]
+                self._who.pop(r, None)
             if committed < round_ <= committed + self.rounds_ahead:
                 self._since.setdefault(round_, time.monotonic())
+                who = self._who.setdefault(round_, set())
+                if peer is not None and len(who) < MAX_READY_PER_ROUND:
+                    who.add(peer)
         return committed - self.rounds_ahead < round_ <= committed + self.rounds_ahead
 
     def __contains__(self, round_: int) -> bool:
@@ -37,5 +58,110 @@ class RoundCloses:
         since = self._since.get(round_)
         return None if since is None else time.monotonic() - since
 
+    def ready(self, round_: int) -> frozenset[str]:
+        """The peers known to have announced ready for ``round_``."""
+        with self._lock:
+            return frozenset(self._who.get(round_, ()))
+
     def __len__(self) -> int:
         return len(self._since)
+
+
+class Pace:
+    """Owns the "ready"/"leave" traffic of one run: the gossip handlers and the DHT fallback poller (a thread).
+
+    ``committed()`` returns this peer's last committed round (read from the round loop's snapshot)."""
+
+    def __init__(
+        self, dht, gossip, identity, run_id: str, committed: Callable[[], int], poll_s: float, ready_ttl_s: float
+    ):
+        self.dht, self.gossip, self.identity, self.run_id = dht, gossip, identity, run_id
+        self._committed, self._poll_s, self._ready_ttl_s = committed, poll_s, ready_ttl_s
+        self.closes = RoundCloses()
+        self._left: collections.OrderedDict[str, float] = collections.OrderedDict()  # peer -> monotonic time
+        self._left_lock = threading.Lock()
+        self._watch_round = 0
+        self._stop = threading.Event()
+        gossip.subscribe(READY_KIND, self._on_ready)
+        gossip.subscribe(LEAVE_KIND, self._on_leave)
+        self._thread = threading.Thread(target=self._watch, name="p2pmodel-pace", daemon=True)
+        self._thread.start()
+
+    # --- what this peer says ------------------------------------------------------------------------
+    def announce_ready(self, round_: int) -> None:
+        """This peer finished its inner phase of ``round_``: gossip push first (milliseconds), DHT as fallback."""
+        me = self.identity.peer_id
+        self.closes.mark(round_, self._committed(), me)
+        try:
+            self.gossip.publish(READY_KIND, {"run_id": self.run_id, "round": round_})
+        except P2PModelError as e:  # the others still see the DHT record at their next poll
+            log.warning("could not push ready for round %d: %s", round_, e)
+        body = {"peer_id": me, "round": round_, "time": time.time()}
+        publish_signed(self.dht, self.identity, ready_key(self.run_id, round_), READY_KIND, body, self._ready_ttl_s)
+
+    def announce_leave(self, timeout_s: float = 3.0) -> None:
+        """A clean stop: the others stop waiting for this peer at once (best effort, bounded)."""
+        try:
+            self.gossip.publish(LEAVE_KIND, {"run_id": self.run_id, "round": self._committed()}, timeout_s=timeout_s)
+        except P2PModelError as e:
+            log.debug("could not announce leave: %s", e)
+
+    # --- what this peer knows -----------------------------------------------------------------------
+    def round_closed(self, round_: int, grace_s: float) -> bool:
+        """True once another peer finished ``round_`` at least ``grace_s`` ago: stop the inner phase."""
+        self._watch_round = round_
+        closed_for = self.closes.closed_for(round_)
+        return closed_for is not None and closed_for >= grace_s
+
+    def ready(self, round_: int) -> frozenset[str]:
+        return self.closes.ready(round_)
+
+    def left(self) -> frozenset[str]:
+        """Peers that announced a clean stop (and have not announced ready since)."""
+        with self._left_lock:
+            return frozenset(self._left)
+
+    # --- what the others say ------------------------------------------------------------------------
+    def _on_ready(self, msg) -> bool:
+        """A gossiped "ready" of this run: that round closes here too (our own push is delivered locally)."""
+        body = msg.body
+        if body.get("run_id") != self.run_id or type(body.get("round")) is not int or body["round"] < 1:
+            return False
+        if msg.signer == self.identity.peer_id:
+            return True
+        with self._left_lock:
+            self._left.pop(msg.signer, None)  # back after a restart
+        return self.closes.mark(body["round"], self._committed(), msg.signer)  # False: neither kept nor forwarded
+
+    def _on_leave(self, msg) -> bool:
+        body = msg.body
+        if body.get("run_id") != self.run_id or msg.signer == self.identity.peer_id:
+            return msg.signer == self.identity.peer_id
+        with self._left_lock:
+            self._left.pop(msg.signer, None)
+            self._left[msg.signer] = time.monotonic()
+            while len(self._left) > MAX_LEFT:
+                self._left.popitem(last=False)
+        log.info("peer %s left the swarm", msg.signer)
+        return True
+
+    def _watch(self) -> None:
+        """DHT fallback for a lost gossip push: look for other peers' "ready" of the round being trained."""
+        while not self._stop.wait(self._poll_s):
+            r = self._watch_round
+            if not r or r in self.closes:
+                continue
+            try:
+                ready = get_signed(self.dht, ready_key(self.run_id, r), READY_KIND)
+            except Exception as e:  # a DHT hiccup: look again next tick
+                log.debug("pace check failed: %s", e)
+                continue
+            for pid in ready:
+                if pid != self.identity.peer_id:
+                    self.closes.mark(r, self._committed(), pid)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.gossip.unsubscribe(READY_KIND)
+        self.gossip.unsubscribe(LEAVE_KIND)
+        self._thread.join(2.0)

@@ -4,7 +4,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from p2pmodel.eval import EvalReport
-from p2pmodel.node.exchange import ExchangeOutcome
+from p2pmodel.node.exchange import Exchange, ExchangeOutcome
 from p2pmodel.train import InnerStats
 
 
@@ -17,7 +17,11 @@ class RoundResult:
 
 
 def run_round(
-    peer, exchange, round_: int, interrupted: Callable[[], bool], on_step: Callable[[int, float], None] | None = None
+    peer,
+    exchange: Exchange,
+    round_: int,
+    interrupted: Callable[[], bool],
+    on_step: Callable[[int, float], None] | None = None,
 ) -> RoundResult | None:
     """Run round ``round_`` to its commit, or return None (nothing committed) if interrupted before."""
     first = peer.trainer.step
@@ -25,7 +29,7 @@ def run_round(
     def stop_inner() -> bool:  # a peer finished its H steps (+ a short grace): the round closes, nobody idles
         return interrupted() or (peer.trainer.step > first and exchange.round_closed(round_))
 
-    stats = peer.trainer.run(peer.stream, peer.cfg.train.inner_steps, stop_inner, on_step)  # inner phase
+    stats = peer.trainer.run(peer.stream, peer.cfg.train.inner_steps, stop_inner, on_step, round_=round_)  # inner phase
     if interrupted():
         return None
     delta = peer.pseudo_gradient()  # Δ = θ_global − θ_local

@@ -1,58 +1,59 @@
-"""The peer's side of the swarm: DHT + identity, the deterministic averager, the round pace, the commit step
-(majority digest, re-sync from a peer that holds it) and state offers for late joiners.
-
-DHT keys it uses besides swarm/records.py's: ``p2pmodel/{run}/ready/{round}`` (a peer finished its inner
-phase: the round closes for everyone, nobody idles) and ``p2pmodel/{run}/state`` (state offers: round,
-params digest and the sha256 of the downloadable package, served by the BlobServer).
+"""The peer's side of the swarm, one part per job, wired here: the DHT (this class owns it), the deterministic
+averager, the round pace (``pace.py``), the commit step (``commit.py``), state offers for late joiners and
+re-syncs (``state_offers.py``) and the peer record. ``run_round`` sees it through the ``Exchange`` protocol
+(``exchange.py``). docs/architecture.md describes the parts, the round and who owns which thread.
 
 A peer still training when the round closes keeps going for ``CLOSE_GRACE`` of the matchmaking window (or until
-its H steps are done): the first finisher waits that window for a group anyway, and rounds start a little apart
-(commit, eval and DHT work take different times on each peer), so stopping at once cost up to a fifth of a short
-round's steps (tests/integration/test_swarm_training.py: 23-27 of 30 steps per peer).
+its H steps are done): rounds start a little apart (commit, eval and DHT work take different times on each
+peer), so stopping at once cost up to a fifth of a short round's steps.
 
-"Ready" is also pushed over gossip, which reaches every peer in milliseconds; the DHT key is the fallback,
-polled every ``PACE_POLL_S``. Measured (benchmarks/communication.py, 5 DHT nodes in a network namespace): one
-DHT get costs ~5 KB on the wire, one store of a signed record ~24 KB (replicated, traversal, encryption), so
-polling every 1.5 s cost more per round than the averaging payload at H=250; a gossip push costs one small
-message per peer."""
+The group of a round forms as soon as the peers expected in it are in (those of the last round that are still
+connected and did not leave, plus any that announced "ready" for this round); the matchmaking window is only
+the upper bound, for a peer that crashed since the last round or a straggler.
 
-import collections
+"Ready" is pushed over gossip, which reaches every peer in milliseconds; the DHT key is the fallback, polled
+every ``PACE_POLL_S``. Measured (benchmarks/communication.py, 5 DHT nodes in a network namespace): one DHT get
+costs ~5 KB on the wire, one store of a signed record ~24 KB, so polling every 1.5 s cost more per round than
+the averaging payload at H=250; a gossip push costs one small message per peer."""
+
 import logging
-import threading
 import time
+from dataclasses import dataclass
 
 import torch
 from hivemind.compression import CompressionInfo
 from hivemind.utils.logging import use_hivemind_log_handler
 
 from p2pmodel.compress import make_codec
-from p2pmodel.core.errors import IntegrityError, P2PModelError
-from p2pmodel.core.ids import is_hex64, sha256_hex
+from p2pmodel.core.errors import P2PModelError
 from p2pmodel.eval.digest import canonical_bytes
 from p2pmodel.gossip import Gossip
+from p2pmodel.node.commit import CommitStep
 from p2pmodel.node.exchange import ExchangeOutcome
-from p2pmodel.node.pace import RoundCloses
-from p2pmodel.node.state_package import pack_state, package_limit, unpack_state
-from p2pmodel.swarm.blobs import BlobServer, fetch_blob
-from p2pmodel.swarm.keys import HISTORY_KIND, OFFER_KIND, READY_KIND, RUN_KIND, RUNS_KEY
+from p2pmodel.node.pace import Pace
+from p2pmodel.node.state_offers import StateOffers
+from p2pmodel.swarm.blobs import BlobServer
+from p2pmodel.swarm.connections import connected_peers
 from p2pmodel.swarm.node import start_dht, stop_dht, visible_maddrs
-from p2pmodel.swarm.records import (
-    get_digests,
-    get_signed,
-    list_peer_records,
-    make_peer_record,
-    publish_digest,
-    publish_signed,
-)
+from p2pmodel.swarm.records import list_peer_records, make_peer_record
 from p2pmodel.swarm.refresher import RecordRefresher
+from p2pmodel.swarm.serial_dht import serialize_calls
 from p2pmodel.sync import DeterministicAverager
 
 log = logging.getLogger("p2pmodel.swarm")
-READY, OFFER = READY_KIND, OFFER_KIND
 CLOSE_GRACE = 1 / 3  # of sync.matchmaking_time_s: joins the group well inside the window
 PACE_POLL_S = 10.0  # DHT fallback for a lost "ready" gossip push (each poll ~5 KB on the wire)
 PEER_LIST_CACHE_S = 30.0  # gossip's view of who is online (each refresh ~17 KB on the wire at 4 peers)
-_KEEP_PACKAGES = 3
+
+
+@dataclass(frozen=True)
+class Committed:
+    """What background work (record refresher, pace, gossip handlers) may read of the peer: replaced whole
+    after each commit, never mutated, so a reader never sees a round with another round's digest."""
+
+    round: int
+    digest: str
+    samples_per_s: float = 0.0
 
 
 class SwarmLink:
@@ -67,35 +68,35 @@ class SwarmLink:
         self._buffers = [torch.zeros_like(p) for p in peer.global_params]
         self.residuals = [torch.zeros_like(p) for p in peer.global_params] if cfg.compress.error_feedback else None
         self.encoded_bytes = sum(len(self.codec.compress(t, _info(t)).SerializeToString()) for t in self._buffers)
-        self.packages: collections.OrderedDict[str, bytes] = collections.OrderedDict()
-        self.providers = [self.packages.get, self._stored_state]  # blob id → bytes, first hit wins
+        self.committed = Committed(peer.round, peer.digest)
         self.commit_hooks: list = []  # called with (round, members) after each commit (releases)
         self._peer_cache: tuple[float, list[str]] = (0.0, [])
-        self.samples_per_s = 0.0
-        self._closed = RoundCloses()
-        self._pace_round = 0
-        self._stop = threading.Event()
-        self.dht = start_dht(
-            identity.path,
-            s.initial_peers,
-            s.host_maddrs,
-            s.announce_maddrs,
-            s.client_mode,
-            wait_timeout_s=min(s.join_timeout_s, 10.0),
-            startup_timeout_s=s.join_timeout_s,
+        self._last_members: list[str] = []  # the peers whose digests decided the last commit
+        self.dht = serialize_calls(
+            start_dht(
+                identity.path,
+                s.initial_peers,
+                s.host_maddrs,
+                s.announce_maddrs,
+                s.client_mode,
+                wait_timeout_s=min(s.join_timeout_s, 10.0),
+                startup_timeout_s=s.join_timeout_s,
+            )
         )
         try:  # whatever fails from here takes down the parts started before it (close skips the rest)
             self.maddrs = visible_maddrs(self.dht)
-            self._start_averaging(cfg, s)
+            self._start_averaging(cfg, s)  # before any thread touches the DHT: the averager process is forked
+            self.offers = StateOffers(self.dht, identity, peer, s.record_ttl_s * 10, cfg.sync.download_timeout_s)
+            self.providers = [self.offers.packages.get, self._stored_state]  # blob id → bytes, first hit wins
             self.blobs = BlobServer(self.dht, self._provide)
             self.gossip = Gossip(self.dht, identity, peers=self.peer_ids)
-            self.gossip.subscribe(READY, self._on_ready)
+            ready_ttl = cfg.sync.allreduce_timeout_s + 60
+            self.pace = Pace(self.dht, self.gossip, identity, self.run_id, self._round, PACE_POLL_S, ready_ttl)
+            self.commit = CommitStep(self.dht, identity, self.run_id, s.record_ttl_s * 10)
             self.refresher = RecordRefresher(self.dht, identity, self._record, s.record_ttl_s)
         except BaseException:
             self.close()
             raise
-        self._pace = threading.Thread(target=self._watch_pace, name="p2pmodel-pace", daemon=True)
-        self._pace.start()
 
     def _start_averaging(self, cfg, s) -> None:
         self.averager = DeterministicAverager(
@@ -114,6 +115,9 @@ class SwarmLink:
             allow_state_sharing=False,  # late joiners use our verified state offers, not hivemind's download
         )
 
+    def _round(self) -> int:
+        return self.committed.round
+
     def _provide(self, blob_id: str) -> bytes | None:
         for provider in self.providers:
             blob = provider(blob_id)
@@ -129,8 +133,9 @@ class SwarmLink:
         except P2PModelError:
             return None
 
+    # --- who is online ------------------------------------------------------------------------------
     def peer_ids(self, max_age_s: float = PEER_LIST_CACHE_S) -> list[str]:
-        """Live peers of this run (from their DHT records), cached up to ``max_age_s``; used by gossip."""
+        """Live peers of this run (DHT records, less those that announced leaving), cached up to ``max_age_s``."""
         at, ids = self._peer_cache
         if time.monotonic() - at >= (max_age_s if ids else min(max_age_s, 5.0)):  # alone: look again soon
             try:
@@ -139,106 +144,50 @@ class SwarmLink:
             except Exception as e:  # keep the last known list
                 log.debug("peer list refresh failed: %s", e)
             self._peer_cache = (time.monotonic(), ids)
-        return ids
+        gone = self.pace.left() if hasattr(self, "pace") else frozenset()
+        return [p for p in ids if p not in gone]
 
-    def publish_run(self) -> None:
-        """Register this run under the global key so light clients can find it without a config."""
-        history = {
-            "peer_id": self.identity.peer_id,
-            "run_id": self.run_id,
-            "rounds": self.peer.history[-256:],
-            "time": time.time(),
-        }
-        body = {
-            "peer_id": self.identity.peer_id,
-            "run_id": self.run_id,
-            "run_name": self.cfg.run_name,
-            "model": self.cfg.model.model_dump(),
-            "time": time.time(),
-        }
-        try:
-            ttl = self.cfg.swarm.record_ttl_s * 10
-            publish_signed(self.dht, self.identity, RUNS_KEY, RUN_KIND, body, ttl)
-            publish_signed(self.dht, self.identity, f"p2pmodel/{self.run_id}/history", HISTORY_KIND, history, ttl)
-        except Exception as e:
-            log.debug("run record publish failed: %s", e)
+    def expected_group(self, round_: int) -> set[str]:
+        """Who should average in ``round_``: the last round's peers still connected and not gone, those that
+        announced ready for it, and this peer; before any round, every peer with a live record."""
+        me, left = self.identity.peer_id, self.pace.left()
+        if self._last_members:
+            connected = connected_peers(self.dht)
+            before = {p for p in self._last_members if connected is None or p in connected}
+        else:
+            before = set(self.peer_ids(max_age_s=0))
+        return (before | self.pace.ready(round_) | {me}) - (left - {me})
 
-    def _record(self) -> dict:
-        p = self.peer
-        return make_peer_record(self.identity, self.run_id, p.round, self.samples_per_s, p.digest, self.maddrs)
+    def participants(self, round_: int, members: list[str]) -> set[str]:
+        """Whose digest the commit step waits for: the round's group and whoever announced ready for it, less
+        those that left or whose connection is gone (a crashed peer's p2pd dies with it)."""
+        who = (set(members) | self.pace.ready(round_)) - self.pace.left()
+        connected = connected_peers(self.dht)
+        if connected is not None:
+            who &= connected
+        return who | {self.identity.peer_id}
 
-    # --- pace: the round closes for everyone when the first peer finishes its inner phase ---------------
-    def _key(self, what: str, round_: int | None = None) -> str:
-        return f"p2pmodel/{self.run_id}/{what}" + ("" if round_ is None else f"/{round_}")
-
-    def _watch_pace(self) -> None:
-        while not self._stop.wait(PACE_POLL_S):
-            r = self._pace_round
-            if r and r not in self._closed:
-                try:
-                    ready = get_signed(self.dht, self._key(READY, r), READY)
-                except Exception as e:  # a DHT hiccup: look again next tick
-                    log.debug("pace check failed: %s", e)
-                    continue
-                if any(pid != self.identity.peer_id for pid in ready):
-                    self._closed.mark(r, self.peer.round)
-
-    def _on_ready(self, msg) -> bool:
-        """A gossiped "ready" of this run: that round closes here too (our own push is delivered locally)."""
-        body = msg.body
-        if body.get("run_id") != self.run_id or type(body.get("round")) is not int or body["round"] < 1:
-            return False
-        if msg.signer == self.identity.peer_id:
-            return True
-        return self._closed.mark(body["round"], self.peer.round)  # False: neither kept nor forwarded
-
+    # --- Exchange ------------------------------------------------------------------------------------
     def round_closed(self, round_: int) -> bool:
         """True once another peer finished ``round_`` at least the grace period ago: stop the inner phase."""
-        self._pace_round = round_
-        closed_for = self._closed.closed_for(round_)
-        return closed_for is not None and closed_for >= CLOSE_GRACE * self.cfg.sync.matchmaking_time_s
+        return self.pace.round_closed(round_, CLOSE_GRACE * self.cfg.sync.matchmaking_time_s)
 
-    def others_alive(self) -> bool:
-        max_age = self.cfg.swarm.record_ttl_s
-        records = list_peer_records(self.dht, self.run_id, max_age_s=max_age)
-        return any(r["peer_id"] != self.identity.peer_id for r in records)
-
-    # --- exchange -------------------------------------------------------------------------------------
     def average(self, round_: int, delta: list[torch.Tensor], weight: float) -> ExchangeOutcome:
-        ttl = self.cfg.sync.allreduce_timeout_s + 60
-        publish_signed(
-            self.dht,
-            self.identity,
-            self._key(READY, round_),
-            READY,
-            {"peer_id": self.identity.peer_id, "round": round_, "time": time.time()},
-            ttl,
-        )
-        self._closed.mark(round_, self.peer.round)
-        try:
-            self.gossip.publish(READY, {"run_id": self.run_id, "round": round_})
-        except P2PModelError as e:  # the others still see the DHT record at their next poll
-            log.warning("could not push ready for round %d: %s", round_, e)
+        self.pace.announce_ready(round_)
         sent = [d + r for d, r in zip(delta, self.residuals, strict=True)] if self.residuals else delta
         with self.averager.get_tensors() as tensors:
             for t, d in zip(tensors, sent, strict=True):
                 t.copy_(d)
-        if not self.others_alive():
-            if self.residuals:
-                for r in self.residuals:
-                    r.zero_()
-            return ExchangeOutcome(mean_delta=sent, reason="no other peer online")
+        expected = self.expected_group(round_)
+        if len(expected) < 2:
+            return self._alone(sent, "no other peer online")
         base = {"round": round_, "base": self.peer.digest}
         timeout = self.cfg.sync.matchmaking_time_s + 2 * self.cfg.sync.request_timeout_s
-        log.info("round %d: averaging", round_)
-        res = self.averager.step(weight=weight, timeout=timeout, gather=base)
+        log.info("round %d: averaging (expecting %d peers)", round_, len(expected))
+        res = self.averager.step(weight=weight, timeout=timeout, gather=base, expected_size=len(expected))
         mixed = res.succeeded and any(v != base for v in res.gathered.values())
         if not res.succeeded or mixed or res.group_size < 2:
-            if self.residuals:  # our full compensated delta is applied: nothing left over
-                for r in self.residuals:
-                    r.zero_()
-            reason = "group of another round or state" if mixed else (res.reason or "alone")
-            return ExchangeOutcome(mean_delta=sent, reason=reason)
+            return self._alone(sent, "group of another round or state" if mixed else (res.reason or "alone"))
         with self.averager.get_tensors() as tensors:
             mean = [t.clone() for t in tensors]
         if self.residuals:
@@ -256,153 +205,75 @@ class SwarmLink:
             bytes_received=moved,
         )
 
-    # --- commit step: the digest most members hold is the committed state ------------------------------
+    def _alone(self, sent: list[torch.Tensor], reason: str) -> ExchangeOutcome:
+        if self.residuals:  # our full compensated delta is applied: nothing left over
+            for r in self.residuals:
+                r.zero_()
+        return ExchangeOutcome(mean_delta=sent, reason=reason)
+
     def agree(self, round_: int, outcome: ExchangeOutcome) -> None:
-        peer = self.peer
-        ttl = self.cfg.swarm.record_ttl_s * 10
-        publish_digest(self.dht, self.identity, self.run_id, round_, peer.digest, ttl)
-        # everyone online, not just our group: a round that split into two groups must still pick one state
-        expected = set(outcome.members) | set(self.peer_ids(max_age_s=0)) | {self.identity.peer_id}
-        # a group that formed later may still be averaging: give it a matchmaking window, requests and a stall
+        """The commit step: the digest most of the round's participants hold wins; re-sync if it is not ours."""
         sync = self.cfg.sync
-        deadline = time.monotonic() + sync.matchmaking_time_s + 2 * sync.request_timeout_s + 2 * sync.chunk_timeout_s
-        digests = get_digests(self.dht, self.run_id, round_)
-        while not expected <= set(digests) and time.monotonic() < deadline:
-            time.sleep(0.3)
-            digests = get_digests(self.dht, self.run_id, round_)
-        # only peers known to be in this run vote, and only with a real digest ("" would send everyone re-syncing)
-        winner = majority({p: d for p, d in digests.items() if p in expected and is_hex64(d)}) or peer.digest
-        if winner != peer.digest:
+        # a group that formed later may still be averaging: give it a matchmaking window, requests and a stall
+        deadline_s = sync.matchmaking_time_s + 2 * sync.request_timeout_s + 2 * sync.chunk_timeout_s
+        winner, votes = self.commit.agree(
+            round_, self.peer.digest, lambda: self.participants(round_, outcome.members), deadline_s
+        )
+        self._last_members = sorted(votes)
+        if winner != self.peer.digest:
             log.warning(
-                "round %d: this peer holds %s but most peers hold %s: re-syncing", round_, peer.digest[:12], winner[:12]
+                "round %d: this peer holds %s but most peers hold %s: re-syncing",
+                round_,
+                self.peer.digest[:12],
+                winner[:12],
             )
-            self.resync(round_, winner)
-
-    def resync(self, round_: int, digest: str) -> bool:
-        """Download round ``round_``'s state ``digest`` from a peer offering it; verified before use."""
-        deadline = time.monotonic() + self.cfg.sync.download_timeout_s
-        tried: set[str] = {self.identity.peer_id}
-        while time.monotonic() < deadline:
-            offers = self._offers(round_, digest)
-            shapes = {n: tuple(t.shape) for n, t in self.peer.global_state().items()}
-            got = download_state(self.dht, offers, shapes, digest, round_, deadline - time.monotonic(), tried)
-            if got is not None:
-                pid, params, momentum = got
-                self.peer.adopt(params, momentum)
-                log.info("re-synced round %d state %s from %s", round_, digest[:12], pid)
-                return True
-            time.sleep(0.5)
-        log.error("could not download state %s of round %d in time; keeping ours", digest[:12], round_)
-        return False
-
-    def _offers(self, round_: int, digest: str) -> dict[str, dict]:
-        offers = get_signed(self.dht, self._key(OFFER), OFFER)
-        return {
-            pid: o for pid, o in offers.items() if _valid_offer(o) and o["round"] == round_ and o["digest"] == digest
-        }
+            self.offers.resync(round_, winner)
 
     def after_commit(self, round_: int, samples_per_s: float, members: list[str]) -> None:
         """Serve the committed state to late joiners and refresh our peer record."""
-        peer = self.peer
-        blob = pack_state(peer.names, peer.global_params, peer.outer.state_dict()["momentum_buffers"], round_)
-        blob_id = sha256_hex(blob)
-        self.packages[blob_id] = blob
-        while len(self.packages) > _KEEP_PACKAGES:
-            self.packages.popitem(last=False)
-        offer = {
-            "peer_id": self.identity.peer_id,
-            "round": round_,
-            "digest": peer.digest,
-            "blob": blob_id,
-            "size": len(blob),
-            "time": time.time(),
-        }
-        publish_signed(self.dht, self.identity, self._key(OFFER), OFFER, offer, self.cfg.swarm.record_ttl_s * 10)
-        self.samples_per_s = samples_per_s
+        self.offers.offer(round_)
+        self.committed = Committed(round_, self.peer.digest, samples_per_s)
         self.refresher.refresh_now()
         if round_ % self.cfg.versioning.release_every == 0:  # each publish is two DHT stores (~50 KB on the wire)
             self.publish_run()
         for hook in self.commit_hooks:
             hook(round_, members)
 
-    # --- late join -------------------------------------------------------------------------------------
     def catch_up(self) -> bool:
-        """If the swarm is ahead of this peer, adopt its latest committed state (verified)."""
-        offers = get_signed(self.dht, self._key(OFFER), OFFER)
-        picked = most_offered([o for pid, o in offers.items() if pid != self.identity.peer_id and _valid_offer(o)])
-        if picked is None or picked[0] <= self.peer.round:
-            return False
-        latest, digest = picked
-        log.info("swarm is at round %d (this peer: %d): downloading state %s", latest, self.peer.round, digest[:12])
-        if self.resync(latest, digest):
-            self.peer.round = latest
+        """Late join: adopt the swarm's latest committed state (verified) if it is ahead of this peer."""
+        if self.offers.catch_up():
+            self.committed = Committed(self.peer.round, self.peer.digest)
             return True
         return False
 
+    # --- records ---------------------------------------------------------------------------------------
+    def publish_run(self) -> None:
+        """Register this run under the global key so light clients can find it without a config."""
+        from p2pmodel.node import run_registry
+
+        p, ttl = self.peer, self.cfg.swarm.record_ttl_s * 10
+        run_registry.publish_run(self.dht, self.identity, self.cfg, self.run_id, p.corpus.fingerprint, p.history, ttl)
+
+    def _record(self) -> dict:
+        c = self.committed
+        return make_peer_record(self.identity, self.run_id, c.round, c.samples_per_s, c.digest, self.maddrs)
+
     def close(self) -> None:
-        self._stop.set()
-        parts = (("gossip", "close"), ("refresher", "stop"), ("blobs", "close"), ("averager", "shutdown"))
+        if hasattr(self, "pace"):
+            self.pace.announce_leave()
+        parts = (
+            ("pace", "close"),
+            ("gossip", "close"),
+            ("refresher", "stop"),
+            ("blobs", "close"),
+            ("averager", "shutdown"),
+        )
         steps = [getattr(getattr(self, part), method) for part, method in parts if hasattr(self, part)]
         for step in (*steps, lambda: stop_dht(self.dht)):
             try:
                 step()
             except Exception as e:  # keep closing the rest
                 log.debug("shutdown step failed: %s", e)
-
-
-def download_state(
-    dht, offers: dict[str, dict], shapes: dict[str, tuple], digest: str, round_: int, timeout_s: float, tried: set[str]
-) -> tuple[str, dict, list] | None:
-    """Try the state ``offers`` ({peer_id: offer}) in turn, skipping (and adding to) ``tried``: the first package
-    whose bytes match the offer's blob id, whose params hash to ``digest`` and whose round is ``round_`` wins.
-    → (peer_id, params by name, momentum), or None when none verified; every rejection is logged."""
-    deadline = time.monotonic() + timeout_s
-    untried = [pid for pid in offers if pid not in tried]
-    for i, pid in enumerate(untried):
-        tried.add(pid)
-        offer = offers[pid]
-        share = (deadline - time.monotonic()) / (len(untried) - i)  # one stalling peer cannot use all the time
-        try:
-            blob = fetch_blob(dht, pid, offer["blob"], package_limit(shapes), timeout_s=max(1.0, share))
-            params, momentum, got_round = unpack_state(blob, shapes, digest)
-            if got_round != round_:
-                raise IntegrityError(f"package is of round {got_round}, offer said {round_}")
-        except P2PModelError as e:
-            log.warning("state download from %s rejected: %s", pid, e)
-            continue
-        return pid, params, momentum
-    return None
-
-
-def majority(digests: dict[str, str]) -> str | None:
-    """The digest held by the most peers; ties go to the smallest digest, so every peer picks the same."""
-    if not digests:
-        return None
-    counts = collections.Counter(digests.values())
-    return min(counts, key=lambda d: (-counts[d], d))
-
-
-def most_offered(offers: list[dict]) -> tuple[int, str] | None:
-    """The (round, digest) the most peers offer; among equals the latest round, then the smallest digest.
-
-    Each peer has one offer (its last commit), so a single key claiming some far round cannot outvote two peers
-    that agree; just after a commit, when peers are split between two rounds, a joiner may take the older one
-    and re-syncs at its first commit."""
-    support = collections.Counter((o["round"], o["digest"]) for o in offers)
-    if not support:
-        return None
-    return min(support, key=lambda rd: (-support[rd], -rd[0], rd[1]))
-
-
-def _valid_offer(o: dict) -> bool:
-    return (
-        isinstance(o, dict)
-        and type(o.get("round")) is int
-        and 0 < o["round"] < 2**63
-        and is_hex64(o.get("digest"))
-        and is_hex64(o.get("blob"))
-        and isinstance(o.get("peer_id"), str)
-    )
 
 
 def _info(t: torch.Tensor) -> CompressionInfo:

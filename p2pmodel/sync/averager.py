@@ -127,8 +127,13 @@ class DeterministicAverager(DecentralizedAverager):
             for residual in self._residuals:
                 residual.zero_()
 
-    def step(self, weight: float = 1.0, timeout: float = 30.0, gather: Any = None) -> AveragingResult:  # type: ignore[override]
+    def step(  # type: ignore[override]
+        self, weight: float = 1.0, timeout: float = 30.0, gather: Any = None, expected_size: int | None = None
+    ) -> AveragingResult:
         """Find a group within ``timeout`` s and average with it, weighted by ``weight`` (samples processed).
+
+        ``expected_size``: the group forms as soon as this many peers (this one included) are in, instead of at
+        the end of the matchmaking window (capped by ``target_group_size``, at least 2).
 
         Blocks at most ``timeout + allreduce_timeout`` (+ a small grace). Never raises for a network failure:
         returns ``AveragingResult(succeeded=False, reason=...)`` with the tensors untouched. (If the host-side
@@ -142,6 +147,9 @@ class DeterministicAverager(DecentralizedAverager):
             raise ValueError(f"timeout ({timeout}s) must exceed min_matchmaking_time ({minimum}s)")
         self._zero_residuals()
         started = time.monotonic()
+        configured = self.matchmaking_kwargs["target_group_size"] or expected_size
+        target = None if expected_size is None else max(2, min(int(expected_size), configured))
+        self._outer_pipe.send(("_expect_group_size", [target], {}))  # handled before the step, in pipe order
         control = None
         try:
             control = super().step(gather=gather, weight=float(weight), timeout=timeout, wait=False)
@@ -153,6 +161,9 @@ class DeterministicAverager(DecentralizedAverager):
             reason = "no group found" if "could not find a group" in str(e) else f"{type(e).__name__}: {e}"
             return AveragingResult.failure(reason, weight=weight, elapsed_s=time.monotonic() - started)
         return AveragingResult.from_report(report, weight=weight, elapsed_s=time.monotonic() - started)
+
+    async def _expect_group_size(self, size: int | None) -> None:  # averager process: assemble at this size
+        self._matchmaking.target_group_size = size or self.matchmaking_kwargs["target_group_size"]
 
     async def _step(self, **kwargs):  # runs in the averager's process, where _matchmaking lives
         space_leader_search(self._matchmaking.potential_leaders)

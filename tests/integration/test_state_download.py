@@ -1,5 +1,5 @@
 """State download on real peers (127.0.0.1): a late joiner adopts the swarm's state and keeps its digest, and the
-node's download path (``download_state``, used by ``SwarmLink.resync``) rejects corrupted or lying packages."""
+node's download path (``download_state``, used by ``StateOffers.resync``) rejects corrupted or lying packages."""
 
 import logging
 
@@ -9,8 +9,8 @@ import torch
 from p2pmodel.core.ids import sha256_hex
 from p2pmodel.eval import state_digest
 from p2pmodel.node.launch import LocalSwarm
+from p2pmodel.node.state_offers import download_state
 from p2pmodel.node.state_package import pack_state
-from p2pmodel.node.swarm_link import download_state
 from p2pmodel.swarm.blobs import BlobServer
 from p2pmodel.swarm.node import peer_id_of, start_dht, stop_dht, visible_maddrs
 from p2pmodel.testing.swarm import FAST, TINY, digests_by_round, stop_all, wait_round
@@ -115,5 +115,5 @@ def test_corrupted_and_lying_packages_are_rejected_and_the_good_one_adopted(thre
         assert download_state(client, odd_offer, shapes, odd_digest, 5, 20.0, set()) is None
         assert any("wrong shape for emb.weight" in r.getMessage() for r in caplog.records), caplog.text
 
-        # offers already tried are skipped (SwarmLink.resync puts its own peer id there)
+        # offers already tried are skipped (StateOffers.resync puts its own peer id there)
         assert download_state(client, {good: offer}, shapes, digest, 5, 20.0, {good}) is None

@@ -3,7 +3,7 @@ claims, so one hostile key cannot hand every newcomer its own weights."""
 
 import pytest
 
-from p2pmodel.node.swarm_link import _valid_offer, most_offered
+from p2pmodel.node.state_offers import most_offered, valid_offer
 
 A, B, Z = "a" * 64, "b" * 64, "f" * 64
 
@@ -23,7 +23,7 @@ def test_one_key_at_a_far_round_does_not_outvote_two_that_agree():
 
 @pytest.mark.timeout(10)
 def test_offer_schema():
-    assert _valid_offer(_offer(3, A))
+    assert valid_offer(_offer(3, A))
     for bad in (
         _offer(True, A),
         _offer(0, A),
@@ -33,7 +33,7 @@ def test_offer_schema():
         {**_offer(3, A), "blob": "x" * 64},
         [],
     ):
-        assert not _valid_offer(bad), bad
+        assert not valid_offer(bad), bad
 
 
 @pytest.mark.timeout(10)

@@ -1,0 +1,57 @@
+"""The commit step: after the outer step every participant of a round announces the digest it holds; the digest
+most of them hold is the round's state, and a peer holding another one re-syncs (DESIGN: "Commit step").
+
+Who counts: the peers that took part in the round (its averaging group, and every peer that announced "ready"
+for it, which may have ended in another group), less those that left or are no longer connected. Waiting for
+everyone with a live peer record instead made one crashed peer cost every survivor the whole deadline each
+round until its record expired (a minute)."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from p2pmodel.core.ids import is_hex64
+from p2pmodel.swarm.records import get_digests, publish_digest
+
+log = logging.getLogger("p2pmodel.commit")
+POLL_S = 0.3
+
+
+def majority(digests: dict[str, str]) -> str | None:
+    """The digest held by the most peers; ties go to the smallest digest, so every peer picks the same."""
+    if not digests:
+        return None
+    counts = collections.Counter(digests.values())
+    return min(counts, key=lambda d: (-counts[d], d))
+
+
+class CommitStep:
+    def __init__(self, dht, identity, run_id: str, ttl_s: float):
+        self.dht, self.identity, self.run_id, self.ttl_s = dht, identity, run_id, ttl_s
+
+    def agree(
+        self, round_: int, digest: str, participants: Callable[[], Iterable[str]], deadline_s: float
+    ) -> tuple[str, dict[str, str]]:
+        """Announce ``digest`` for ``round_`` and wait (at most ``deadline_s``) for the digests of the round's
+        ``participants()`` (re-read while waiting: a peer that leaves or disconnects stops being waited for).
+
+        → (the winning digest, the digests it was chosen from); the winner is ours when nobody else answered."""
+        me = self.identity.peer_id
+        publish_digest(self.dht, self.identity, self.run_id, round_, digest, self.ttl_s)
+        deadline = time.monotonic() + deadline_s
+        while True:
+            expected = set(participants()) | {me}
+            digests = get_digests(self.dht, self.run_id, round_)
+            if expected <= set(digests) or time.monotonic() >= deadline:
+                break
+            time.sleep(POLL_S)
+        # only participants vote, and only with a real digest ("" would send everyone re-syncing)
+        votes = {p: d for p, d in digests.items() if p in expected and is_hex64(d)}
+        votes[me] = digest
+        missing = sorted(expected - set(digests))
+        if missing:
+            log.info("round %d: no digest from %d participant(s) in time: %s", round_, len(missing), missing[:4])
+        return majority(votes) or digest, votes
