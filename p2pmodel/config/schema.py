@@ -1,10 +1,13 @@
 """Pydantic models for every knob of a peer. Units live in names (``*_s``, ``*_bytes``); bounds live in Field."""
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from p2pmodel import PROTOCOL_VERSION
 
 
 def _file_sha256(path: str | None) -> str | None:
@@ -17,6 +20,22 @@ def _file_sha256(path: str | None) -> str | None:
         return hashlib.sha256(p.read_bytes()).hexdigest()
     except OSError:
         return None
+
+
+SpecValue = str | int | float | bool | None
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, SpecValue]:
+    """Nested dicts to dotted keys; lists (eval.checks) become their canonical JSON text."""
+    out: dict[str, SpecValue] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, list):
+            out[f"{prefix}{key}"] = json.dumps(value, sort_keys=True, separators=(",", ":"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 class _Section(BaseModel):
@@ -178,7 +197,12 @@ class Config(_Section):
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
 
     def lineage_spec(self) -> dict:
-        """What defines a run: peers that differ here must not average or vote together."""
+        """What defines a run: peers that differ here must not average or vote together.
+
+        Shared: the model, the data and eval spec, the genesis seed, H (the lr schedule follows the swarm's
+        position, (round - 1) * H + step), the codec (peers decode each other's bytes) and the outer optimizer
+        (every peer applies the same outer step to the same mean, so all commit the same bits). Local, free to
+        differ: inner optimizer and batch (weighted by samples), group sizes and timings, device, logging."""
         # local paths differ between machines: the content they point at is what defines the run (the
         # validation set's fingerprint covers data and tokenizer; the HF config file is hashed here)
         return {
@@ -189,5 +213,13 @@ class Config(_Section):
             },
             "data": self.data.model_dump(exclude={"paths", "tokenizer_path"}),
             "eval": self.eval.model_dump(),
-            "seed": self.train.seed,
+            "train": {"seed": self.train.seed, "inner_steps": self.train.inner_steps},
+            "sync": self.sync.model_dump(include={"outer_lr", "outer_momentum", "nesterov"}),
+            "compress": self.compress.model_dump(),
         }
+
+    def shared_spec(self, val_fingerprint: str) -> dict[str, SpecValue]:
+        """The lineage spec as flat ``{"section.field": scalar}`` plus the validation set and protocol: the run id
+        hashes it and run records carry it, so a peer of another run can be told which field differs."""
+        spec = _flatten(self.lineage_spec())
+        return {**spec, "data.val_fingerprint": val_fingerprint, "protocol": PROTOCOL_VERSION}

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 
-from p2pmodel import PROTOCOL_VERSION
 from p2pmodel.core.ids import stable_hash
 from p2pmodel.data import TrainStream
 from p2pmodel.data.corpus import load_data
@@ -21,8 +20,9 @@ log = logging.getLogger(__name__)
 
 
 def compute_run_id(cfg, corpus_fingerprint: str) -> str:
-    """A run is one lineage: model, data, eval spec, genesis seed, the validation set and the protocol."""
-    return stable_hash({"spec": cfg.lineage_spec(), "val": corpus_fingerprint, "protocol": PROTOCOL_VERSION})[:16]
+    """A run is one lineage: everything peers must share to average and commit the same bits (model, data, eval,
+    seed, H, codec, outer optimizer, the validation set and the protocol: ``Config.shared_spec``)."""
+    return stable_hash(cfg.shared_spec(corpus_fingerprint))[:16]
 
 
 class Peer:

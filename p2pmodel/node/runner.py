@@ -13,6 +13,7 @@ from p2pmodel.core.paths import writable_dir
 from p2pmodel.node.peer import Peer
 from p2pmodel.node.release import Releases
 from p2pmodel.node.round import RoundResult, run_round
+from p2pmodel.node.run_registry import check_joinable
 from p2pmodel.node.status import PeerStatus, StatusServer
 from p2pmodel.node.swarm_link import SwarmLink
 
@@ -91,7 +92,8 @@ async def _serve(
         log.info("listening on %s", " ".join(exchange.maddrs))
         releases = Releases(cfg, peer, exchange, data_dir)
         exchange.commit_hooks.append(releases.on_commit)
-        exchange.publish_run()
+        exchange.publish_run()  # then: refuse to start beside a swarm of this run_name with other settings
+        await asyncio.to_thread(check_joinable, exchange.dht, peer.peer_id, cfg, peer.run_id, peer.corpus.fingerprint)
         releases.publish_index()
         status.update(
             state="ready",

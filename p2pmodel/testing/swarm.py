@@ -23,13 +23,15 @@ FAST = [
     "sync.matchmaking_time_s=2.0",
     "sync.request_timeout_s=1.5",
     "sync.chunk_timeout_s=1.5",
+    "versioning.release_every=2",  # tests expect v0.1.0 at round 2 (configs/tiny.toml releases every 10)
 ]
-# The same without the lineage fields (eval, data): a peer with these keeps configs/tiny.toml's run_id.
+# The same without the lineage fields (eval, data, train.inner_steps): a peer with these keeps configs/tiny.toml's
+# run_id.
 FAST_SAME_RUN = [
-    "train.inner_steps=10",
     "sync.matchmaking_time_s=2.0",
     "sync.request_timeout_s=1.5",
     "sync.chunk_timeout_s=1.5",
+    "versioning.release_every=2",
 ]
 
 

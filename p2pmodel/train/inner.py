@@ -1,5 +1,11 @@
 """DiLoCo's inner phase: H AdamW steps on this peer's stream. The optimizer state and step counter persist
-across rounds (and checkpoints), as in DiLoCo, so the schedule continues where it stopped."""
+across rounds (and checkpoints), as in DiLoCo.
+
+In a swarm the learning rate follows the swarm's position, not this counter: step i of round r runs at
+``lr_at((r - 1) * H + i)``, which every peer of the round shares. A peer joining at round 500 does not re-run
+warmup, and a round that closed before this peer did its H steps does not shift its next rounds. The data
+stream keeps following the counter: each peer's data order is its own, and the counter reads it without gaps
+or repeats whatever the rounds did."""
 
 import math
 import time
@@ -34,6 +40,11 @@ def lr_at(step: int, peak: float, warmup: int, total: int, min_ratio: float) -> 
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def schedule_position(round_: int, inner_steps: int) -> int:
+    """The swarm's schedule step at the start of outer round ``round_`` (1-based) of ``inner_steps`` (H) steps."""
+    return max(round_ - 1, 0) * inner_steps
+
+
 class InnerTrainer:
     def __init__(self, model: torch.nn.Module, cfg, device: torch.device):
         self.model, self.cfg, self.device = model, cfg, device
@@ -44,7 +55,7 @@ class InnerTrainer:
             lr=cfg.lr,
             betas=(cfg.beta1, cfg.beta2),
         )
-        self.step = 0  # inner steps done over the whole run
+        self.step = 0  # inner steps this peer did over the whole run: its data position
         self.autocast = device.type == "cuda"
 
     def run(
@@ -53,16 +64,19 @@ class InnerTrainer:
         n_steps: int,
         should_stop: Callable[[], bool] = lambda: False,
         on_step: Callable[[int, float], None] | None = None,
+        round_: int | None = None,
     ) -> InnerStats:
-        """Up to ``n_steps`` optimizer steps; stops early (between steps) when ``should_stop()``."""
+        """Up to ``n_steps`` optimizer steps; stops early (between steps) when ``should_stop()``. With ``round_``
+        (1-based outer round) the lr schedule starts at ``schedule_position(round_, H)``, else at ``self.step``."""
         cfg, model = self.cfg, self.model
         micro = cfg.batch_size // cfg.grad_accum_steps
+        start = self.step if round_ is None else schedule_position(round_, cfg.inner_steps)
         model.train()
         t0, losses = time.perf_counter(), []
-        for _ in range(n_steps):
+        for i in range(n_steps):
             if should_stop():
                 break
-            lr = lr_at(self.step, cfg.lr, cfg.warmup_steps, cfg.total_steps, cfg.min_lr_ratio)
+            lr = lr_at(start + i, cfg.lr, cfg.warmup_steps, cfg.total_steps, cfg.min_lr_ratio)
             for group in self.opt.param_groups:
                 group["lr"] = lr
             try:
