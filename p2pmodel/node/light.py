@@ -81,6 +81,19 @@ def pick_run(dht, run_id: str | None) -> tuple[str, dict]:
 def fetch_tags(dht, run_id: str, workdir, allowlist: set[str] | None = None) -> list[dict]:
     """Every tag of ``run_id`` that some peer indexes, each certificate downloaded and verified in chain order
     (with ``allowlist``, only votes of those PeerIDs count towards a tag's quorum)."""
+    from p2pmodel.versioning.ledger import Ledger
+
+    ledger = Ledger(Path(workdir) / "ledger.bin", allowlist=allowlist)
+    sync_tags(dht, run_id, ledger)
+    return ledger.all()
+
+
+def sync_tags(dht, run_id: str, ledger) -> int:
+    """Append to ``ledger`` every tag of ``run_id`` that some peer indexes and ``ledger`` lacks, verified in chain
+    order (the ledger checks every signature, the quorum and the parent link); → how many were appended.
+
+    For each version the certificate most peers index is tried first, so one key indexing a forgery first does not
+    win; a peer that failed once is not waited for again. A joining peer runs this before it votes."""
     import logging
 
     from p2pmodel.core.errors import P2PModelError
@@ -88,7 +101,6 @@ def fetch_tags(dht, run_id: str, workdir, allowlist: set[str] | None = None) -> 
     from p2pmodel.swarm.blobs import fetch_blob
     from p2pmodel.swarm.keys import TAG_INDEX_KIND, tags_key
     from p2pmodel.swarm.records import get_signed
-    from p2pmodel.versioning.ledger import Ledger
     from p2pmodel.versioning.semver import Version
     from p2pmodel.versioning.tag import decode_tag
 
@@ -106,8 +118,8 @@ def fetch_tags(dht, run_id: str, workdir, allowlist: set[str] | None = None) -> 
                 continue
             if str(version) == item[0] and is_hex64(item[1]):
                 holders.setdefault(version, {}).setdefault(item[1], []).append(peer)
-    ledger = Ledger(Path(workdir) / "ledger.bin", allowlist=allowlist)
     unreachable: set[str] = set()  # a peer that failed once is not waited for again
+    appended = 0
     for version in sorted(holders):  # parents first; for each version the certificate most peers index first
         for blob_id, peers in sorted(holders[version].items(), key=lambda kv: (-len(kv[1]), kv[0])):
             if ledger.get(str(version)) is not None:
@@ -123,11 +135,11 @@ def fetch_tags(dht, run_id: str, workdir, allowlist: set[str] | None = None) -> 
                     unreachable.add(peer)
                     continue
                 try:
-                    ledger.append(cert)  # verifies every signature, the quorum and the parent link
+                    appended += bool(ledger.append(cert))  # verifies every signature, the quorum and the parent
                 except P2PModelError as e:
                     log.warning("refusing tag %s: %s", version, e)
                 break  # the blob is what its id says: other holders have the same bytes
-    return ledger.all()
+    return appended
 
 
 def pull_state(dht, run_id: str, cert: dict, timeout_s: float = 300.0) -> dict:

@@ -44,6 +44,8 @@ class Releases:
         )
         self.certs: dict[str, bytes] = {}  # sha256 → packed certificate (served as blobs)
         self._lock = threading.RLock()
+        self._indexed_at = -float("inf")  # when the tag index was last published (time.monotonic())
+        self._ledger_behind = False  # a tag arrived whose parent this ledger lacks: sync before the next vote
         for cert in self.ledger.all():
             self._index(cert)
         self.gossip = link.gossip  # owned (and closed) by the link
@@ -68,9 +70,17 @@ class Releases:
             self.last_round = round_
             self.box.advance(round_, self.reopen_rounds)
             self._release_held_tags(round_)
+        if voting and self._ledger_behind:
+            self.sync_ledger()
+        with self._lock:
             parent = self.ledger.latest()
-        if not voting:
-            return
+        if voting:
+            self._vote(round_, members, parent)
+        if time.monotonic() - self._indexed_at > self._index_ttl_s() / 3:  # keep the light clients' view alive
+            self.publish_index()
+
+    def _vote(self, round_: int, members: list[str], parent: dict | None) -> None:
+        peer = self.peer
         if parent and parent["round"] >= round_:  # a quorum tagged this round (or a later one) before we voted
             log.info("round %d is already tagged (%s): not voting", round_, parent["version"])
             return
@@ -190,6 +200,8 @@ class Releases:
         try:
             cert = decode_tag(msg.body["cert"], MAX_CERT_BYTES)
             with self._lock:
+                if cert["parent"] and self.ledger.get(cert["parent"]) is None:
+                    self._ledger_behind = True  # a gap in our chain: fetch it at the next commit
                 if self.last_round is not None and cert["round"] > self.last_round:
                     return self._hold_tag(cert)
                 self._check_digest(cert)
@@ -230,6 +242,25 @@ class Releases:
             if self._append(cert):
                 log.info("tagged %s = %s (round %d, received)", cert["version"], cert["digest"][:12], cert["round"])
 
+    def sync_ledger(self) -> int:
+        """Fetch (verified, in chain order) the tags other peers index that this ledger lacks: a joining or
+        returning peer must know the latest version before it votes, or it proposes a version name the others
+        tagged long ago and no name reaches a quorum. → how many tags were added."""
+        from p2pmodel.node.light import sync_tags
+
+        self._ledger_behind = False
+        try:
+            added = sync_tags(self.link.dht, self.peer.run_id, _AppendThrough(self))
+        except Exception as e:  # the DHT may be briefly unreachable: try again at the next commit
+            log.warning("could not fetch the swarm's tags: %s", e)
+            self._ledger_behind = True
+            return 0
+        if added:
+            latest = self.ledger.latest()
+            log.info("fetched %d tag(s) from the swarm; latest %s", added, latest["version"] if latest else "none")
+            self.publish_index()
+        return added
+
     def _check_digest(self, cert: dict) -> None:
         """A tag of a (recent) round this peer committed must name the state this peer committed in it."""
         ours = self._committed.get(cert["round"])
@@ -261,16 +292,15 @@ class Releases:
             tags = [[c["version"], sha256_hex(encode_tag(c))] for c in self.ledger.all()][-64:]
         body = {"peer_id": self.link.identity.peer_id, "run_id": self.peer.run_id, "tags": tags, "time": time.time()}
         try:
-            publish_signed(
-                self.link.dht,
-                self.link.identity,
-                tags_key(self.peer.run_id),
-                TAG_INDEX_KIND,
-                body,
-                self.cfg.swarm.record_ttl_s * 10,
-            )
+            key, ttl = tags_key(self.peer.run_id), self._index_ttl_s()
+            publish_signed(self.link.dht, self.link.identity, key, TAG_INDEX_KIND, body, ttl)
+            self._indexed_at = time.monotonic()
         except Exception as e:  # the DHT may be briefly unreachable; the next commit republishes
             log.debug("tag index publish failed: %s", e)
+
+    def _index_ttl_s(self) -> float:
+        """The tag index lives this long in the DHT; it is republished every third of it (at a commit)."""
+        return self.cfg.swarm.record_ttl_s * 10
 
     def settle(self, round_: int, timeout_s: float, linger_s: float = 2.0) -> bool:
         """Before exiting after a release round: wait (bounded) for its tag so our vote's outcome is recorded.
@@ -291,3 +321,17 @@ class Releases:
     def close(self) -> None:
         self.gossip.unsubscribe(VOTE_KIND)
         self.gossip.unsubscribe(TAG_KIND)
+
+
+class _AppendThrough:
+    """The ledger as ``sync_tags`` sees it: appends go through ``Releases._append`` (pin, index) under its lock."""
+
+    def __init__(self, releases: Releases):
+        self._releases = releases
+
+    def get(self, version: str) -> dict | None:
+        return self._releases.ledger.get(version)
+
+    def append(self, cert: dict) -> bool:
+        with self._releases._lock:
+            return self._releases._append(cert)

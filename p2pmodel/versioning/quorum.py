@@ -1,15 +1,18 @@
 """Quorum arithmetic and the vote box: the only door through which a received vote can count.
 
-Quorum: a tag needs ``floor(2N/3)+1`` distinct accepting votes of the round's electorate (N members), a MAJOR
-bump ``floor(f*N)+1`` with the configured supermajority f. N is the larger of the round's electorate and the
-parent tag's electorate, so a swarm split in two after a tag cannot tag in either half: each half is smaller
-than the parent's electorate and cannot reach its quorum (a shrunken swarm stays stuck on purpose; growing
-back or an operator decision is the way out).
+Quorum (docs/versions.md, "Churn and partitions", has the argument): a tag of a round with electorate E (the
+round's N members) needs ``floor(2N/3)+1`` distinct accepting votes of E, a MAJOR bump ``floor(f*N)+1`` with
+the configured supermajority f; and, for every tag but the genesis, accepting votes from MORE THAN HALF of the
+parent tag's electorate ("continuity"). Two disjoint halves of a split swarm can never both hold a majority
+of the parent's voters, so at most one of them tags the next version; a swarm that loses a minority of its
+voters at once (crashes, Ctrl-C, laptops closing) keeps tagging, and the next tag's smaller electorate is the
+parent the continuity rule uses from then on.
 
 Safety: ``VoteBox`` counts at most one vote per voter per candidate, and at most one ACCEPTING vote per voter
-per version slot (run, proposed version), whatever the second vote says; together with quorum > 2N/3 this
-means two different candidates can never both reach quorum for one version while fewer than N/3 voters are
-faulty. A reject does not use up the slot, so the next candidate after a rejected one reuses its number.
+per version slot (run, proposed version), whatever the second vote says. Two different candidates can both
+reach quorum for one version only if some voter of the parent's electorate signed an accept for each (two
+parent majorities share at least one voter): a partition plus such a double-signing key (provable from the two
+certificates). A reject does not use up the slot, so the next candidate after a rejected one reuses its number.
 """
 
 from __future__ import annotations
@@ -60,12 +63,18 @@ def quorum_size(n: int, fraction: float = DEFAULT_FRACTION) -> int:
     return max(1, min(need, n))
 
 
-def required_votes(electorate_size: int, parent_electorate_size: int, bump: str, major_fraction: float) -> int:
-    """Accepting votes a tag needs: quorum over max(electorate, parent's electorate); MAJOR uses the supermajority."""
+def required_votes(electorate_size: int, bump: str, major_fraction: float) -> int:
+    """Accepting votes of the round's electorate a tag needs; MAJOR uses the supermajority."""
     if bump not in BUMPS:
         raise ValueError(f"unknown bump {bump!r:.40}")
-    n = max(electorate_size, parent_electorate_size)
-    return quorum_size(n, major_fraction if bump == "major" else DEFAULT_FRACTION)
+    return quorum_size(electorate_size, major_fraction if bump == "major" else DEFAULT_FRACTION)
+
+
+def continuity_votes(parent_electorate_size: int) -> int:
+    """Accepting votes a child tag needs from its parent's electorate: more than half of it (0 for a genesis)."""
+    if not is_count(parent_electorate_size):
+        raise ValueError(f"electorate size must be a non-negative integer, got {parent_electorate_size!r:.40}")
+    return parent_electorate_size // 2 + 1 if parent_electorate_size else 0
 
 
 class VoteBox:

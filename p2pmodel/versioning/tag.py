@@ -8,7 +8,8 @@ A tag (certificate) is a plain map::
      "votes": [signed vote bytes, sorted by voter], "time": latest vote time}
 
 ``verify_tag`` trusts nothing in it: it re-checks every vote signature, the voters, their agreement, the
-quorum (over the larger of this and the parent's electorate), the version arithmetic and the metrics.
+quorum (over this round's electorate, plus more than half of the parent's electorate: ``quorum.py``), the
+version arithmetic and the metrics.
 ``tag_id`` names what a tag asserts (version, run, digest, parent, round): two valid certificates with the
 same ``tag_id`` are the same tag (possibly with different vote subsets); two different ``tag_id`` for one
 version are a conflict, which a ledger never stores. To send one: ``encode_tag``/``decode_tag``, or sign it
@@ -25,7 +26,7 @@ from p2pmodel.core import wire
 from p2pmodel.core.errors import IntegrityError, WireError
 from p2pmodel.core.ids import sha256_hex
 from p2pmodel.swarm.signed import canonical_pack, open_signed
-from p2pmodel.versioning.quorum import required_votes
+from p2pmodel.versioning.quorum import continuity_votes, required_votes
 from p2pmodel.versioning.semver import Version, next_version
 from p2pmodel.versioning.votes import (
     BUMPS,
@@ -80,11 +81,11 @@ def median_metrics(bodies: list[dict], min_count: int) -> dict[str, float]:
     }
 
 
-def _parent_of(parent_cert: dict | None) -> tuple[str, int]:
-    """(parent version string, parent electorate size) of an already trusted parent certificate."""
+def _parent_of(parent_cert: dict | None) -> tuple[str, frozenset[str]]:
+    """(parent version string, parent electorate) of an already trusted parent certificate."""
     if parent_cert is None:
-        return "", 0
-    return str(Version.parse(parent_cert["version"])), len(parent_cert["electorate"])
+        return "", frozenset()
+    return str(Version.parse(parent_cert["version"])), frozenset(parent_cert["electorate"])
 
 
 def build_tag(
@@ -105,7 +106,8 @@ def build_tag(
     if not members or len(members) > MAX_ELECTORATE or not all(is_id(m) for m in members):
         raise ValueError(f"electorate must be 1..{MAX_ELECTORATE} PeerID strings")
     member_set, members_hash = set(members), electorate_hash(members)
-    parent, parent_n = _parent_of(parent_cert)
+    parent, parent_members = _parent_of(parent_cert)
+    continuity = continuity_votes(len(parent_members))
     groups: dict[tuple, dict[str, tuple[bytes, dict]]] = {}
     for data in votes:
         try:
@@ -126,8 +128,9 @@ def build_tag(
     best, need = None, 0
     for key, by_voter in groups.items():
         bump = key[_AGREED.index("bump")]
-        required = required_votes(len(members), parent_n, bump, major_fraction)
-        if len(by_voter) >= required and (best is None or len(by_voter) > len(groups[best])):
+        required = required_votes(len(members), bump, major_fraction)
+        enough = len(by_voter) >= required and len(parent_members & set(by_voter)) >= continuity
+        if enough and (best is None or len(by_voter) > len(groups[best])):
             best, need = key, required
     if best is None:
         most = max((len(g) for g in groups.values()), default=0)
@@ -204,7 +207,7 @@ def verify_tag(
 ) -> None:
     """Check a certificate against its (already trusted) parent; IntegrityError naming what is wrong."""
     version = check_tag_schema(cert)
-    parent, parent_n = _parent_of(parent_cert)
+    parent, parent_members = _parent_of(parent_cert)
     if cert["parent"] != parent:
         raise _bad(f"parent is {cert['parent'] or 'none (genesis)'}, expected {parent or 'none (genesis)'}")
     if parent_cert is not None:
@@ -217,7 +220,7 @@ def verify_tag(
         raise _bad(f"version {version} is not {cert['bump']} of {parent or 'genesis'} ({expected})")
     if cert["candidate"] != candidate_id(cert["run_id"], cert["round"], cert["digest"]):
         raise _bad("candidate does not match (run_id, round, digest)")
-    required = required_votes(len(cert["electorate"]), parent_n, cert["bump"], major_fraction)
+    required = required_votes(len(cert["electorate"]), cert["bump"], major_fraction)
     if cert["required"] != required:
         raise _bad(f"required is {cert['required']}, expected {required}")
     members, members_hash = set(cert["electorate"]), electorate_hash(cert["electorate"])
@@ -248,6 +251,10 @@ def verify_tag(
         bodies.append(body)
     if len(bodies) < required:
         raise _bad(f"{len(bodies)} accepting votes, {required} required")
+    continuing = len(parent_members & voters)
+    if continuing < continuity_votes(len(parent_members)):
+        need = continuity_votes(len(parent_members))
+        raise _bad(f"{continuing} accepting votes of the parent's {len(parent_members)} voters, {need} required")
     if cert["metrics"] != median_metrics(bodies, required):
         raise _bad("metrics are not the median of the votes")
 

@@ -4,7 +4,8 @@ objects it reads (``peer``: run_id, digest, last_report, store; ``link``: dht, i
 
 Covers: a deliberately damaged candidate is rejected by the honest peers and never tagged, even with a
 dishonest voter accepting it; forged, outsider, replayed and repeated votes sent through gossip count nowhere;
-a swarm split in two halves cannot tag in either half, and a ledger refuses a second certificate for a version.
+a swarm split in two halves cannot tag in either half, and a ledger refuses a second certificate for a version;
+the survivors of a crash keep tagging, and a peer that joins later fetches the ledger before it votes.
 """
 
 from __future__ import annotations
@@ -25,18 +26,19 @@ from p2pmodel.eval import EvalReport, evaluate, state_digest
 from p2pmodel.gossip import Gossip, frames
 from p2pmodel.node.release import Releases
 from p2pmodel.swarm.aio import run_sync
+from p2pmodel.swarm.blobs import BlobServer
 from p2pmodel.swarm.identity import Identity
 from p2pmodel.swarm.signed import sign_message
 from p2pmodel.testing.dht import identity_dhts
 from p2pmodel.versioning.ledger import Ledger
-from p2pmodel.versioning.quorum import required_votes
+from p2pmodel.versioning.quorum import continuity_votes, required_votes
 from p2pmodel.versioning.store import Store
 from p2pmodel.versioning.tag import build_tag, tag_id
 from p2pmodel.versioning.votes import VOTE_KIND, candidate_id, make_vote
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "tiny.toml"
-FAST = ["eval.batches=2", "data.max_corpus_bytes=2000000"]
+FAST = ["eval.batches=2", "data.max_corpus_bytes=2000000", "versioning.release_every=2"]
 N_DHTS = 4
 
 
@@ -181,7 +183,7 @@ def test_damaged_candidate_is_rejected_and_never_tagged(net, tmp_path):
             verdicts = {v["voter"]: v["verdict"] for v in _counted(n, 4, bad_digest)}
             assert verdicts == {a.id: "reject", b.id: "reject", c.id: "reject", m.id: "accept"}
             assert all(v["version"] == "v0.1.1" and v["parent"] == "v0.1.0" for v in _counted(n, 4, bad_digest))
-        assert required_votes(4, 3, "patch", cfg.versioning.major_fraction) == 3
+        assert required_votes(4, "patch", cfg.versioning.major_fraction) == 3
         time.sleep(3.0)  # give a (wrong) tag every chance to form and spread
         for n in nodes:
             assert n.versions == ["v0.1.0"], (n.id, n.versions)
@@ -336,8 +338,9 @@ def test_hostile_votes_through_gossip_count_nowhere(net, tmp_path):
 def test_split_halves_cannot_tag_and_versions_never_fork(net, tmp_path):
     """Four peers tag v0.1.0 together (electorate 4). Then the swarm splits into two halves of two that cannot
     reach each other; each half commits its own round-4 state and all its members accept it, yet neither half
-    can tag v0.1.1: the quorum is over max(2, parent's 4) = 3 votes. A second, different certificate for v0.1.0
-    (validly signed by all four keys, for another state) is refused by every ledger as a conflict."""
+    can tag v0.1.1: a tag needs accepts from more than half (3) of the parent's 4 voters. A second, different
+    certificate for v0.1.0 (validly signed by all four keys, for another state) is refused by every ledger as a
+    conflict."""
     run = "run-split"
     dhts, idents = net
     four = [0, 1, 2, 3]
@@ -368,7 +371,7 @@ def test_split_halves_cannot_tag_and_versions_never_fork(net, tmp_path):
             for n in part:
                 assert {x["verdict"] for x in _counted(n, 4, digests[h])} == {"accept"}
                 assert _counted(n, 4, digests["B" if h == "A" else "A"]) == []  # ... and nothing crossed over
-        assert required_votes(2, 4, "patch", 0.8) == 3
+        assert continuity_votes(4) == 3  # each half holds 2 of the parent's 4 voters
         time.sleep(2.0)
         everyone = [n for part in parts.values() for n in part]
         for h, part in parts.items():  # ... but 2 < 3: no tag in either half
@@ -498,3 +501,49 @@ def test_minor_and_major_only_by_proposal_and_major_needs_the_supermajority(net,
         assert nodes[1].releases.ledger.get("v1.0.0")["bump"] == "major"
     finally:
         _close(nodes)
+
+
+def _serve_certs(node: Node) -> BlobServer:
+    """What SwarmLink's BlobServer does for Releases: serve the certificates it indexes, by blob id."""
+    return BlobServer(node.link.dht, lambda blob_id: next((b for p in node.link.providers if (b := p(blob_id))), None))
+
+
+@pytest.mark.timeout(150)
+def test_survivors_of_a_crash_keep_tagging_and_a_joiner_fetches_the_ledger(net, tmp_path):
+    """Three peers tag v0.1.0 (electorate 3); one crashes. The two survivors tag v0.1.1: 2 of 2 in their round,
+    and 2 of the parent's 3 voters (before: a quorum over the parent's 3 needed 3 votes, and no tag ever came
+    again). A fourth peer then joins with an empty ledger: it fetches v0.1.0 and v0.1.1 (verified) before it
+    votes, so all three vote for v0.1.2 and it is tagged (without the ledger it voted for "v0.1.0" and no name
+    reached a quorum)."""
+    run = "run-churn"
+    a, b, c = nodes = _start_nodes(net, [0, 1, 2], run, tmp_path, overrides=["versioning.release_every=2"])
+    servers, joiner = [], []
+    d2, d4, d6 = (sha256_hex(f"round {r}".encode()) for r in (2, 4, 6))
+    try:
+        _commit_all(nodes, 2, d2, [_report(4.0, d2)] * 3, [n.id for n in nodes])
+        assert _wait(lambda: all(n.versions == ["v0.1.0"] for n in nodes), 20), [n.versions for n in nodes]
+        _close([c])  # c crashes
+        _commit_all([a, b], 4, d4, [_report(3.9, d4)] * 2, [a.id, b.id])
+        assert _wait(lambda: all(n.versions == ["v0.1.0", "v0.1.1"] for n in (a, b)), 20), [a.versions, b.versions]
+        v011 = a.releases.ledger.get("v0.1.1")
+        assert v011["electorate"] == sorted([a.id, b.id]) and len(v011["votes"]) == 2
+
+        servers = [_serve_certs(n) for n in (a, b)]
+        for n in (a, b):
+            n.releases.publish_index()
+        (d,) = joiner = _start_nodes(net, [3], run, tmp_path, ["versioning.release_every=2"], peers=[0, 1, 3])
+        for n in (a, b):
+            n.link.peers.append(d.id)
+        assert d.versions == []
+        assert d.releases.sync_ledger() == 2
+        assert d.versions == ["v0.1.0", "v0.1.1"]
+        members = [a.id, b.id, d.id]
+        _commit_all([a, b, d], 6, d6, [_report(3.8, d6)] * 3, members)
+        assert _wait(lambda: all(n.versions[-1:] == ["v0.1.2"] for n in (a, b, d)), 20), [
+            n.versions for n in (a, b, d)
+        ]
+        assert all(v["version"] == "v0.1.2" for v in _counted(a, 6, d6)) and len(_counted(a, 6, d6)) == 3
+    finally:
+        for s in servers:
+            s.close()
+        _close([a, b, *joiner])

@@ -109,7 +109,7 @@ def test_build_tag_leaves_out_bad_votes_and_refuses_without_quorum(ids, genesis)
 
 
 def test_halves_cannot_tag(ids, genesis):
-    # the 4-voter swarm that tagged v0.1.0 splits in halves of 2: each needs 3 of max(2, 4) voters
+    # the 4-voter swarm that tagged v0.1.0 splits in halves of 2: each needs accepts of 3 of the parent's 4 voters
     for half in (ids[:2], ids[2:4]):
         el = [i.peer_id for i in half]
         votes = [vote(i, el, round=20, digest=D2, parent="v0.1.0") for i in half]
@@ -120,10 +120,28 @@ def test_halves_cannot_tag(ids, genesis):
             "round": 20, "candidate": candidate_id(RUN, 20, D2), "bump": "patch", "electorate": sorted(el),
             "required": 2, "metrics": {"ppl": 6.0, "val_loss": 3.0}, "votes": votes, "time": 1020.0,
         }  # fmt: skip
-        with pytest.raises(IntegrityError, match="required"):
-            verify_tag(forged, genesis)
-        with pytest.raises(IntegrityError, match="2 accepting votes, 3 required"):
+        with pytest.raises(IntegrityError, match="2 accepting votes of the parent's 4 voters, 3 required"):
+            verify_tag(forged, genesis)  # each half's own quorum (2 of 2) is there, continuity is not
+        with pytest.raises(IntegrityError, match="required is 3, expected 2"):
             verify_tag({**forged, "required": 3}, genesis)
+
+
+def test_survivors_of_a_crash_keep_tagging(ids, genesis):
+    # one of the 4 voters of v0.1.0 crashed: the 3 others (electorate 3) tag v0.1.1 with 3 of the parent's 4;
+    # after that the electorate of v0.1.1 is the parent, and 2 of its 3 may tag again if one more leaves
+    el = [i.peer_id for i in ids[:3]]
+    cert = build_tag(votes=[vote(i, el, round=20, digest=D2, parent="v0.1.0") for i in ids[:3]], electorate=el,
+                     parent_cert=genesis)  # fmt: skip
+    verify_tag(cert, genesis)
+    el2 = [i.peer_id for i in ids[:2]]
+    votes2 = [vote(i, el2, round=22, digest=D1, parent="v0.1.1") for i in ids[:2]]
+    child = build_tag(votes=votes2, electorate=el2, parent_cert=cert)
+    assert child["version"] == "v0.1.2" and child["required"] == 2
+    # but two newcomers alone cannot continue the parent's lineage, whatever their own quorum
+    newcomers = [i.peer_id for i in ids[3:5]]
+    with pytest.raises(ValueError, match="quorum"):
+        build_tag(votes=[vote(i, newcomers, round=22, digest=D1, parent="v0.1.1") for i in ids[3:5]],
+                  electorate=newcomers, parent_cert=cert)  # fmt: skip
 
 
 def test_major_needs_the_supermajority(ids, genesis):

@@ -9,7 +9,7 @@ from p2pmodel.core import wire
 from p2pmodel.core.errors import WireError
 from p2pmodel.swarm.identity import Identity
 from p2pmodel.swarm.signed import canonical_pack, sign_message
-from p2pmodel.versioning.quorum import VoteBox, quorum_size, required_votes
+from p2pmodel.versioning.quorum import VoteBox, continuity_votes, quorum_size, required_votes
 from p2pmodel.versioning.semver import Version, next_version
 from p2pmodel.versioning.votes import (
     VOTE_FIELDS,
@@ -133,15 +133,21 @@ def test_quorum_sizes():
         quorum_size(-1)
 
 
-def test_required_votes_halves_rule():
-    assert required_votes(4, 0, "patch", 0.8) == 3
-    assert required_votes(2, 4, "patch", 0.8) == 3 > 2  # a half of a tagged 4-swarm cannot tag
-    assert required_votes(3, 4, "minor", 0.8) == 3  # 3 of the old 4 still can
-    assert required_votes(6, 4, "patch", 0.8) == 5  # a grown swarm needs its own quorum
-    assert required_votes(5, 4, "major", 0.8) == 5  # supermajority for MAJOR
-    assert required_votes(10, 0, "major", 0.9) == 10
+def test_required_votes_and_continuity():
+    assert required_votes(4, "patch", 0.8) == 3
+    assert required_votes(2, "patch", 0.8) == 2 and continuity_votes(3) == 2  # 2 survivors of 3 can tag
+    assert continuity_votes(4) == 3 > 2  # a half of a tagged 4-swarm cannot: 2 of its parent's 4 voters
+    assert required_votes(3, "minor", 0.8) == 3 and continuity_votes(4) <= 3  # 3 of the old 4 still can
+    assert required_votes(6, "patch", 0.8) == 5  # a grown swarm needs its own quorum
+    assert required_votes(5, "major", 0.8) == 5  # supermajority for MAJOR
+    assert required_votes(10, "major", 0.9) == 10
+    assert continuity_votes(0) == 0 and [continuity_votes(n) for n in range(1, 7)] == [1, 2, 2, 3, 3, 4]
+    for n in range(1, 50):  # two disjoint sets can never both hold a continuity majority of the same parent
+        assert 2 * continuity_votes(n) > n
     with pytest.raises(ValueError):
-        required_votes(4, 0, "huge", 0.8)
+        required_votes(4, "huge", 0.8)
+    with pytest.raises(ValueError):
+        continuity_votes(-1)
 
 
 # --- the vote box -----------------------------------------------------------------------------
