@@ -1,7 +1,9 @@
 """p2pmodel: peer-to-peer DiLoCo training with quorum-tagged semantic versions.
 
-Layout and protocols: see DESIGN.md in the shared folder; each subpackage's __init__ says what it holds.
+Layout, the round and who owns what: docs/architecture.md; each subpackage's __init__ says what it holds.
 """
 
-__version__ = "0.1.0"
-PROTOCOL_VERSION = 1
+__version__ = "0.2.0"
+# 2: "leave" messages, groups formed at the expected size, commit among the round's participants, and the
+# tag rule of docs/versions.md ("Churn and partitions"): peers of protocol 1 would not verify our tags
+PROTOCOL_VERSION = 2
