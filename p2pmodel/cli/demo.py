@@ -6,15 +6,15 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from p2pmodel.cli.output import emit_json
+from p2pmodel.cli.output import console, default_is, emit_json, print_table
 from p2pmodel.core.errors import P2PModelError
 from p2pmodel.core.paths import writable_dir
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny.toml"
+DEMO_RELEASE_EVERY = "versioning.release_every=2"  # a version every 2 rounds: the demo shows tags in minutes
 
 
 def _table(swarm, title: str) -> Table:
@@ -75,31 +75,32 @@ def demo(
     peers: int = typer.Option(3, "--peers", min=1, max=16, help="Peer processes to start."),
     rounds: int = typer.Option(4, "--rounds", min=1, help="Outer rounds to run."),
     config: Path = typer.Option(DEFAULT_CONFIG, "--config", help="Config for every peer."),
-    set_: list[str] = typer.Option([], "--set", help="Config override for every peer (repeatable)."),
-    workdir: Path = typer.Option(None, "--workdir", help="Keep data and logs here [default: a temp dir]."),
+    set_: list[str] = typer.Option(
+        [],
+        "--set",
+        help=f"Config override for every peer (repeatable); the demo adds {DEMO_RELEASE_EVERY} before yours.",
+    ),
+    workdir: Path = typer.Option(None, "--workdir", help="Keep data and logs here. " + default_is("a temp dir")),
     as_json: bool = typer.Option(False, "--json", help="Print the final state as one JSON line."),
 ):
     """Run a local swarm on 127.0.0.1 until every peer committed --rounds rounds, then print the results."""
     from p2pmodel.config import load_config
     from p2pmodel.node.launch import LocalSwarm
 
-    load_config(config, set_)  # a bad config fails here, once, with exit code 2
+    overrides = [DEMO_RELEASE_EVERY, *set_]  # tags within the demo's few rounds; a --set of the user wins
+    load_config(config, overrides)  # a bad config fails here, once, with exit code 2
     if workdir:
         writable_dir(workdir, "--workdir")
     tmp = None if workdir else tempfile.TemporaryDirectory(prefix="p2pmodel-demo-")
     root = workdir or Path(tmp.name)
-    console = Console(stderr=True)
+    err = console(stderr=True)
     try:
-        with LocalSwarm(root, config, set_) as swarm:
+        with LocalSwarm(root, config, overrides) as swarm:
             maddr = swarm.start_bootstrap()
-            console.print(f"bootstrap: {maddr}")
+            err.print(f"bootstrap: {maddr}", soft_wrap=True, highlight=False)  # one line, whole, to copy
             for i in range(peers):
                 swarm.start_peer(f"peer{i + 1}", max_rounds=rounds)
-            with Live(_table(swarm, "p2pmodel demo"), console=console, refresh_per_second=2, transient=as_json) as live:
-                while any(p.proc.poll() is None for p in swarm.peers.values()):
-                    live.update(_table(swarm, "p2pmodel demo"))
-                    time.sleep(0.5)
-                live.update(_table(swarm, "p2pmodel demo: done"))
+            _watch(swarm, err, as_json)
             failed = {n: _last_error(p) for n, p in swarm.peers.items() if p.proc.returncode != 0}
             result = {n: p.last for n, p in swarm.peers.items()}
             digests = {(e or {}).get("digest") for e in result.values()}
@@ -111,16 +112,51 @@ def demo(
     if as_json:
         emit_json({"peers": result, "same_digest": same, "bootstrap": maddr, "versions": tags})
     else:
-        typer.echo(f"{len(result)} peers, {'one state digest' if same else 'not one state digest'}")
+        typer.echo(f"\n{len(result)} peers, {'one state digest' if same else 'not one state digest'}")
         table = Table(title="tagged versions (quorum of signed votes)")
         for col in ("version", "digest", "round", "val loss", "votes"):
             table.add_column(col)
         for t in tags:
             table.add_row(t["version"], t["digest"][:12], str(t["round"]), f"{t['val_loss']:.4f}", t["votes"])
-        Console().print(table if tags else "no version tagged")
+        if tags:
+            print_table(table)
+        else:
+            typer.echo("no version tagged")
     if failed:
         name, why = next(iter(failed.items()))
         raise P2PModelError(f"{len(failed)} of {len(result)} peers failed; {name}: {why}")
+
+
+def _watch(swarm, err, as_json: bool) -> None:
+    """Until every peer exited: a live table on a terminal; otherwise (piped, CI) one line per committed round
+    and the final table once, so nothing is redrawn or glued to what follows."""
+
+    def running() -> bool:
+        return any(p.proc.poll() is None for p in swarm.peers.values())
+
+    if err.is_terminal:
+        with Live(_table(swarm, "p2pmodel demo"), console=err, refresh_per_second=2, transient=as_json) as live:
+            while running():
+                live.update(_table(swarm, "p2pmodel demo"))
+                time.sleep(0.5)
+            live.update(_table(swarm, "p2pmodel demo: done"))
+        return
+    seen = {name: 0 for name in swarm.peers}
+    while True:
+        alive = running()
+        for name, p in swarm.peers.items():
+            for e in p.rounds()[seen[name] :]:
+                err.print(
+                    f"{name} round {e['round']} val_loss {e['val_loss']:.4f} group {e.get('group_size', '-')} "
+                    f"digest {e['digest'][:12]}",
+                    highlight=False,
+                )
+                seen[name] += 1
+        if not alive:
+            break
+        time.sleep(0.5)
+    if not as_json:
+        err.print(_table(swarm, "p2pmodel demo: done"))
 
 
 def _last_error(peer) -> str:

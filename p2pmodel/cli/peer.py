@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from p2pmodel.cli.output import emit_json
+from p2pmodel.cli.output import default_is, emit_json
 from p2pmodel.config import load_config
 from p2pmodel.core.logging import setup_logging
 
@@ -17,8 +17,12 @@ def run(
     config: Path = typer.Option(..., "--config", "-c", help="TOML config file (see configs/)."),
     set_: list[str] = typer.Option([], "--set", help="Config override, e.g. train.lr=3e-4 (repeatable)."),
     initial_peers: list[str] = typer.Option([], "--initial-peers", help="Multiaddr of a peer to join (repeatable)."),
-    data_dir: Path = typer.Option(None, "--data-dir", help="Checkpoints and identity [default: runs/<run_name>]."),
-    identity: Path = typer.Option(None, "--identity", help="Private key file [default: <data-dir>/identity.key]."),
+    data_dir: Path = typer.Option(
+        None, "--data-dir", help="Checkpoints and identity. " + default_is("runs/<run_name>")
+    ),
+    identity: Path = typer.Option(
+        None, "--identity", help="Private key file. " + default_is("<data-dir>/identity.key")
+    ),
     max_rounds: int = typer.Option(None, "--max-rounds", min=1, help="Stop once this round is committed."),
     device: str = typer.Option(None, "--device", help="auto, cpu or cuda (overrides train.device)."),
     as_json: bool = typer.Option(False, "--json", help="End with one JSON summary line on stdout."),
@@ -36,6 +40,7 @@ def run(
     if initial_peers:
         overrides.append("swarm.initial_peers=" + __import__("json").dumps(initial_peers))
     cfg = load_config(config, overrides)
+    _check_maddrs(cfg.swarm)
     setup_logging(cfg.logging.level, cfg.logging.format)
     data_dir = data_dir or Path("runs") / cfg.run_name
     identity = identity or data_dir / "identity.key"
@@ -58,6 +63,16 @@ def run(
         )
 
 
+def _check_maddrs(s) -> None:
+    """Every multiaddr of the config checked before run_peer: a typo exits 2 at once, leaving no data dir or
+    identity key behind (the DHT, which checks them too, starts only after the dataset is built)."""
+    from p2pmodel.swarm.node import parse_maddrs
+
+    parse_maddrs(s.initial_peers, "--initial-peers (swarm.initial_peers)", need_peer_id=True)
+    parse_maddrs(s.host_maddrs, "swarm.host_maddrs")
+    parse_maddrs(s.announce_maddrs, "swarm.announce_maddrs")
+
+
 @app.command()
 def status(
     url: str = typer.Option("http://127.0.0.1:8080", "--url", help="The peer's status endpoint."),
@@ -66,6 +81,7 @@ def status(
 ):
     """Show a running peer's status (exit 1 if it does not answer): round, losses, digest, version, peers."""
     import json
+    import socket
     import time
     import urllib.parse
     import urllib.request
@@ -87,7 +103,13 @@ def status(
         if not isinstance(data, dict):
             raise ValueError("answer is not a JSON object")
     except (OSError, ValueError) as e:
-        raise P2PModelError(f"no status from {url}: {e}") from None
+        reason = getattr(e, "reason", e)  # urlopen wraps the socket error in URLError
+        if isinstance(reason, ConnectionRefusedError):
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            raise P2PModelError(f"no peer answers at {url}: start the peer with --status-port {port}") from None
+        if isinstance(reason, socket.gaierror):
+            raise P2PModelError(f"no status from {url}: unknown host {parts.hostname}") from None
+        raise P2PModelError(f"no status from {url}: {reason}") from None
     if as_json:
         emit_json(data)
     else:

@@ -5,10 +5,9 @@ import threading
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from p2pmodel.cli.output import emit_json
+from p2pmodel.cli.output import default_is, emit_json, print_table
 from p2pmodel.core.logging import setup_logging
 
 app = typer.Typer(help="Inspect a swarm.", no_args_is_help=True)
@@ -17,10 +16,13 @@ app = typer.Typer(help="Inspect a swarm.", no_args_is_help=True)
 def bootstrap(
     host_maddrs: list[str] = typer.Option(["/ip4/0.0.0.0/tcp/31337"], "--host-maddrs", help="Listen multiaddrs."),
     announce_maddrs: list[str] = typer.Option([], "--announce-maddrs", help="Public multiaddrs to advertise."),
-    identity: Path = typer.Option(Path("bootstrap.key"), "--identity", help="Private key file (created if absent)."),
+    identity: Path = typer.Option(
+        Path("runs/bootstrap/identity.key"), "--identity", help="Private key file (created if absent, mode 0400)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the multiaddrs as one JSON line."),
 ):
     """Run a DHT-only node and print the multiaddrs peers join with (--initial-peers). Stops on Ctrl-C/SIGTERM."""
+    from p2pmodel.swarm.listen import expand_wildcards, has_wildcard
     from p2pmodel.swarm.node import run_bootstrap, stop_dht, visible_maddrs
 
     setup_logging()
@@ -29,13 +31,18 @@ def bootstrap(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        maddrs = visible_maddrs(dht)
+        maddrs = expand_wildcards(host_maddrs, visible_maddrs(dht))
         if as_json:
             emit_json({"peer_id": dht.peer_id.to_base58(), "maddrs": maddrs})
         else:
-            typer.echo("join this swarm with:")
+            typer.echo("join this swarm with one of:")
             for m in maddrs:
                 typer.echo(f"  --initial-peers {m}")
+        if has_wildcard(host_maddrs) and not announce_maddrs:
+            typer.echo(
+                "peers outside these networks (NAT, cloud): restart with --announce-maddrs /ip4/PUBLIC_IP/tcp/PORT",
+                err=True,
+            )
         stop.wait()
     finally:
         stop_dht(dht)
@@ -45,7 +52,7 @@ def bootstrap(
 def peers(
     initial_peers: list[str] = typer.Option(..., "--initial-peers", help="Multiaddr of any swarm member."),
     run_id: str = typer.Option(
-        None, "--run-id", help="Run to list [default: the run of --config, else the one online]."
+        None, "--run-id", help="Run to list. " + default_is("the run of --config, else the one online")
     ),
     config: Path = typer.Option(None, "--config", help="Config whose run to list."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -63,10 +70,10 @@ def peers(
         emit_json({"run_id": rid, "peers": records})
         return
     table = Table(title=f"run {rid}: {len(records)} peer(s) online")
-    for col in ("peer", "round", "samples/s", "digest", "address"):
-        table.add_column(col)
+    for col in ("peer", "round", "samples/s", "digest", "addresses"):
+        table.add_column(col, overflow="fold")  # ids and multiaddrs are never cut (piped: never wrapped either)
     for r in records:
         table.add_row(
-            r["peer_id"], str(r["round"]), f"{r['samples_per_s']:.1f}", r["digest"][:12], (r["addrs"] or [""])[0]
+            r["peer_id"], str(r["round"]), f"{r['samples_per_s']:.1f}", r["digest"][:12], "\n".join(r["addrs"] or [])
         )
-    Console().print(table)
+    print_table(table)

@@ -3,27 +3,28 @@ every certificate is verified (signatures, quorum, parent chain) before it is sh
 
 import contextlib
 import json
+import os
+import shutil
 import statistics
 import tempfile
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from p2pmodel.cli.output import emit_json
+from p2pmodel.cli.output import default_is, emit_json, print_table
 from p2pmodel.core.errors import SwarmError, UsageError
 from p2pmodel.core.logging import setup_logging
 from p2pmodel.core.paths import writable_dir
 
 app = typer.Typer(help="List, verify, download and compare tagged versions.", no_args_is_help=True)
 PEERS = typer.Option(..., "--initial-peers", help="Multiaddr of any swarm member (repeatable).")
-RUN = typer.Option(None, "--run-id", help="Run to read [default: the only run online].")
+RUN = typer.Option(None, "--run-id", help="Run to read. " + default_is("the only run online"))
 ALLOW = typer.Option(
     None,
     "--allow",
-    help="Count only votes signed by this PeerID (repeatable), as versioning.allowlist on peers "
-    "[default: any member of the tag's electorate].",
+    help="Count only votes signed by this PeerID (repeatable), as versioning.allowlist on peers. "
+    + default_is("any member of the tag's electorate"),
 )
 
 
@@ -91,7 +92,7 @@ def list_(
         return
     table = Table(title=f"run {rid} ({run.get('run_name')}): {len(certs)} version(s)")
     for col in ("version", "digest", "round", "val loss", "votes", "parent"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for c in certs:
         table.add_row(
             c["version"],
@@ -101,7 +102,7 @@ def list_(
             f"{len(c['votes'])}/{len(c['electorate'])}",
             c["parent"] or "-",
         )
-    Console().print(table)
+    print_table(table)
 
 
 def _version(text: str):
@@ -142,7 +143,15 @@ def show(
     votes = []
     for raw in cert["votes"]:
         body, signer = open_signed(raw, VOTE_KIND)  # raises if any signature is bad (the ledger checked already)
-        votes.append({"voter": signer, "verdict": body["verdict"], "metrics": body["metrics"], "signature": "valid"})
+        votes.append(
+            {
+                "voter": signer,
+                "verdict": body["verdict"],
+                "metrics": body["metrics"],
+                "time": body.get("time"),
+                "signature": "valid",
+            }
+        )
     out = {
         **_summary(cert),
         "electorate_peers": cert["electorate"],
@@ -154,7 +163,40 @@ def show(
     if as_json:
         emit_json(out)
     else:
-        typer.echo(json.dumps(out, indent=2, default=str))
+        typer.echo("\n".join(_certificate_lines(out)))
+
+
+def _utc(t: float | None) -> str:
+    import datetime
+
+    if not isinstance(t, (int, float)):
+        return "-"
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _metrics(m: dict) -> str:
+    return "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(m.items())) or "-"
+
+
+def _certificate_lines(c: dict) -> list[str]:
+    """``versions show`` for people: one fact per line, full ids (nothing wrapped or cut), times in UTC."""
+    lines = [
+        f"{c['version']}  verified: {c['votes']} of {c['electorate']} votes, {c['required']} required",
+        f"  digest     {c['digest']}",
+        f"  parent     {c['parent'] or '- (first version)'}",
+        f"  round      {c['round']}",
+        f"  bump       {c['bump']}",
+        f"  tagged     {_utc(c['time'])}",
+        f"  metrics    {_metrics(c['metrics'])}",
+        "  votes (signatures checked):",
+    ]
+    voted = set()
+    for v in c["vote_details"]:
+        voted.add(v["voter"])
+        mark = "✓" if v["verdict"] == "accept" else "✗"
+        lines.append(f"    {mark} {v['voter']}  {v['verdict']}  {_utc(v['time'])}  {_metrics(v['metrics'])}")
+    lines += [f"    · {p}  no vote in the tag" for p in c["electorate_peers"] if p not in voted]
+    return lines
 
 
 @app.command()
@@ -174,15 +216,12 @@ def pull(
     from p2pmodel.versioning.atomic import atomic_write
 
     _version(version)
-    writable_dir(out, "--out")
+    _creatable(out, "--out")
     with _reading(initial_peers, run_id, allow) as (dht, rid, run, certs):
         cert = _find(certs, version)
         state = pull_state(dht, rid, cert)
     if state_digest(state) != cert["digest"]:  # pull_state verified the bytes; check the parse too
         raise UsageError("downloaded state does not match the tag's digest")
-    atomic_write(
-        out / "model.safetensors", save(state, metadata={"digest": cert["digest"], "version": cert["version"]})
-    )
     manifest = {
         **_summary(cert),
         "run_id": rid,
@@ -190,11 +229,46 @@ def pull(
         "model": run.get("model"),
         "files": {"model.safetensors": "float32 parameters; sha256 of their canonical bytes = digest"},
     }
-    atomic_write(out / "manifest.json", json.dumps(manifest, indent=2, default=str).encode())
+    with _new_dir(out, "--out"):  # created only now that there is something to write
+        atomic_write(
+            out / "model.safetensors", save(state, metadata={"digest": cert["digest"], "version": cert["version"]})
+        )
+        atomic_write(out / "manifest.json", json.dumps(manifest, indent=2, default=str).encode())
     if as_json:
         emit_json({"version": cert["version"], "digest": cert["digest"], "dir": str(out)})
     else:
         typer.echo(f"{cert['version']} ({cert['digest'][:12]}) written to {out}")
+
+
+def _creatable(path: Path, what: str) -> None:
+    """UsageError unless ``path`` is a writable directory or could be created as one; creates nothing, so a
+    command that fails later (unknown version, unreachable swarm) leaves no empty directory behind."""
+    if path.exists():
+        if not path.is_dir():
+            raise UsageError(f"cannot use {what} {path}: not a directory")
+        writable_dir(path, what)
+        return
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot use {what} {path}: {parent} is not a writable directory")
+
+
+@contextlib.contextmanager
+def _new_dir(path: Path, what: str):
+    """Create ``path`` (parents too) for the writes inside; if they fail, remove what was created here."""
+    created = path.absolute()
+    while not created.parent.exists():
+        created = created.parent
+    created = None if path.exists() else created
+    writable_dir(path, what)
+    try:
+        yield path
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
 
 
 def _load_dir(path: Path) -> tuple[str, dict]:
@@ -249,7 +323,7 @@ def diff(a: Path, b: Path, as_json: bool = typer.Option(False, "--json")):
         return
     table = Table(title=f"{va} → {vb}")
     for col in ("tensor", "shape", "rel. change", "max |Δ|", "changed"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(
             r["tensor"],
@@ -258,7 +332,7 @@ def diff(a: Path, b: Path, as_json: bool = typer.Option(False, "--json")):
             f"{r['max_abs_change']:.3g}",
             f"{100 * r['changed_fraction']:.1f}%",
         )
-    Console().print(table)
+    print_table(table)
 
 
 @app.command()
@@ -278,7 +352,7 @@ def plot(
 
     if out.suffix.lower() != ".png":
         raise UsageError(f"--out must name a .png file, got {out}")
-    writable_dir(out.parent, "--out")
+    _creatable(out.parent, "--out")
     with _reading(initial_peers, run_id, allow) as (dht, rid, run, certs):
         history = fetch_history(dht, rid)
     if not history and not certs:
@@ -297,7 +371,8 @@ def plot(
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out)
+    with _new_dir(out.parent, "--out"):
+        fig.savefig(out)
     plt.close(fig)
     typer.echo(f"wrote {out} ({len(history)} rounds, {len(certs)} versions)")
 
@@ -307,7 +382,7 @@ def propose(
     bump: str = typer.Option(..., "--bump", help="minor (grown, backward compatible) or major (breaking)."),
     initial_peers: list[str] = PEERS,
     reason: str = typer.Option("", "--reason", help="Why (shown to operators)."),
-    identity: Path = typer.Option(None, "--identity", help="Key to sign with [default: a throwaway key]."),
+    identity: Path = typer.Option(None, "--identity", help="Key to sign with. " + default_is("a throwaway key")),
     ttl_h: float = typer.Option(24.0, "--ttl-hours", min=0.1, max=24 * 30, help="How long the proposal stays open."),
     run_id: str = RUN,
     allow: list[str] = ALLOW,

@@ -1,10 +1,11 @@
 """TOML → Config with dotted overrides; every failure becomes one ConfigError line naming the field."""
 
+import difflib
 import json
 import tomllib
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from p2pmodel.config.schema import Config
 from p2pmodel.core.errors import ConfigError
@@ -33,13 +34,37 @@ def _apply(tree: dict, path: list[str], value: object) -> None:
     node[path[-1]] = value
 
 
-def _first_error(err: ValidationError) -> str:
+def _first_error(err: ValidationError, path, overrides: list[tuple[list[str], str]]) -> str:
+    """``SOURCE: section.field: message``, SOURCE being the --set that touched that field (else the file), and
+    for an unknown field the closest known name."""
     e = err.errors()[0]
-    where = ".".join(str(p) for p in e["loc"]) or "config"
+    loc = [str(p) for p in e["loc"]]
+    where = ".".join(loc) or "config"
     msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "extra_forbidden":
-        msg = "unknown field"
-    return f"{where}: {msg}"
+        msg = "unknown field" + _did_you_mean(loc)
+    source = next((item for keys, item in reversed(overrides) if _related(keys, loc)), None)
+    if source is not None:
+        return f"--set {source}: {where}: {msg}"
+    return f"{path}: {where}: {msg}" if path is not None else f"{where}: {msg}"
+
+
+def _related(keys: list[str], loc: list[str]) -> bool:
+    """True when an override of ``keys`` set the field at ``loc``, a section holding it, or a field in it."""
+    n = min(len(keys), len(loc))
+    return n > 0 and keys[:n] == loc[:n]
+
+
+def _did_you_mean(loc: list[str]) -> str:
+    """`` (did you mean train.lr?)`` for an unknown ``train.lrr``; empty when nothing is close."""
+    model = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        model = getattr(field, "annotation", None)
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return ""
+    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.6)
+    return f" (did you mean {'.'.join([*loc[:-1], close[0]])}?)" if close else ""
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
@@ -57,12 +82,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             raise ConfigError(f"{p}: invalid TOML: {e}") from None
         except RecursionError:
             raise ConfigError(f"{p}: invalid TOML: nested too deeply") from None
+    applied = []
     for item in overrides:
-        _apply(tree, *parse_override(item))
+        keys, value = parse_override(item)
+        _apply(tree, keys, value)
+        applied.append((keys, item.strip()))
     try:
         return Config.model_validate(tree)
     except RecursionError:
         raise ConfigError(f"{path or 'config'}: nested too deeply") from None
     except ValidationError as e:
-        prefix = f"{path}: " if path is not None else ""
-        raise ConfigError(prefix + _first_error(e)) from None
+        raise ConfigError(_first_error(e, path, applied)) from None

@@ -24,7 +24,9 @@ class PeerStatus:
         self.g_round = Gauge("p2pmodel_round", "Last committed outer round", registry=r)
         self.g_val = Gauge("p2pmodel_val_loss", "Validation loss of the committed state", registry=r)
         self.g_train = Gauge("p2pmodel_train_loss", "Mean inner training loss of the last round", registry=r)
-        self.g_peers = Gauge("p2pmodel_peers_online", "Other live peers of this run", registry=r)
+        self.g_peers = Gauge(
+            "p2pmodel_peers_online", "Live peers of this run, this one included (as `swarm peers`)", registry=r
+        )
         self.g_group = Gauge("p2pmodel_group_size", "Peers in the last averaging group", registry=r)
         self.c_sent = Counter("p2pmodel_bytes_sent", "Averaging payload bytes sent", registry=r)
         self.c_recv = Counter("p2pmodel_bytes_received", "Averaging payload bytes received", registry=r)
@@ -35,12 +37,14 @@ class PeerStatus:
         with self._lock:
             self._data.update(fields)
 
-    def on_round(self, res, peer, versions: list[str], peers_online: int) -> None:
+    def on_round(self, res, peer, versions: list[str], other_peers: int) -> None:
+        """After a committed round; ``other_peers`` counts the live peers of the run besides this one, and
+        ``peers_online`` counts this one too, like ``p2pmodel swarm peers`` (which lists every peer)."""
         o = res.outcome
         self.g_round.set(res.round)
         self.g_val.set(res.report.val_loss)
         self.g_train.set(res.stats.loss)
-        self.g_peers.set(peers_online)
+        self.g_peers.set(other_peers + 1)
         self.g_group.set(o.group_size)
         self.c_sent.inc(o.bytes_sent)
         self.c_recv.inc(o.bytes_received)
@@ -54,7 +58,8 @@ class PeerStatus:
             digest=peer.digest,
             version=versions[-1] if versions else None,
             versions=versions,
-            peers_online=peers_online,
+            peers_online=other_peers + 1,
+            other_peers_online=other_peers,
             bytes_sent=peer.counters["bytes_sent"],
             bytes_received=peer.counters["bytes_received"],
             last_averaging={

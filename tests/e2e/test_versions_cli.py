@@ -1,7 +1,7 @@
 """End to end: real peer processes on 127.0.0.1 tag versions by quorum, and the ``versions`` CLI (a separate
 light-client process) lists, verifies, pulls, diffs and plots them; ``p2pmodel demo`` reports the same tags.
 
-Peers run configs/tiny.toml (release_every = 2) with fast overrides; nothing is mocked."""
+Peers run configs/tiny.toml with fast overrides (FAST sets release_every = 2); nothing is mocked."""
 
 from __future__ import annotations
 
