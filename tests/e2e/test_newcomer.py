@@ -14,6 +14,7 @@ import subprocess
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 
@@ -29,12 +30,6 @@ QUICK = [o for o in FAST if not o.startswith("versioning.")]  # the demo has to 
 def cli(*args: str, timeout_s: float = 120, cwd=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "80"}  # piped, 80 columns: nothing may be cut
     return subprocess.run([*cli_argv(), *args], capture_output=True, text=True, timeout=timeout_s, env=env, cwd=cwd)
-
-
-def side_by_side(*commands: tuple[str, ...]) -> list[subprocess.CompletedProcess]:
-    """Independent light clients at once (each spends most of its time starting and joining the DHT)."""
-    with ThreadPoolExecutor(len(commands)) as pool:
-        return list(pool.map(lambda args: cli(*args), commands))
 
 
 def one_error_line(res: subprocess.CompletedProcess) -> str:
@@ -120,7 +115,8 @@ def test_peer_status_without_a_server_says_how_to_start_one():
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    """Two training peers (v0.1.0 tagged at round 2), the first with its status server, behind a bootstrap."""
+    """Two training peers (v0.1.0 tagged at round 2), the first with its status server, behind a bootstrap;
+    the commands the tests below read, run side by side once (each light client mostly waits on the DHT)."""
     root = tmp_path_factory.mktemp("pair")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -141,71 +137,69 @@ def pair(tmp_path_factory):
             if listed.returncode == 0 and json.loads(listed.stdout)["versions"]:
                 break
             time.sleep(1)
-        yield maddr, peers, port
+        join = ("--initial-peers", maddr)
+        commands = {
+            "peers": ("swarm", "peers", *join),
+            "peers_json": ("swarm", "peers", *join, "--json"),
+            "show": ("versions", "show", "v0.1.0", *join),
+            "show_json": ("versions", "show", "v0.1.0", *join, "--json"),
+            "pull_unknown": ("versions", "pull", "v9.9.9", *join, "-o", str(root / "new" / "v9")),
+            "pull": ("versions", "pull", "v0.1.0", *join, "-o", str(root / "made" / "v0.1.0"), "--json"),
+        }
+        with ThreadPoolExecutor(3) as pool:  # 2 cores: more at once only slows each one down
+            futures = {name: pool.submit(cli, *args, timeout_s=240) for name, args in commands.items()}
+            deadline = time.monotonic() + 60
+            while True:  # a peer refreshes its list of the others at most every 30 s
+                status = cli("peer", "status", "--url", f"http://127.0.0.1:{port}", "--json")
+                if status.returncode or json.loads(status.stdout).get("other_peers_online") == 1:
+                    break
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(2)
+            answers = {name: f.result() for name, f in futures.items()}
+        yield SimpleNamespace(root=root, trainers=peers, status=status, **answers)
 
 
 def _peer_id(peer: PeerProcess) -> str:
     return peer.rounds()[0]["peer_id"]
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)  # includes the module's swarm and its commands (~1-3 min on 2 busy cores)
 def test_piped_swarm_peers_keeps_ids_and_addresses_whole(pair):
-    maddr, peers, _ = pair
-    res = cli("swarm", "peers", "--initial-peers", maddr)
+    res = pair.peers
     assert res.returncode == 0, res.stderr[-2000:]
-    for p in peers:
+    for p in pair.trainers:
         assert any(_peer_id(p) in line for line in res.stdout.splitlines()), res.stdout
     assert MADDR.search(res.stdout), res.stdout  # a whole multiaddr on one line (no "…", no wrap)
     assert "…" not in res.stdout
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(60)
 def test_status_and_swarm_peers_count_the_same_peers(pair):
-    maddr, peers, port = pair
-    with ThreadPoolExecutor(1) as pool:
-        listed = pool.submit(cli, "swarm", "peers", "--initial-peers", maddr, "--json")
-        deadline = time.monotonic() + 60
-        while True:  # a peer refreshes its list of the others at most every 30 s
-            status = cli("peer", "status", "--url", f"http://127.0.0.1:{port}", "--json")
-            assert status.returncode == 0, status.stderr[-2000:]
-            st = json.loads(status.stdout)
-            if st.get("other_peers_online") == 1 or time.monotonic() > deadline:
-                break
-            time.sleep(2)
-        listed = listed.result()
-    assert listed.returncode == 0, listed.stderr[-2000:]
-    online = json.loads(listed.stdout)["peers"]
+    assert pair.status.returncode == 0 and pair.peers_json.returncode == 0, pair.status.stderr + pair.peers_json.stderr
+    st, online = json.loads(pair.status.stdout), json.loads(pair.peers_json.stdout)["peers"]
     assert st["peers_online"] == len(online) == 2 and st["other_peers_online"] == 1, (st, online)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(60)
 def test_versions_show_reads_like_a_certificate_and_json_stays(pair):
-    maddr, peers, _ = pair
-    human, raw = side_by_side(
-        ("versions", "show", "v0.1.0", "--initial-peers", maddr),
-        ("versions", "show", "v0.1.0", "--initial-peers", maddr, "--json"),
-    )
+    human, raw = pair.show, pair.show_json
     assert human.returncode == 0 and raw.returncode == 0, human.stderr + raw.stderr
     cert = json.loads(raw.stdout)
     assert not human.stdout.lstrip().startswith("{")
     assert f"digest     {cert['digest']}" in human.stdout
-    for p in peers:  # both voted (a quorum of 2 needs both)
-        when = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC"
+    when = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC"
+    for p in pair.trainers:  # both voted (a quorum of 2 needs both)
         assert re.search(rf"✓ {_peer_id(p)}  accept  {when}", human.stdout), human.stdout
-    assert re.search(r"tagged +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", human.stdout), human.stdout
+    assert re.search(rf"tagged +{when}", human.stdout), human.stdout
 
 
-@pytest.mark.timeout(300)
-def test_pull_of_an_unknown_version_leaves_no_directory(pair, tmp_path):
-    maddr, _, _ = pair
-    out, good = tmp_path / "new" / "v9", tmp_path / "made" / "v0.1.0"
-    res, ok = side_by_side(
-        ("versions", "pull", "v9.9.9", "--initial-peers", maddr, "-o", str(out)),
-        ("versions", "pull", "v0.1.0", "--initial-peers", maddr, "-o", str(good), "--json"),
-    )
+@pytest.mark.timeout(60)
+def test_pull_of_an_unknown_version_leaves_no_directory(pair):
+    res, ok = pair.pull_unknown, pair.pull
     assert res.returncode == 2 and "unknown version v9.9.9" in one_error_line(res)
-    assert not (tmp_path / "new").exists()
-    assert ok.returncode == 0 and (good / "manifest.json").is_file(), ok.stderr[-2000:]
+    assert not (pair.root / "new").exists()
+    assert ok.returncode == 0 and (pair.root / "made" / "v0.1.0" / "manifest.json").is_file(), ok.stderr[-2000:]
 
 
 @pytest.mark.timeout(300)
