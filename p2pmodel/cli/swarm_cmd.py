@@ -1,7 +1,5 @@
 """``p2pmodel bootstrap`` (a DHT-only node others join through) and ``p2pmodel swarm peers`` (who is online)."""
 
-import signal
-import threading
 from pathlib import Path
 
 import typer
@@ -22,15 +20,20 @@ def bootstrap(
     as_json: bool = typer.Option(False, "--json", help="Print the multiaddrs as one JSON line."),
 ):
     """Run a DHT-only node and print the multiaddrs peers join with (--initial-peers). Stops on Ctrl-C/SIGTERM."""
+    from p2pmodel.core.errors import SwarmError
+    from p2pmodel.core.lifeline import alive
+    from p2pmodel.core.stopper import Stopper
     from p2pmodel.swarm.listen import expand_wildcards, has_wildcard
-    from p2pmodel.swarm.node import run_bootstrap, stop_dht, visible_maddrs
+    from p2pmodel.swarm.node import daemon_pid, run_bootstrap, stop_dht, visible_maddrs
 
     setup_logging()
+    stop = Stopper()  # Ctrl-C/SIGTERM stop it, a second one at once; so does p2pd dying (a Ctrl-C reaches it too)
+    stop.install()
     dht = run_bootstrap(identity, host_maddrs, announce_maddrs or None)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    p2pd = None
     try:
+        p2pd = daemon_pid(dht)
+        stop.watch({"p2pd": p2pd, "the DHT process": dht.pid})
         maddrs = expand_wildcards(host_maddrs, visible_maddrs(dht))
         if as_json:
             emit_json({"peer_id": dht.peer_id.to_base58(), "maddrs": maddrs})
@@ -45,7 +48,10 @@ def bootstrap(
             )
         stop.wait()
     finally:
-        stop_dht(dht)
+        stop.unwatch()
+        stop_dht(dht, graceful=p2pd is not None and alive(p2pd))  # a Ctrl-C ended p2pd too: no goodbyes to it
+    if stop.failure():
+        raise SwarmError(f"{stop.failure()}; the bootstrap node stopped")
 
 
 @app.command()

@@ -65,14 +65,18 @@ class PeerProcess:
                 pass
 
     def stop(self, grace_s: float = 15.0) -> int | None:
-        if self.proc.poll() is None:  # SIGTERM to the peer alone: it closes its DHT, averager and p2pd itself;
-            self.proc.send_signal(signal.SIGTERM)  # to the group it would kill them under it and hang on shutdown
+        """SIGTERM to the whole group (what a terminal or a service manager sends): the peer stops between steps,
+        its hivemind processes and p2pd end with it; whatever is left after ``grace_s`` is SIGKILLed."""
+        self.signal(signal.SIGTERM)
         try:
             self.proc.wait(grace_s)
         except subprocess.TimeoutExpired:
             self.signal(signal.SIGKILL)
             self.proc.wait(5)
-        self.signal(signal.SIGKILL)  # leftovers of the group (p2pd) if any
+        try:  # leftovers of the group, if any, even once its leader is gone
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         self._reader.join(2)
         self._log.close()
         return self.proc.returncode

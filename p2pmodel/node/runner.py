@@ -1,21 +1,26 @@
-"""Peer lifecycle: build the Peer, resume, loop over rounds off the event loop (uvloop), stop between
-steps on SIGINT/SIGTERM without touching the last committed round, and return the run summary."""
+"""Peer lifecycle: lock the data dir, build the Peer, resume, loop over rounds off the event loop (uvloop), stop
+between steps on SIGINT/SIGTERM (or when p2pd or a hivemind process dies) without touching the last committed
+round, and return the run summary. Stopping: core/stopper.py; children that die with us: core/lifeline.py."""
 
 import asyncio
 import logging
-import signal
 import threading
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
+from p2pmodel.core.datadir_lock import lock_data_dir
+from p2pmodel.core.errors import SwarmError
+from p2pmodel.core.lifeline import alive
 from p2pmodel.core.paths import writable_dir
+from p2pmodel.core.stopper import Stopper, end_children
 from p2pmodel.node.peer import Peer
 from p2pmodel.node.release import Releases
 from p2pmodel.node.round import RoundResult, run_round
 from p2pmodel.node.run_registry import check_joinable
 from p2pmodel.node.status import PeerStatus, StatusServer
 from p2pmodel.node.swarm_link import SwarmLink
+from p2pmodel.swarm.node import check_ports_free, daemon_pid, stop_dht
 
 log = logging.getLogger("p2pmodel.peer")
 
@@ -61,8 +66,12 @@ def run_peer(
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:  # Windows
         runner = asyncio.Runner()
-    with runner:
-        return runner.run(_serve(cfg, data_dir, identity_path, max_rounds, progress, on_round))
+    stop = Stopper()
+    try:
+        with runner:
+            return runner.run(_serve(cfg, data_dir, identity_path, max_rounds, progress, on_round, stop))
+    finally:  # the loop took its handlers along: a second Ctrl-C while the process winds down still ends it at once
+        stop.install()
 
 
 async def _serve(
@@ -72,23 +81,27 @@ async def _serve(
     max_rounds: int | None,
     progress: bool,
     on_round: Callable[[dict], None] | None,
+    stop: Stopper,
 ) -> dict:
     from p2pmodel.swarm.identity import Identity
 
-    stop = threading.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, _on_signal, stop, sig)
+    stop.install(asyncio.get_running_loop())
     writable_dir(data_dir, "--data-dir")  # before anything starts
+    lock_data_dir(data_dir)  # before the identity and the checkpoint are read: one peer per data dir
+    check_ports_free(cfg.swarm.host_maddrs, "swarm.host_maddrs")
     identity = Identity.load_or_create(identity_path)
     peer = await asyncio.to_thread(Peer, cfg, data_dir, identity.peer_id)
     await asyncio.to_thread(peer.restore)
+    if stop.is_set():  # a signal while the peer was being built: start nothing
+        return summary(peer, {"event": "summary", "versions": []})
     status = PeerStatus(peer.peer_id, peer.run_id)
     obs = cfg.observability
     server = _status_server(status, obs.status_host, obs.status_port) if obs.status_port else None
-    exchange = releases = None
+    exchange = releases = watched = None
     try:  # once the DHT runs, whatever fails, it is shut down (a process left behind never exits)
         exchange = SwarmLink(cfg, peer, identity)  # main thread: hivemind's averager sets signal handlers
+        watched = _swarm_processes(exchange)
+        stop.watch(watched)  # p2pd dies with a Ctrl-C to the group: never go on alone
         log.info("listening on %s", " ".join(exchange.maddrs))
         releases = Releases(cfg, peer, exchange, data_dir)
         exchange.commit_hooks.append(releases.on_commit)
@@ -142,24 +155,47 @@ async def _serve(
         if not stop.is_set():
             await asyncio.to_thread(releases.settle, peer.round, 4 * cfg.sync.request_timeout_s + 5)
     finally:
+        stop.unwatch()  # from here the swarm's processes end on purpose
         status.update(state="stopping")
         if server:
             server.close()
         if releases:
             releases.close()
         if exchange:
-            await asyncio.to_thread(exchange.close)
+            await _close_swarm(exchange, (watched or {}).get("p2pd"))
+    if stop.failure():
+        raise SwarmError(f"{stop.failure()}; stopped at round {peer.round} (digest {peer.digest[:12]})")
     if stop.is_set():
         log.info("stopped; last committed round %d (digest %s)", peer.round, peer.digest[:12])
     versions = [c["version"] for c in releases.ledger.all()]
     return summary(peer, {"event": "summary", "versions": versions})
 
 
-def _on_signal(stop: threading.Event, sig: int) -> None:
-    if stop.is_set():  # second signal: the user insists
-        raise KeyboardInterrupt
-    log.info("%s received: finishing the current step, keeping round state committed", signal.Signals(sig).name)
-    stop.set()
+def _swarm_processes(exchange: SwarmLink) -> dict[str, int | None]:
+    try:
+        p2pd = daemon_pid(exchange.dht)
+    except Exception as e:  # the DHT is already gone: the watch sees that
+        log.debug("p2pd pid unknown: %s", e)
+        p2pd = None
+    return {"p2pd": p2pd, "the DHT process": exchange.dht.pid, "the averager process": exchange.averager.pid}
+
+
+async def _close_swarm(exchange: SwarmLink, p2pd: int | None, timeout_s: float = 6.0) -> None:
+    """Close the swarm link within ``timeout_s``, then end any hivemind process still running (multiprocessing's
+    exit handler would wait for it forever). When p2pd is gone (a Ctrl-C to the group ends it) nothing is said
+    to it: each call would wait for an answer that never comes."""
+    if (p2pd is None or alive(p2pd)) and exchange.dht.is_alive():
+        closer = threading.Thread(target=exchange.close, name="p2pmodel-close", daemon=True)  # never joined at exit
+        closer.start()
+        await asyncio.to_thread(closer.join, timeout_s)
+        if closer.is_alive():
+            log.warning("closing the swarm took over %g s: ending its processes", timeout_s)
+    else:
+        log.info("p2pd or the DHT process is gone: ending the swarm's processes")
+        await asyncio.to_thread(stop_dht, exchange.dht, 2.0, False)
+    killed = await asyncio.to_thread(end_children, 1.0, True)
+    if killed:
+        log.debug("killed leftover processes %s", killed)
 
 
 def _log_round(res: RoundResult, peer: Peer) -> None:

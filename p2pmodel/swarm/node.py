@@ -6,14 +6,17 @@ does not start or a startup past its deadline is a runtime failure (SwarmError, 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
 from collections.abc import Sequence
 
 import hivemind
 from hivemind.utils.multiaddr import Multiaddr
 
 from p2pmodel.core.errors import P2PModelError, SwarmError, UsageError
+from p2pmodel.core.lifeline import arm_child
 from p2pmodel.swarm.aio import release_p2p, run_sync
 from p2pmodel.swarm.identity import Identity
 
@@ -40,6 +43,47 @@ def parse_maddrs(maddrs: Sequence[str] | None, what: str, need_peer_id: bool = F
     return out
 
 
+def check_ports_free(maddrs: Sequence[str], what: str = "host multiaddrs") -> None:
+    """UsageError if a fixed TCP port of ``maddrs`` has a listener already.
+
+    p2pd binds with SO_REUSEPORT, so a second daemon on a busy port starts anyway and shares it (then fails to
+    reach the swarm, or a second bootstrap answers on the same port). A plain bind, without SO_REUSEPORT, is
+    refused by the kernel while another socket listens there; SO_REUSEADDR lets it through the TIME_WAIT
+    connections a previous run on that port left behind.
+    """
+    for text in parse_maddrs(maddrs, what):
+        parts = text.strip("/").split("/")
+        if len(parts) < 4 or parts[0] not in ("ip4", "ip6") or parts[2] != "tcp" or parts[3] == "0":
+            continue
+        family = socket.AF_INET if parts[0] == "ip4" else socket.AF_INET6
+        try:
+            probe = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:  # no IPv6 here: p2pd reports that itself
+            continue
+        with probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((parts[1], int(parts[3])))
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    raise UsageError(f"{what} {text}: port {parts[3]} already in use") from None
+                if e.errno == errno.EACCES:
+                    raise UsageError(f"{what} {text}: no permission to listen on port {parts[3]}") from None
+
+
+class _LinkedDHT(hivemind.DHT):
+    """hivemind's DHT whose process, and the p2pd it starts, end with the process that started it
+    (core/lifeline.py: SIGTERM works in it, SIGINT is left to us, and a SIGKILLed parent takes it along)."""
+
+    def start(self) -> None:
+        self._lifeline_parent = os.getpid()
+        super().start()
+
+    def run(self) -> None:  # in the DHT process
+        arm_child(self._lifeline_parent)
+        super().run()
+
+
 def start_dht(
     identity_path: str | os.PathLike | None = None,
     initial_peers: Sequence[str] = (),
@@ -60,11 +104,12 @@ def start_dht(
     announce_maddrs = parse_maddrs(announce_maddrs, "announce multiaddrs") or None
     if wait_timeout_s <= 0 or startup_timeout_s <= 0:
         raise UsageError("wait_timeout_s and startup_timeout_s must be positive")
+    check_ports_free(host_maddrs)
     kwargs = {}
     if identity_path is not None:
         kwargs["identity_path"] = str(Identity.load_or_create(identity_path).path)
     try:
-        dht = hivemind.DHT(
+        dht = _LinkedDHT(
             initial_peers=initial_peers or None,
             start=False,
             host_maddrs=host_maddrs,
@@ -113,29 +158,49 @@ def _tail(text: str, limit: int = 200) -> str:
     return text[:limit]
 
 
-def _stop_quietly(dht: hivemind.DHT) -> None:
+def _stop_quietly(dht: hivemind.DHT, grace_s: float = 2.0) -> None:
     try:
         if dht.is_alive():
-            dht.shutdown()
+            dht.shutdown()  # hivemind: a grace period, then SIGTERM (which the process now obeys, see _LinkedDHT)
     except Exception:  # best effort on a failed start
         logger.debug("shutdown of a failed DHT raised", exc_info=True)
         if dht.is_alive():
             dht.terminate()
+    if dht.is_alive():  # never leave it to multiprocessing's exit handler, which waits without a deadline
+        dht.join(grace_s)
+    if dht.is_alive():
+        dht.kill()
+        dht.join(1)
 
 
-def stop_dht(dht: hivemind.DHT, timeout_s: float = 10.0) -> None:
-    """Release this process's P2P replica (blob handlers) and shut the DHT down; safe to call twice."""
+def stop_dht(dht: hivemind.DHT, timeout_s: float = 10.0, graceful: bool = True) -> None:
+    """Release this process's P2P replica (blob handlers) and shut the DHT down; safe to call twice.
+
+    ``graceful=False`` when p2pd is gone (a Ctrl-C to the group ends it): every goodbye to it would wait for an
+    answer that never comes, so the DHT process is terminated at once (it ends its own children)."""
     try:
         if getattr(dht, "_p2p_replica", None) is not None:
-            run_sync(release_p2p(dht), timeout_s, "closing the P2P replica")
+            run_sync(release_p2p(dht), timeout_s, "closing the P2P replica")  # local: closes our sockets
     except Exception as e:
         logger.debug(f"closing the P2P replica failed: {e}")
+    if not graceful and dht.is_alive():
+        dht.terminate()
     _stop_quietly(dht)
 
 
 def visible_maddrs(dht: hivemind.DHT, latest: bool = True) -> list[str]:
     """Multiaddrs (with /p2p/<peer id>) other peers can use as initial peers to join through this one."""
     return [str(m) for m in dht.get_visible_maddrs(latest=latest)]
+
+
+def daemon_pid(dht: hivemind.DHT) -> int | None:
+    """The pid of the p2pd that ``dht``'s process started (hivemind keeps it as ``node.p2p._child``)."""
+    return dht.run_coroutine(_daemon_pid)
+
+
+async def _daemon_pid(_dht: hivemind.DHT, node) -> int | None:
+    child = getattr(node.p2p, "_child", None)
+    return child.pid if child is not None else None
 
 
 def peer_id_of(dht: hivemind.DHT) -> str:

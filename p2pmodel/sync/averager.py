@@ -17,14 +17,18 @@ What changes against ``hivemind.averaging.DecentralizedAverager``:
 
 Notes for callers: hivemind names RPC handlers after the averager's class, so every peer of a swarm must
 run this exact class (a subclass, or a stock averager, never meets it in matchmaking; faults are injected
-through ``runner_class`` on the instance instead). Construct it from the main thread (hivemind installs
-a signal handler when it starts the averager process).
+through ``runner_class`` on the instance instead). Construct it from the main thread (hivemind sets SIGINT to
+"ignore" in the calling process before it forks the averager; this class puts the caller's handler back). The
+averager process ends with the process that started it (core/lifeline.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import signal
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -38,6 +42,7 @@ from hivemind.dht import DHT
 from hivemind.utils import get_logger
 from hivemind.utils.timed_storage import get_dht_time
 
+from p2pmodel.core.lifeline import arm_child
 from p2pmodel.sync.allreduce import DeterministicAllReduceRunner
 from p2pmodel.sync.matchmaking import space_leader_search
 from p2pmodel.sync.result import AveragingResult, RoundReport
@@ -111,6 +116,40 @@ class DeterministicAverager(DecentralizedAverager):
         self._reports: dict[bytes, RoundReport] = {}  # lives in the averager process
         if start:
             self.run_in_background(await_ready=True)
+
+    def run_in_background(self, await_ready: bool = True, timeout: float | None = None) -> None:
+        """Start the averager process; the caller's SIGINT handler (Ctrl-C stops the peer) survives it."""
+        previous = signal.getsignal(signal.SIGINT)
+        try:
+            super().run_in_background(await_ready=await_ready, timeout=timeout)  # SIG_IGN here, then fork
+        finally:
+            if previous is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, previous)
+
+    def start(self) -> None:
+        self._lifeline_parent = os.getpid()
+        super().start()
+
+    def run(self) -> None:  # in the averager process
+        arm_child(self._lifeline_parent)
+        super().run()
+
+    def shutdown(self, grace_s: float = 2.0) -> None:
+        """Stop the averager process; quiet if it is gone already (a SIGTERM to the whole group ends it too), and
+        never left running for multiprocessing's exit handler to wait on without a deadline."""
+        if self.is_alive():
+            super().shutdown()
+        if self.is_alive():
+            self.join(grace_s)
+        if self.is_alive():
+            self.kill()
+            self.join(1)
+
+    async def _shutdown(self, timeout: float | None) -> None:  # in the averager process
+        try:
+            await super()._shutdown(timeout)
+        except Exception as e:  # p2pd is gone (Ctrl-C reaches it too): nothing left to unregister from
+            logger.debug(f"averager shutdown: {type(e).__name__}: {e}")
 
     @property
     def residuals(self) -> tuple[torch.Tensor, ...] | None:
