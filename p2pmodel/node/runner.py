@@ -118,6 +118,7 @@ async def _serve(
         if await asyncio.to_thread(exchange.catch_up):  # late joiner: adopt the swarm's latest state first
             await asyncio.to_thread(peer.evaluate)
             await asyncio.to_thread(peer.commit, peer.round)
+        await asyncio.to_thread(releases.sync_ledger)  # the swarm's tags before our first vote
         if peer.last_report is None:
             await asyncio.to_thread(peer.evaluate)
         log.info(
