@@ -82,7 +82,7 @@ def list_(
     initial_peers: list[str] = PEERS,
     run_id: str = RUN,
     allow: list[str] = ALLOW,
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Tags with digest, round, metrics and votes x/N (each certificate verified)."""
     rid, run, certs = _tags(initial_peers, run_id, allow)
@@ -130,7 +130,7 @@ def show(
     initial_peers: list[str] = PEERS,
     run_id: str = RUN,
     allow: list[str] = ALLOW,
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """The full certificate of VERSION, every vote's signature checked."""
     from p2pmodel.swarm.signed import open_signed
@@ -205,7 +205,7 @@ def pull(
     out: Path = typer.Option(..., "-o", "--out", help="Directory to write model.safetensors + manifest.json."),
     run_id: str = RUN,
     allow: list[str] = ALLOW,
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Download VERSION's weights (hash-verified) as safetensors with a manifest."""
     from safetensors.torch import save
@@ -291,7 +291,7 @@ def _load_dir(path: Path) -> tuple[str, dict]:
 
 
 @app.command()
-def diff(a: Path, b: Path, as_json: bool = typer.Option(False, "--json")):
+def diff(a: Path, b: Path, as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
     """Per-tensor change statistics between two pulled versions (directories written by `versions pull`)."""
     for p in (a, b):
         if not (p / "manifest.json").is_file():
@@ -388,7 +388,7 @@ def propose(
     ttl_h: float = typer.Option(24.0, "--ttl-hours", min=0.1, max=24 * 30, help="How long the proposal stays open."),
     run_id: str = RUN,
     allow: list[str] = ALLOW,
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Propose that the next release candidate be a MINOR or MAJOR version (MAJOR needs a supermajority)."""
     import time

@@ -50,5 +50,11 @@ def test_help_shows_every_default(command):
     assert " . " not in text and not re.search(r"\w \.", text), text  # what an eaten "[...]" leaves behind
 
 
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_option_says_what_it_does(command):
+    bare = [p.opts[0] for p in COMMANDS[command].params if p.param_type_name == "option" and not p.help]
+    assert bare == [], f"{command}: options without help: {bare}"
+
+
 def test_every_command_group_is_covered():
     assert set(WANT) <= set(COMMANDS)

@@ -124,3 +124,12 @@ def test_private_keys_are_ignored_by_git():
         pytest.skip("not a git checkout")
     for key in ("bootstrap.key", "anywhere/identity.key"):
         assert subprocess.run(["git", "check-ignore", "-q", key], cwd=ROOT, timeout=30).returncode == 0, key
+
+
+def test_config_show_prints_toml_that_loads_back_to_the_same_config(tmp_path):
+    from p2pmodel.cli.config_cmd import to_toml
+
+    checks = 'eval.checks=[{"name": "sane", "metric": "val_loss", "max": 3}]'
+    cfg = load_config(TINY, [checks, "train.lr=1e-05", 'run_name="a \\"quoted\\" name"'])
+    (tmp_path / "shown.toml").write_text(to_toml(cfg.model_dump()))
+    assert load_config(tmp_path / "shown.toml") == cfg
