@@ -12,6 +12,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from p2pmodel.core.ids import is_hex64
 from p2pmodel.swarm.records import get_digests, publish_digest
@@ -28,17 +29,26 @@ def majority(digests: dict[str, str]) -> str | None:
     return min(counts, key=lambda d: (-counts[d], d))
 
 
+@dataclass(frozen=True)
+class Agreement:
+    """How a round's commit step ended."""
+
+    winner: str  # the digest every participant holds after it
+    committed_by: list[str] = field(default_factory=list)  # the peers whose digests decided it (this one included)
+    missing: list[str] = field(default_factory=list)  # participants waited for until the deadline, in vain
+
+
 class CommitStep:
     def __init__(self, dht, identity, run_id: str, ttl_s: float):
         self.dht, self.identity, self.run_id, self.ttl_s = dht, identity, run_id, ttl_s
 
     def agree(
         self, round_: int, digest: str, participants: Callable[[], Iterable[str]], deadline_s: float
-    ) -> tuple[str, dict[str, str]]:
+    ) -> Agreement:
         """Announce ``digest`` for ``round_`` and wait (at most ``deadline_s``) for the digests of the round's
         ``participants()`` (re-read while waiting: a peer that leaves or disconnects stops being waited for).
 
-        → (the winning digest, the digests it was chosen from); the winner is ours when nobody else answered."""
+        The winner is ours when nobody else answered."""
         me = self.identity.peer_id
         publish_digest(self.dht, self.identity, self.run_id, round_, digest, self.ttl_s)
         deadline = time.monotonic() + deadline_s
@@ -54,4 +64,4 @@ class CommitStep:
         missing = sorted(expected - set(digests))
         if missing:
             log.info("round %d: no digest from %d participant(s) in time: %s", round_, len(missing), missing[:4])
-        return majority(votes) or digest, votes
+        return Agreement(majority(votes) or digest, sorted(votes), missing)

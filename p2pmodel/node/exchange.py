@@ -7,6 +7,8 @@ from typing import Protocol
 
 import torch
 
+from p2pmodel.node.commit import Agreement
+
 
 @dataclass
 class ExchangeOutcome:
@@ -26,7 +28,7 @@ class Exchange(Protocol):
     def average(self, round_: int, delta: list[torch.Tensor], weight: float) -> ExchangeOutcome:
         """Combine this peer's ``delta`` (weighted by its samples) with the round's other peers'."""
 
-    def agree(self, round_: int, outcome: ExchangeOutcome) -> None:
+    def agree(self, round_: int, outcome: ExchangeOutcome) -> Agreement:
         """Commit step: make this peer hold the state most of the round's participants hold."""
 
     def after_commit(self, round_: int, samples_per_s: float, members: list[str]) -> None:
@@ -39,8 +41,8 @@ class SoloExchange:
     def round_closed(self, round_: int) -> bool:
         return False
 
-    def agree(self, round_: int, outcome: ExchangeOutcome) -> None:
-        pass
+    def agree(self, round_: int, outcome: ExchangeOutcome) -> Agreement:
+        return Agreement(winner="")
 
     def after_commit(self, round_: int, samples_per_s: float, members: list[str]) -> None:
         pass

@@ -1,9 +1,11 @@
 """One outer round, in the order of DESIGN.md: inner phase → delta → exchange → outer step → commit."""
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from p2pmodel.eval import EvalReport
+from p2pmodel.node.commit import Agreement
 from p2pmodel.node.exchange import Exchange, ExchangeOutcome
 from p2pmodel.train import InnerStats
 
@@ -14,6 +16,8 @@ class RoundResult:
     stats: InnerStats
     outcome: ExchangeOutcome
     report: EvalReport
+    agreement: Agreement  # how the commit step ended: who decided it, who was waited for in vain
+    seconds: float  # wall time from the first inner step to the commit
 
 
 def run_round(
@@ -24,7 +28,7 @@ def run_round(
     on_step: Callable[[int, float], None] | None = None,
 ) -> RoundResult | None:
     """Run round ``round_`` to its commit, or return None (nothing committed) if interrupted before."""
-    first = peer.trainer.step
+    first, started = peer.trainer.step, time.perf_counter()
 
     def stop_inner() -> bool:  # a peer finished its H steps (+ a short grace): the round closes, nobody idles
         return interrupted() or (peer.trainer.step > first and exchange.round_closed(round_))
@@ -37,7 +41,7 @@ def run_round(
     peer.outer.step(outcome.mean_delta)  # θ_global ← OuterOpt(θ_global, mean Δ)
     peer.load_global_into_local()
     peer.digest = peer.global_digest()
-    exchange.agree(round_, outcome)  # commit step: the digest most peers hold wins; re-sync if not ours
+    agreement = exchange.agree(round_, outcome)  # commit step: the digest most peers hold wins; else re-sync
     peer.samples_total += stats.samples
     peer.counters["bytes_sent"] += outcome.bytes_sent
     peer.counters["bytes_received"] += outcome.bytes_received
@@ -46,4 +50,5 @@ def run_round(
     exchange.after_commit(
         round_, stats.samples / max(stats.seconds, 1e-9), outcome.members
     )  # offer the state to others
-    return RoundResult(round=round_, stats=stats, outcome=outcome, report=report)
+    seconds = time.perf_counter() - started
+    return RoundResult(round_, stats, outcome, report, agreement, seconds)

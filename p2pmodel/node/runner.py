@@ -150,6 +150,11 @@ async def _serve(
                                 "event": "round",
                                 "train_loss": result.stats.loss,
                                 "group_size": result.outcome.group_size,
+                                "committed_by": len(result.agreement.committed_by),
+                                "commit_missing": len(result.agreement.missing),
+                                "steps": result.stats.steps,
+                                "inner_s": round(result.stats.seconds, 3),
+                                "round_s": round(result.seconds, 3),
                             },
                         )
                     )

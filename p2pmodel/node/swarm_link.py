@@ -28,7 +28,7 @@ from p2pmodel.compress import make_codec
 from p2pmodel.core.errors import P2PModelError
 from p2pmodel.eval.digest import canonical_bytes
 from p2pmodel.gossip import Gossip
-from p2pmodel.node.commit import CommitStep
+from p2pmodel.node.commit import Agreement, CommitStep
 from p2pmodel.node.exchange import ExchangeOutcome
 from p2pmodel.node.pace import Pace
 from p2pmodel.node.state_offers import StateOffers
@@ -211,23 +211,24 @@ class SwarmLink:
                 r.zero_()
         return ExchangeOutcome(mean_delta=sent, reason=reason)
 
-    def agree(self, round_: int, outcome: ExchangeOutcome) -> None:
+    def agree(self, round_: int, outcome: ExchangeOutcome) -> Agreement:
         """The commit step: the digest most of the round's participants hold wins; re-sync if it is not ours."""
         sync = self.cfg.sync
         # a group that formed later may still be averaging: give it a matchmaking window, requests and a stall
         deadline_s = sync.matchmaking_time_s + 2 * sync.request_timeout_s + 2 * sync.chunk_timeout_s
-        winner, votes = self.commit.agree(
+        agreement = self.commit.agree(
             round_, self.peer.digest, lambda: self.participants(round_, outcome.members), deadline_s
         )
-        self._last_members = sorted(votes)
-        if winner != self.peer.digest:
+        self._last_members = agreement.committed_by
+        if agreement.winner != self.peer.digest:
             log.warning(
                 "round %d: this peer holds %s but most peers hold %s: re-syncing",
                 round_,
                 self.peer.digest[:12],
-                winner[:12],
+                agreement.winner[:12],
             )
-            self.offers.resync(round_, winner)
+            self.offers.resync(round_, agreement.winner)
+        return agreement
 
     def after_commit(self, round_: int, samples_per_s: float, members: list[str]) -> None:
         """Serve the committed state to late joiners and refresh our peer record."""
