@@ -28,9 +28,13 @@ class Stopper:
         self.lost: str | None = None  # the watched process that died, if one did
         self.deadline_s = deadline_s
         self._unwatched = threading.Event()
+        self.overrun: threading.Timer | None = None  # armed by the first signal; ends the process at its deadline
 
     def install(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        """Handle SIGINT and SIGTERM on ``loop`` (an asyncio loop in the main thread), else with signal.signal."""
+        """Handle SIGINT and SIGTERM on ``loop`` (an asyncio loop in the main thread), else with signal.signal
+        (only the main thread may; elsewhere this does nothing)."""
+        if loop is None and threading.current_thread() is not threading.main_thread():
+            return
         for sig in (signal.SIGINT, signal.SIGTERM):
             if loop is not None:
                 loop.add_signal_handler(sig, self.on_signal, sig)
@@ -51,12 +55,16 @@ class Stopper:
         self.signal_name = name
         log.info("%s received: stopping after the current step (again: at once)", name)
         self.event.set()
-        timer = threading.Timer(self.deadline_s, self._overrun)
-        timer.daemon = True
-        timer.start()
+        self.overrun = threading.Timer(self.deadline_s, self._overrun)
+        self.overrun.daemon = True
+        self.overrun.start()
 
     def _overrun(self) -> None:
-        print(f"error: still stopping {self.deadline_s:g} s after {self.signal_name}; ended it", file=sys.stderr)
+        print(
+            f"error: not stopped {self.deadline_s:g} s after {self.signal_name}: ended it and its processes"
+            " (the last committed round is kept)",
+            file=sys.stderr,
+        )
         hard_exit(1)
 
     def watch(self, parts: Mapping[str, int | None]) -> None:

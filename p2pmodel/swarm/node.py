@@ -214,4 +214,5 @@ def run_bootstrap(
     announce_maddrs: Sequence[str] | None = None,
 ) -> hivemind.DHT:
     """A DHT-only server node that others join through (``p2pmodel bootstrap``); print ``visible_maddrs``."""
+    check_ports_free(host_maddrs or DEFAULT_HOST_MADDRS, "--host-maddrs")
     return start_dht(identity_path, [], host_maddrs, announce_maddrs, client_mode=False)
