@@ -102,6 +102,24 @@ def alive(pids: dict[int, tuple[int, str]]) -> dict[int, tuple[int, str]]:
     return {p: v for p, v in pids.items() if p in table and table[p][1] == v[0] and table[p][2] != "Z"}
 
 
+_CLK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid``, its reaped children and its live descendants."""
+    total = 0.0
+    for p in [pid, *descendants(pid)]:
+        try:
+            with open(f"/proc/{p}/stat", "rb") as f:
+                raw = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        fields = raw[raw.rfind(")") + 2 :].split()
+        # utime, stime, cutime, cstime = fields 14-17 (indexes 11-14 here)
+        total += sum(int(x) for x in fields[11:15]) / _CLK
+    return total
+
+
 def kill_pids(pids: dict[int, tuple[int, str]]) -> list[int]:
     """SIGKILL each still-running PID of ``pids`` (checked by start time first); the PIDs killed."""
     killed = []
@@ -123,6 +141,7 @@ class TimedPeer(PeerProcess):
 
     def __init__(self, name: str, argv: list[str], log_path: Path, incarnation: int = 0):
         self.times: list[float] = []
+        self.cpu: list[float] = []  # CPU seconds of the process tree when each event arrived (tree_cpu_s)
         self.incarnation = incarnation
         self.seen: dict[int, tuple[int, str]] = {}
         self.started_at = time.monotonic()
@@ -134,7 +153,9 @@ class TimedPeer(PeerProcess):
                 ev = json.loads(line)
             except ValueError:
                 continue
-            self.times.append(time.monotonic())  # time first: len(times) >= len(events) for readers
+            t = time.monotonic()
+            self.cpu.append(tree_cpu_s(self.proc.pid) if ev.get("event") == "round" else 0.0)
+            self.times.append(t)  # cpu and time first: len(times) >= len(events) for readers
             self.events.append(ev)
 
     @property
@@ -154,6 +175,10 @@ class TimedPeer(PeerProcess):
 
     def round_events(self) -> list[tuple[float, dict]]:
         return [(t, e) for t, e in zip(list(self.times), list(self.events), strict=False) if e.get("event") == "round"]
+
+    def round_cpu(self) -> list[tuple[float, dict]]:
+        """[(CPU seconds of the process tree, event)] for each round event."""
+        return [(c, e) for c, e in zip(list(self.cpu), list(self.events), strict=False) if e.get("event") == "round"]
 
     def summary(self) -> dict | None:
         return next((e for e in reversed(list(self.events)) if e.get("event") == "summary"), None)

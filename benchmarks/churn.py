@@ -105,7 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--pause-s", type=float, default=3.0, help="pause between a victim's exit and its restart")
     ap.add_argument("--left-after-s", type=float, default=10.0, help="when to look for processes left behind")
     ap.add_argument("--exit-timeout-s", type=float, default=60.0, help="then a SIGTERM/SIGINT victim's group is killed")
-    ap.add_argument("--timeout-s", type=float, default=None, help="limit per run [60 + 25 s per round]")
+    ap.add_argument("--timeout-s", type=float, default=None, help="limit per run [120 + 40 s per round]")
     ap.add_argument("--config", type=Path, default=TINY)
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra config override (repeatable)")
     ap.add_argument("--workdir", type=Path, default=None, help="scratch dir [a new temp dir]")
@@ -123,7 +123,7 @@ def overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run_timeout(args: argparse.Namespace, rounds: int) -> float:
-    return args.timeout_s if args.timeout_s is not None else 60.0 + 25.0 * rounds
+    return args.timeout_s if args.timeout_s is not None else 120.0 + 40.0 * rounds
 
 
 def disruption_schedule(rounds: int, every: int) -> list[int]:

@@ -18,6 +18,15 @@ averaging, the commit step, evaluation, checkpointing, votes) is in the denomina
 (data, model, DHT join) and round 1 are not. ``ratio_vs_solo`` = a swarm peer's / the solo daemon's; the
 target is the mean ratio >= 0.9. ``inner_phase_steps_per_s`` is the median of the rate the peer logs for its
 inner phase alone ("steps 50 (14.2 steps/s)"), to tell CPU contention from round overhead.
+``inner_steps_per_cpu_s`` = the same steps / the CPU seconds (user + system) the peer's process tree (the peer,
+its p2pd and hivemind's child processes) used between those two events (sampled from /proc when each event
+arrives), and ``cpu_ratio_vs_solo`` (swarm mean / solo): the CPU cost of a swarm peer's round against the solo
+daemon's, which other jobs on the machine do not change.
+``efficiency`` = inner steps/s / inner_phase_steps_per_s (the share of the time spent in inner steps at the peer's
+own inner-phase rate) and ``efficiency_ratio_vs_solo`` (swarm mean / solo) compare the round overhead alone, which
+other load on the cores affects far less than the raw rates. With ``--repeats K`` the solo and swarm runs are
+done K times in pairs (solo then swarm, swarm then solo, ...), and the headline ratio is the median over pairs of
+each pair's mean ratio: a busy machine (other jobs) drifts between two runs minutes apart.
 Round wall time: T(r) = when the last peer of the run emitted its round-r event, wall(r) = T(r) - T(r-1) for
 r = 2..N (median reported); group size: the mean of ``group_size`` over all round events.
 Kill section: the survivors' wall of round k+1 (k = --kill-after; the round during which the victim died),
@@ -77,12 +86,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0, help="(c): seed of the victim choice")
     ap.add_argument("--left-after-s", type=float, default=10.0, help="(c): when to look for processes left behind")
     ap.add_argument("--timeout-s", type=float, default=None, help="limit per run [120 + 60 s per round]")
+    ap.add_argument("--repeats", type=int, default=1, help="solo/swarm pairs, alternating which runs first")
     ap.add_argument("--skip-solo", action="store_true", help="(for checking the script) skip (a) and (b)")
     ap.add_argument("--workdir", type=Path, default=None, help="scratch dir [a new temp dir]")
     ap.add_argument("--keep", action="store_true", help="keep the workdir (logs, data dirs)")
     args = ap.parse_args(argv)
-    if args.max_rounds < 2 or args.swarm_peers < 1 or args.kill_after < 1 or args.kill_peers < 2:
-        ap.error("--max-rounds >= 2, --swarm-peers >= 1, --kill-after >= 1, --kill-peers >= 2")
+    if args.max_rounds < 2 or args.swarm_peers < 1 or args.kill_after < 1 or args.kill_peers < 2 or args.repeats < 1:
+        ap.error("--max-rounds >= 2, --swarm-peers >= 1, --kill-after >= 1, --kill-peers >= 2, --repeats >= 1")
     if args.kill_rounds is None:
         args.kill_rounds = args.kill_after + 4
     if args.kill_rounds < args.kill_after + 2:
@@ -115,6 +125,9 @@ def peer_pace(p: TimedPeer) -> dict:
             seconds=round(t1 - t0, 2),
             inner_steps_per_s=round(steps / (t1 - t0), 3) if t1 > t0 else None,
         )
+        cpu = [c for c, _e in p.round_cpu()] if hasattr(p, "round_cpu") else []
+        if len(cpu) >= 2 and cpu[-1] > cpu[0]:
+            out.update(cpu_s=round(cpu[-1] - cpu[0], 2), inner_steps_per_cpu_s=round(steps / (cpu[-1] - cpu[0]), 3))
     return out
 
 
@@ -246,17 +259,55 @@ def run_kill(args, workdir: Path) -> dict:
         }
 
 
+def efficiency(p: dict) -> float | None:
+    """inner_steps_per_s / inner_phase_steps_per_s: the share of a peer's time between its first and last round
+    events that its inner steps would take at its own logged inner-phase rate (1 = no round overhead)."""
+    return ratio(p.get("inner_steps_per_s"), p.get("inner_phase_steps_per_s"))
+
+
 def compare(solo: dict, swarm: dict) -> dict:
-    base = solo["per_peer"][next(iter(solo["per_peer"]))]["inner_steps_per_s"]
+    one = solo["per_peer"][next(iter(solo["per_peer"]))]
+    base = one["inner_steps_per_s"]
     ratios = {name: ratio(p["inner_steps_per_s"], base) for name, p in swarm["per_peer"].items()}
     good = [r for r in ratios.values() if r is not None]
     mean = round(statistics.fmean(good), 3) if good and len(good) == len(ratios) else None
+    eff = {name: efficiency(p) for name, p in swarm["per_peer"].items()}
+    eff_ok = [e for e in eff.values() if e is not None]
     return {
         "solo_inner_steps_per_s": base,
         "swarm_inner_steps_per_s": {n: p["inner_steps_per_s"] for n, p in swarm["per_peer"].items()},
         "ratio_vs_solo": ratios,
         "mean_ratio_vs_solo": mean,
         "median_round_wall_ratio_swarm_vs_solo": ratio(swarm["median_round_wall_s"], solo["median_round_wall_s"]),
+        "solo_efficiency": efficiency(one),
+        "swarm_efficiency": eff,
+        "efficiency_ratio_vs_solo": ratio(statistics.fmean(eff_ok), efficiency(one)) if eff_ok else None,
+        "cpu_ratio_vs_solo": ratio(
+            _mean([p.get("inner_steps_per_cpu_s") for p in swarm["per_peer"].values()]),
+            one.get("inner_steps_per_cpu_s"),
+        ),
+        "load_avg_1m": {"solo": solo["load_avg_start"][0], "swarm": swarm["load_avg_start"][0]},
+    }
+
+
+def _mean(values) -> float | None:
+    values = list(values)
+    return statistics.fmean(values) if values and None not in values else None
+
+
+def summarize_pairs(pairs: list[dict]) -> dict:
+    """The median over solo/swarm pairs of each pair's mean ratio (and efficiency ratio)."""
+    means = [p["comparison"]["mean_ratio_vs_solo"] for p in pairs]
+    effs = [p["comparison"]["efficiency_ratio_vs_solo"] for p in pairs]
+    cpus = [p["comparison"].get("cpu_ratio_vs_solo") for p in pairs]
+    return {
+        "pairs": len(pairs),
+        "mean_ratio_vs_solo_by_pair": means,
+        "efficiency_ratio_vs_solo_by_pair": effs,
+        "mean_ratio_vs_solo": round(statistics.median(means), 3) if None not in means else None,
+        "efficiency_ratio_vs_solo": round(statistics.median(effs), 3) if effs and None not in effs else None,
+        "cpu_ratio_vs_solo_by_pair": cpus,
+        "cpu_ratio_vs_solo": round(statistics.median(cpus), 3) if cpus and None not in cpus else None,
     }
 
 
@@ -269,10 +320,20 @@ def main(argv: list[str] | None = None) -> int:
     progress(f"workdir {workdir}")
     result: dict = {"benchmark": "pace", "config": args.config.name, "overrides": args.overrides}
     try:
-        if not args.skip_solo:
-            solo = run_section("solo", args, workdir / "solo", 1, args.max_rounds, bootstrap=False)
-            swarm = run_section("swarm", args, workdir / "swarm", args.swarm_peers, args.max_rounds, bootstrap=True)
-            result.update(solo=solo, swarm=swarm, comparison=compare(solo, swarm))
+        pairs = []
+        for i in range(0 if args.skip_solo else args.repeats):
+            sfx = f".{i}" if args.repeats > 1 else ""
+            pair: dict = {}
+            for which in ("solo", "swarm") if i % 2 == 0 else ("swarm", "solo"):  # ABBA: a drifting load evens out
+                if which == "solo":
+                    pair["solo"] = run_section("solo", args, workdir / f"solo{sfx}", 1, args.max_rounds, False)
+                else:
+                    n = args.swarm_peers
+                    pair["swarm"] = run_section("swarm", args, workdir / f"swarm{sfx}", n, args.max_rounds, True)
+            pair["comparison"] = compare(pair["solo"], pair["swarm"])
+            pairs.append({"order": "solo,swarm" if i % 2 == 0 else "swarm,solo", **pair})
+        if pairs:
+            result.update(pairs=pairs, comparison=summarize_pairs(pairs))
         if args.sigkill_one:
             result["kill"] = run_kill(args, workdir / "kill")
     finally:

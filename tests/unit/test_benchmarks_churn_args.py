@@ -152,7 +152,7 @@ def test_targets():
     assert churn.targets(None, _churn_result(1.0, 1), 2)["max_round_wall_le_2x_median"] is False
 
 
-def test_pace_args_and_comparison():
+def test_pace_args():
     a = pace.parse_args([])
     assert (a.max_rounds, a.swarm_peers, a.sigkill_one, a.kill_after, a.kill_rounds, a.overrides) == (
         8,
@@ -168,16 +168,39 @@ def test_pace_args_and_comparison():
         pace.parse_args(["--max-rounds", "1"])
     with pytest.raises(SystemExit):
         pace.parse_args(["--kill-after", "3", "--kill-rounds", "4"])
-    solo = {"per_peer": {"solo": {"inner_steps_per_s": 10.0}}, "median_round_wall_s": 5.0}
+    assert pace.parse_args(["--repeats", "3"]).repeats == 3
+    with pytest.raises(SystemExit):
+        pace.parse_args(["--repeats", "0"])
+
+
+def test_pace_comparison_and_pairs():
+    solo = {
+        "per_peer": {"solo": {"inner_steps_per_s": 10.0, "inner_phase_steps_per_s": 12.5}},
+        "median_round_wall_s": 5.0,
+        "load_avg_start": [1.0, 1.0, 1.0],
+    }
     swarm = {
-        "per_peer": {"s1": {"inner_steps_per_s": 9.5}, "s2": {"inner_steps_per_s": 8.5}},
+        "per_peer": {
+            "s1": {"inner_steps_per_s": 9.5, "inner_phase_steps_per_s": 12.5},
+            "s2": {"inner_steps_per_s": 8.5, "inner_phase_steps_per_s": 12.5},
+        },
         "median_round_wall_s": 6.0,
+        "load_avg_start": [2.0, 1.0, 1.0],
     }
     c = pace.compare(solo, swarm)
     assert c["ratio_vs_solo"] == {"s1": 0.95, "s2": 0.85} and c["mean_ratio_vs_solo"] == 0.9
-    assert c["median_round_wall_ratio_swarm_vs_solo"] == 1.2
+    assert c["median_round_wall_ratio_swarm_vs_solo"] == 1.2 and c["load_avg_1m"] == {"solo": 1.0, "swarm": 2.0}
+    assert c["solo_efficiency"] == 0.8 and c["swarm_efficiency"] == {"s1": 0.76, "s2": 0.68}
+    assert c["efficiency_ratio_vs_solo"] == 0.9
+    pairs = [{"comparison": c}, {"comparison": {**c, "mean_ratio_vs_solo": 1.2, "efficiency_ratio_vs_solo": 1.0}}]
+    pairs.append({"comparison": {**c, "mean_ratio_vs_solo": 0.5, "efficiency_ratio_vs_solo": 0.7}})
+    summary = pace.summarize_pairs(pairs)
+    assert summary["mean_ratio_vs_solo_by_pair"] == [0.9, 1.2, 0.5] and summary["mean_ratio_vs_solo"] == 0.9
+    assert summary["efficiency_ratio_vs_solo"] == 0.9 and summary["pairs"] == 3
     swarm["per_peer"]["s2"]["inner_steps_per_s"] = None  # a peer with fewer than 2 rounds: no mean
-    assert pace.compare(solo, swarm)["mean_ratio_vs_solo"] is None
+    c = pace.compare(solo, swarm)
+    assert c["mean_ratio_vs_solo"] is None and pace.summarize_pairs([{"comparison": c}])["mean_ratio_vs_solo"] is None
+    json.dumps(c)
 
 
 def test_peer_pace_counts_steps_between_first_and_last_round(tmp_path):
@@ -215,6 +238,7 @@ def test_proc_helpers_on_this_process():
     assert harness.alive(mine) == mine
     assert harness.alive({me: (table[me][1] + 1, "x")}) == {}  # same PID, other start time: another process
     assert me in harness.descendants(os.getppid(), table)
+    assert harness.tree_cpu_s(me) > 0 and harness.tree_cpu_s(2**22 + 12345) == 0.0  # no such PID: nothing counted
 
 
 def test_help_runs_without_starting_anything():
