@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 PEERS ?= 3
 ROUNDS ?= 4
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test test-fast lint bench
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -23,6 +23,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# the tier without processes (no DHT, no peers, no subprocess): seconds, for the edit-test loop
+test-fast: install
+	P2PMODEL_FAST_TIER=1 $(BIN)/python -m pytest -m "not swarm"
 
 lint: install
 	$(BIN)/ruff check .

@@ -46,6 +46,7 @@ def _netns_usable() -> str | None:
     return None if r.returncode == 0 else f"cannot create a network namespace: {r.stderr.strip()}"
 
 
+@pytest.mark.swarm
 @pytest.mark.timeout(170)
 def test_communication_benchmark_tiny_run_reports_every_mode():
     reason = _netns_usable()

