@@ -22,13 +22,14 @@ def bootstrap(
     """Run a DHT-only node and print the multiaddrs peers join with (--initial-peers). Stops on Ctrl-C/SIGTERM."""
     from p2pmodel.core.errors import SwarmError
     from p2pmodel.core.lifeline import alive
-    from p2pmodel.core.stopper import Stopper
+    from p2pmodel.core.stopper import Stopper, skip_final_gc
     from p2pmodel.swarm.listen import expand_wildcards, has_wildcard
     from p2pmodel.swarm.node import daemon_pid, run_bootstrap, stop_dht, visible_maddrs
 
     setup_logging()
     stop = Stopper()  # Ctrl-C/SIGTERM stop it, a second one at once; so does p2pd dying (a Ctrl-C reaches it too)
     stop.install()
+    skip_final_gc()
     dht = run_bootstrap(identity, host_maddrs, announce_maddrs or None)
     p2pd = None
     try:

@@ -5,6 +5,8 @@ it depends on dying (p2pd dies with a Ctrl-C to the whole group); a second signa
 from __future__ import annotations
 
 import asyncio
+import atexit
+import gc
 import logging
 import multiprocessing
 import os
@@ -106,6 +108,19 @@ def end_children(grace_s: float = 2.0, terminate: bool = False) -> list[int]:
             child.join(1)
             killed.append(child.pid)
     return killed
+
+
+def skip_final_gc() -> None:
+    """At interpreter exit, skip the last cyclic GC over torch's, hivemind's and the data's objects: it cost 2-5 of
+    the 3-6 s between "stopped" and the process gone on a busy 2-core machine (measured with gc.freeze there:
+    0.6-1.5 s). Objects are still freed by reference counting; only cycles are left to the OS."""
+    global _final_gc_skipped
+    if not _final_gc_skipped:
+        atexit.register(gc.freeze)
+        _final_gc_skipped = True
+
+
+_final_gc_skipped = False
 
 
 def hard_exit(code: int) -> None:
