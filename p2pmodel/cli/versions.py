@@ -89,6 +89,9 @@ def list_(
     if as_json:
         emit_json({"run_id": rid, "run_name": run.get("run_name"), "versions": [_summary(c) for c in certs]})
         return
+    if not certs:  # an empty table says less than this
+        typer.echo(f"run {rid} ({run.get('run_name')}): no version tagged yet (a candidate every release_every rounds)")
+        return
     table = Table(title=f"run {rid} ({run.get('run_name')}): {len(certs)} version(s)")
     for col in ("version", "digest", "round", "val loss", "votes", "parent"):
         table.add_column(col, overflow="fold")
