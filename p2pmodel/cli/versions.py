@@ -124,7 +124,8 @@ def _find(certs, version: str) -> dict:
     for c in certs:
         if Version.parse(c["version"]) == want:
             return c
-    raise UsageError(f"unknown version {version} (known: {', '.join(c['version'] for c in certs) or 'none'})")
+    # what the swarm holds is a runtime condition (peers may still be publishing), not a usage mistake: exit 1
+    raise SwarmError(f"unknown version {version} (known: {', '.join(c['version'] for c in certs) or 'none'})")
 
 
 @app.command()
