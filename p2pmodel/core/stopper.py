@@ -55,7 +55,7 @@ class Stopper:
             log.warning("second %s: stopping now", name)
             hard_exit(128 + sig)
         self.signal_name = name
-        log.info("%s received: stopping after the current step (again: at once)", name)
+        log.info("%s received: stopping (a second one stops at once)", name)
         self.event.set()
         self.overrun = threading.Timer(self.deadline_s, self._overrun)
         self.overrun.daemon = True

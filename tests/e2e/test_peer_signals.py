@@ -2,11 +2,11 @@
 
 One swarm serves every case (a bootstrap and one peer per case, each peer its own run so no peer waits on
 another), all side by side: Ctrl-C (SIGINT to the process group), SIGTERM to the group, SIGTERM to the main pid
-(docker stop), a second Ctrl-C, SIGKILL of the main pid; each peer commits a round first and its descendants
-(hivemind's DHT and averager processes, p2pd, torch's shm manager) are read from /proc before the signal.
-Stopped peers are restarted alone on their data dir and must resume their last committed round. Also: a second
-peer on a data dir in use, and a p2p port held by another bootstrap, both refused with exit 2 and one line; that
-bootstrap SIGKILLed, the swarm's bootstrap stopped with Ctrl-C.
+(docker stop), a second Ctrl-C, SIGKILL of the main pid, p2pd SIGKILLed alone; each peer commits a round first
+and its descendants (hivemind's DHT and averager processes, p2pd, torch's shm manager) are read from /proc before
+the signal. Stopped peers are restarted alone on their data dir and must resume their last committed round.
+Also: a second peer on a data dir in use, and a p2p port held by another bootstrap, both refused with exit 2 and
+one line; that bootstrap SIGKILLed, the swarm's bootstrap stopped with Ctrl-C.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.swarm
 
 STOP_S = 15.0  # signal → process gone, descendants included
 ORPHAN_S = 10.0  # SIGKILL of the main pid → its descendants gone
-CASES = ("int", "term_group", "term_pid", "int_twice", "kill")
+CASES = ("int", "term_group", "term_pid", "int_twice", "kill", "p2pd_dies")
 RESTARTED = ("int", "term_group", "int_twice")  # term_pid: its HEAD is checked (a restart costs ~5 s of CPU)
 SMALL = ["data.max_corpus_bytes=300000"]  # half the start-up time of FAST's 2 MB; each peer is its own run anyway
 
@@ -152,6 +152,8 @@ def _drive(case: Case, work: Path) -> None:
         p.signal(signal.SIGTERM)
     elif case.name == "term_pid":
         p.proc.send_signal(signal.SIGTERM)
+    elif case.name == "p2pd_dies":  # alone, no signal to the peer: it must not go on training alone
+        os.kill(next(pid for pid, name in case.tree.items() if name == "p2pd"), signal.SIGKILL)
     else:
         p.proc.send_signal(signal.SIGKILL)
     limit = 5.0 if case.name == "int_twice" else STOP_S
@@ -330,6 +332,16 @@ def test_sigkill_of_the_main_pid_leaves_no_orphans(swarm_run):
     assert case.rc == -signal.SIGKILL
     assert case.left == [], f"alive {ORPHAN_S} s after SIGKILL: {[(pid, case.tree[pid]) for pid in case.left]}"
     print(f"SIGKILL of the main pid: {len(case.tree)} descendants gone after {case.tree_gone_s:.1f} s")
+
+
+@pytest.mark.timeout(600)
+def test_p2pd_dying_alone_stops_the_peer_with_exit_1(swarm_run):
+    case = swarm_run["cases"]["p2pd_dies"]
+    _check_stopped(case, rc=1)
+    errors = [x for x in case.proc.stderr_tail(5).splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and "p2pd" in errors[0] and "exited" in errors[0], case.proc.stderr_tail()
+    assert case.head is not None and case.head[0] >= case.committed["round"]
+    print(f"p2pd SIGKILLed: the peer exits 1 after {case.exit_s:.1f} s")
 
 
 @pytest.mark.timeout(600)
