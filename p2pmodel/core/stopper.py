@@ -24,6 +24,8 @@ WATCH_S = 0.5
 
 
 class Stopper:
+    """The stop flag of one command, with who set it: a signal (a clean stop, exit 0) or a lost process (exit 1)."""
+
     def __init__(self, deadline_s: float = STOP_DEADLINE_S):
         self.event = threading.Event()
         self.signal_name: str | None = None  # the first signal received
