@@ -547,3 +547,36 @@ def test_survivors_of_a_crash_keep_tagging_and_a_joiner_fetches_the_ledger(net, 
         for s in servers:
             s.close()
         _close([a, b, *joiner])
+
+
+@pytest.mark.timeout(90)
+def test_the_tag_index_outlives_its_dht_lifetime(net, tmp_path):
+    """The tag index is a DHT record with a lifetime (10 × swarm.record_ttl_s); a peer republishes it at a commit
+    once a third of it has passed. Before, it was published at start and on a new tag only, so after ten minutes
+    without a tag `versions list` showed nothing and `versions pull` of a tagged version failed."""
+    from p2pmodel.node.light import sync_tags
+    from p2pmodel.swarm.keys import TAG_INDEX_KIND, tags_key
+    from p2pmodel.swarm.records import get_signed
+    from p2pmodel.versioning.ledger import Ledger
+
+    run = "run-index"
+    a, b, c = nodes = _start_nodes(net, [0, 1, 2], run, tmp_path, ["swarm.record_ttl_s=1.2"])  # index lives 12 s
+    d2 = sha256_hex(b"round 2")
+    servers = []
+    try:
+        _commit_all(nodes, 2, d2, [_report(4.0, d2)] * 3, [n.id for n in nodes])
+        assert _wait(lambda: all(n.versions == ["v0.1.0"] for n in nodes), 20)
+        servers = [_serve_certs(n) for n in nodes]
+        started = time.monotonic()
+        round_ = 1
+        while time.monotonic() - started < 15:  # past the first index's lifetime, commits of non-release rounds
+            round_ += 2
+            _commit_all(nodes, round_, d2, [_report(4.0, d2)] * 3, [n.id for n in nodes])
+            time.sleep(1.0)
+        assert get_signed(a.link.dht, tags_key(run), TAG_INDEX_KIND), "no peer indexes its tags any more"
+        fresh = Ledger(tmp_path / "light" / "ledger.bin")
+        assert sync_tags(b.link.dht, run, fresh) == 1 and [c["version"] for c in fresh.all()] == ["v0.1.0"]
+    finally:
+        for s in servers:
+            s.close()
+        _close(nodes)
