@@ -24,6 +24,7 @@ except UsageError as e:
 """
 
 
+@pytest.mark.swarm
 @pytest.mark.timeout(60)
 def test_second_process_on_a_locked_data_dir_is_refused_with_the_holders_pid(tmp_path):
     lock_data_dir(tmp_path)

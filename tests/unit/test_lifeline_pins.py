@@ -61,6 +61,7 @@ def test_hivemind_internals_we_depend_on():
     assert list(inspect.signature(DecentralizedAverager._shutdown).parameters) == ["self", "timeout"]
 
 
+@pytest.mark.swarm
 @pytest.mark.timeout(90)
 def test_dht_and_averager_processes_are_armed_and_sigterm_takes_p2pd_along():
     sigint_before = signal.getsignal(signal.SIGINT)
@@ -102,6 +103,7 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.swarm
 @pytest.mark.timeout(60)
 def test_sigkill_of_the_parent_ends_children_and_grandchildren(tmp_path):
     script = tmp_path / "parent.py"

@@ -15,6 +15,7 @@ def _sleeper() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
 
 
+@pytest.mark.swarm
 @pytest.mark.timeout(30)
 def test_a_watched_process_that_dies_stops_as_a_failure():
     stop, proc = Stopper(), _sleeper()
@@ -30,6 +31,7 @@ def test_a_watched_process_that_dies_stops_as_a_failure():
         proc.wait(10)
 
 
+@pytest.mark.swarm
 @pytest.mark.timeout(30)
 def test_no_failure_after_unwatch_or_a_signal():
     stop, proc = Stopper(deadline_s=60), _sleeper()
