@@ -55,6 +55,17 @@ baseline median), tag_per_3x_release_every_after_each_departure. Always exits 0 
 the end includes the run itself) show how busy the cores were: anything else running on them slows every figure.
 
 Run: python benchmarks/churn.py [--rounds 30] [--every 4] [--baseline-rounds 10] [--seed 0] [--keep]
+
+Measured 2026-12-02 at the defaults on a 2-core machine shared with other jobs (load average 4-20 during the runs,
+so the round walls swing with that load as much as with the churn), 7 disruptions each:
+  seed 0: 30 rounds, no missing round, one digest in every round, 0 processes left behind, 5/5 checkpoints load;
+          round wall median 12.9 s (baseline 13.1 s), max 34.4 s (2.63x; round 28, a SIGKILL during averaging);
+          9 tags, but none from round 12 to 28: the tag of round 12 was assembled by the peer that got SIGINT at that
+          moment, two peers never received it and refused to vote for another v0.1.5 ("already accepted another
+          candidate for v0.1.5: not voting on round 14/18/22") until round 28 -> stretch 16 rounds (target 6).
+  seed 1: 30 rounds, 0 left behind, 5/5 checkpoints load, a tag every 2 rounds (15 tags; longest stretch 4);
+          round 12 had 2 digests (a restarted peer one round behind committed its own 1-step state alone while the
+          others adopted another); wall median 10.2 s (baseline 7.7 s), max 24.1 s (3.14x, as the load rose to 20).
 """
 
 from __future__ import annotations
@@ -314,15 +325,15 @@ def run_churn(args: argparse.Namespace, workdir: Path) -> dict:
             d["left_behind"] = [
                 {"pid": pid, "comm": comm} for pid, (_s, comm) in alive(victim.seen).items() if pid != victim.pid
             ]
-        for d in disruptions:  # the round each restarted incarnation first committed
-            inc = d.pop("_restarted", None)
-            d["restart_first_round"] = inc.rounds()[0]["round"] if inc is not None and inc.rounds() else None
-            for k in ("_victim", "_t", "_exited"):
-                d.pop(k, None)
         progress(f"churn: swarm at round {h.swarm_round()}; reading tags (versions list) before stopping")
         listed, list_error = versions_list(h.maddr)
         stop = final_stop(h, args.left_after_s)
         h.stop()
+        for d in disruptions:  # the round each restarted incarnation first committed (until the final stop)
+            inc = d.pop("_restarted", None)
+            d["restart_first_round"] = inc.rounds()[0]["round"] if inc is not None and inc.rounds() else None
+            for k in ("_victim", "_t", "_exited"):
+                d.pop(k, None)
         round_range = range(1, rounds + 1)
         walls = round_walls(h.incarnations, range(2, rounds + 1))
         tags = tags_from_logs([p.log_path for p in h.incarnations], h.t0_wall)

@@ -36,7 +36,15 @@ rounds, the victim's exit code, and its descendants (recorded just before the si
 ``load_avg_start`` / ``load_avg_end`` (os.getloadavg() before a run's processes start and after they stopped, so
 the end includes the run itself) show how busy the cores were: anything else running on them slows every figure.
 
-Run: python benchmarks/pace.py [--max-rounds 8] [--set train.inner_steps=50 ...] [--sigkill-one] [--keep]
+Run: python benchmarks/pace.py [--max-rounds 8] [--set train.inner_steps=50 ...] [--sigkill-one] [--repeats 2] [--keep]
+
+Measured 2026-12-02 at the defaults on a 2-core machine shared with other jobs (load average 4-16, so a solo peer
+ran its inner steps at 1.5-4.7 steps/s instead of ~15): the ratio is decided by that load, not by the daemon.
+  --sigkill-one (1 pair):    swarm/solo 1.88 (solo under load 15, swarm under 5-8); kill: next round 0.70x
+  --sigkill-one --repeats 2: pairs 0.954 and 0.681 (median 0.818); CPU-seconds per step swarm/solo 0.948 and
+                             0.826; efficiency ratio 0.751 and 1.10; kill: next round 10.2 s vs 22.9 s (0.44x)
+  In every kill run the survivors' next round was faster than round 2 (3 peers -> 2 on 2 cores, no wait for the
+  dead peer beyond its round), no process of the victim was left behind.
 """
 
 from __future__ import annotations
