@@ -38,6 +38,7 @@ def test_wildcard_listen_address_is_expanded_per_interface_with_the_bound_port()
     assert has_wildcard(["/ip4/0.0.0.0/tcp/1"]) and not has_wildcard(["/ip4/127.0.0.1/tcp/1"])
 
 
+@pytest.mark.swarm  # runs `ip -j addr`
 def test_this_machines_interfaces_include_loopback():
     assert "127.0.0.1" in interface_addresses()["ip4"]
 
@@ -119,6 +120,7 @@ def test_tiny_releases_rarely_and_the_demo_brings_its_own_cadence():
     assert DEMO_RELEASE_EVERY == "versioning.release_every=2"
 
 
+@pytest.mark.swarm  # runs git
 def test_private_keys_are_ignored_by_git():
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
