@@ -43,12 +43,20 @@ class CommitStep:
         self.dht, self.identity, self.run_id, self.ttl_s = dht, identity, run_id, ttl_s
 
     def agree(
-        self, round_: int, digest: str, participants: Callable[[], Iterable[str]], deadline_s: float
+        self,
+        round_: int,
+        digest: str,
+        participants: Callable[[], Iterable[str]],
+        eligible: Callable[[], Iterable[str]],
+        deadline_s: float,
     ) -> Agreement:
         """Announce ``digest`` for ``round_`` and wait (at most ``deadline_s``) for the digests of the round's
         ``participants()`` (re-read while waiting: a peer that leaves or disconnects stops being waited for).
 
-        The winner is ours when nobody else answered."""
+        The majority is taken over the digests of every ``eligible()`` peer of the run that has announced one by
+        then (participants included), not only those waited for: a peer that missed the others' "ready" (it was
+        restarting, or its group failed) still sees the state most of them hold. The winner is ours when nobody
+        else answered."""
         me = self.identity.peer_id
         publish_digest(self.dht, self.identity, self.run_id, round_, digest, self.ttl_s)
         deadline = time.monotonic() + deadline_s
@@ -58,8 +66,9 @@ class CommitStep:
             if expected <= set(digests) or time.monotonic() >= deadline:
                 break
             time.sleep(POLL_S)
-        # only participants vote, and only with a real digest ("" would send everyone re-syncing)
-        votes = {p: d for p, d in digests.items() if p in expected and is_hex64(d)}
+        # only peers known to be in this run vote, and only with a real digest ("" would send everyone re-syncing)
+        voters = expected | set(eligible())
+        votes = {p: d for p, d in digests.items() if p in voters and is_hex64(d)}
         votes[me] = digest
         missing = sorted(expected - set(digests))
         if missing:

@@ -44,7 +44,7 @@ class Releases:
         )
         self.certs: dict[str, bytes] = {}  # sha256 → packed certificate (served as blobs)
         self._lock = threading.RLock()
-        self._indexed_at = -float("inf")  # when the tag index was last published (time.monotonic())
+        self._indexed_at = time.monotonic()  # when the tag index was last published (the runner does at start)
         self._ledger_behind = False  # a tag arrived whose parent this ledger lacks: sync before the next vote
         for cert in self.ledger.all():
             self._index(cert)
@@ -74,16 +74,19 @@ class Releases:
             self.sync_ledger()
         with self._lock:
             parent = self.ledger.latest()
-        if voting:
+        if voting and not self._vote(round_, members, parent) and self.sync_ledger():
+            with self._lock:  # our slot was taken by a candidate the swarm tagged without us hearing of it
+                parent = self.ledger.latest()
             self._vote(round_, members, parent)
         if time.monotonic() - self._indexed_at > self._index_ttl_s() / 3:  # keep the light clients' view alive
             self.publish_index()
 
-    def _vote(self, round_: int, members: list[str], parent: dict | None) -> None:
+    def _vote(self, round_: int, members: list[str], parent: dict | None) -> bool:
+        """Sign and gossip our vote on ``round_``'s candidate; False when our slot for its version is taken."""
         peer = self.peer
         if parent and parent["round"] >= round_:  # a quorum tagged this round (or a later one) before we voted
             log.info("round %d is already tagged (%s): not voting", round_, parent["version"])
-            return
+            return True
         bump = self.proposed_bump(parent["version"] if parent else "")
         baseline = parent["metrics"] if parent and bump != "major" else None  # MAJOR may accept a regression
         verdict, reasons = judge(
@@ -95,7 +98,7 @@ class Releases:
         same_window = round_ // self.reopen_rounds == prev_round // self.reopen_rounds  # VoteBox's rule
         if verdict == "accept" and prev_cid != cid and same_window:
             log.warning("already accepted another candidate for %s: not voting on round %d", version, round_)
-            return
+            return False
         if verdict == "accept":
             self._accepted[str(version)] = (cid, round_)
             atomic_write(self._accepted_path, json.dumps(self._accepted).encode())
@@ -125,6 +128,7 @@ class Releases:
             self.gossip.publish(VOTE_KIND, body)
         except P2PModelError as e:
             log.warning("could not publish our vote: %s", e)
+        return True
 
     def proposed_bump(self, parent_version: str) -> str:
         """PATCH unless an open proposal asks for more (the larger bump wins). A proposal made when version X was
@@ -161,6 +165,9 @@ class Releases:
 
     def _on_vote(self, msg) -> bool:
         with self._lock:
+            parent = msg.body.get("parent") if isinstance(msg.body, dict) else None
+            if isinstance(parent, str) and parent and self.ledger.get(parent) is None:
+                self._ledger_behind = True  # another voter builds on a tag we lack: fetch it before our next vote
             counted, reason = self.box.add(msg.data)
             if not counted:
                 log.debug("vote from %s not counted: %s", msg.signer, reason)

@@ -217,7 +217,11 @@ class SwarmLink:
         # a group that formed later may still be averaging: give it a matchmaking window, requests and a stall
         deadline_s = sync.matchmaking_time_s + 2 * sync.request_timeout_s + 2 * sync.chunk_timeout_s
         agreement = self.commit.agree(
-            round_, self.peer.digest, lambda: self.participants(round_, outcome.members), deadline_s
+            round_,
+            self.peer.digest,
+            participants=lambda: self.participants(round_, outcome.members),
+            eligible=lambda: self.peer_ids(max_age_s=0),
+            deadline_s=deadline_s,
         )
         self._last_members = agreement.committed_by
         if agreement.winner != self.peer.digest:
