@@ -23,7 +23,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from p2pmodel.node.launch import LOOPBACK, LocalSwarm, PeerProcess, cli_argv
+from p2pmodel.node.launch import LocalSwarm, PeerProcess, cli_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.toml"
@@ -222,48 +222,13 @@ class Harness(LocalSwarm):
     def all_processes(self) -> list[TimedPeer]:
         return list(self.incarnations) + ([self.bootstrap] if isinstance(self.bootstrap, TimedPeer) else [])
 
-    def start_bootstrap(self, timeout_s: float = 60.0) -> str:
-        argv = cli_argv() + [
-            "bootstrap",
-            "--host-maddrs",
-            "/ip4/127.0.0.1/tcp/0",
-            "--json",
-            "--identity",
-            str(self.workdir / "bootstrap.key"),
-        ]
-        self.bootstrap = TimedPeer("bootstrap", argv, self.workdir / "bootstrap.log")
-        ev = self.bootstrap.wait_for(lambda e: "maddrs" in e, timeout_s)
-        if ev is None:
-            raise RuntimeError(f"bootstrap did not start:\n{self.bootstrap.stderr_tail()}")
-        self.maddr = ev["maddrs"][0]
-        return self.maddr
-
-    def start_peer(self, name: str, max_rounds: int | None = None, extra: list[str] = ()) -> TimedPeer:
-        argv = cli_argv() + [
-            "peer",
-            "run",
-            "--config",
-            str(self.config),
-            "--json",
-            "--data-dir",
-            str(self.data_dir(name)),
-            "--set",
-            f"swarm.host_maddrs={LOOPBACK}",
-        ]
-        if self.maddr:
-            argv += ["--initial-peers", self.maddr]
-        if max_rounds is not None:
-            argv += ["--max-rounds", str(max_rounds)]
-        for o in self.overrides + list(extra):
-            argv += ["--set", o]
+    def _spawn(self, name: str, argv: list[str]) -> TimedPeer:
+        if name == "bootstrap":
+            return TimedPeer(name, argv, self.workdir / "bootstrap.log")
         k = sum(1 for p in self.incarnations if p.name == name)
         p = TimedPeer(name, argv, self.workdir / f"{name}.{k}.log", incarnation=k)
-        self.incarnations.append(p)
-        self.peers[name] = p  # the current incarnation
+        self.incarnations.append(p)  # LocalSwarm.start_peer keeps the current incarnation in self.peers
         return p
-
-    def data_dir(self, name: str) -> Path:
-        return self.workdir / name
 
     def now(self) -> float:
         """Seconds since the harness started."""

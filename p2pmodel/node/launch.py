@@ -113,7 +113,7 @@ class LocalSwarm:
             "--identity",
             str(self.workdir / "bootstrap.key"),
         ]
-        self.bootstrap = PeerProcess("bootstrap", argv, self.workdir / "bootstrap.log")
+        self.bootstrap = self._spawn("bootstrap", argv)
         ev = self.bootstrap.wait_for(lambda e: "maddrs" in e, timeout_s)
         if ev is None:
             raise RuntimeError(f"bootstrap did not start:\n{self.bootstrap.stderr_tail()}")
@@ -128,7 +128,7 @@ class LocalSwarm:
             str(self.config),
             "--json",
             "--data-dir",
-            str(self.workdir / name),
+            str(self.data_dir(name)),
             "--set",
             f"swarm.host_maddrs={LOOPBACK}",
         ]
@@ -138,9 +138,15 @@ class LocalSwarm:
             argv += ["--max-rounds", str(max_rounds)]
         for o in self.overrides + list(extra):
             argv += ["--set", o]
-        p = PeerProcess(name, argv, self.workdir / f"{name}.log")
-        self.peers[name] = p
+        p = self.peers[name] = self._spawn(name, argv)
         return p
+
+    def data_dir(self, name: str) -> Path:
+        return self.workdir / name
+
+    def _spawn(self, name: str, argv: list[str]) -> PeerProcess:
+        """Start one process (benchmarks override this to record more about it)."""
+        return PeerProcess(name, argv, self.workdir / f"{name}.log")
 
     def stop(self) -> None:
         for p in list(self.peers.values()):

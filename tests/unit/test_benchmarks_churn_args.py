@@ -241,6 +241,7 @@ def test_proc_helpers_on_this_process():
     assert harness.tree_cpu_s(me) > 0 and harness.tree_cpu_s(2**22 + 12345) == 0.0  # no such PID: nothing counted
 
 
+@pytest.mark.swarm
 def test_help_runs_without_starting_anything():
     for name in ("churn", "pace"):
         res = subprocess.run(
