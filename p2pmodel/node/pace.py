@@ -73,9 +73,18 @@ class Pace:
     ``committed()`` returns this peer's last committed round (read from the round loop's snapshot)."""
 
     def __init__(
-        self, dht, gossip, identity, run_id: str, committed: Callable[[], int], poll_s: float, ready_ttl_s: float
+        self,
+        dht,
+        gossip,
+        identity,
+        run_id: str,
+        committed: Callable[[], int],
+        poll_s: float,
+        ready_ttl_s: float,
+        in_background: Callable[[Callable[[], object]], object] = lambda job: job(),
     ):
         self.dht, self.gossip, self.identity, self.run_id = dht, gossip, identity, run_id
+        self._in_background = in_background  # DHT stores off the round's critical path
         self._committed, self._poll_s, self._ready_ttl_s = committed, poll_s, ready_ttl_s
         self.closes = RoundCloses()
         self._left: collections.OrderedDict[str, float] = collections.OrderedDict()  # peer -> monotonic time
@@ -97,7 +106,8 @@ class Pace:
         except P2PModelError as e:  # the others still see the DHT record at their next poll
             log.warning("could not push ready for round %d: %s", round_, e)
         body = {"peer_id": me, "round": round_, "time": time.time()}
-        publish_signed(self.dht, self.identity, ready_key(self.run_id, round_), READY_KIND, body, self._ready_ttl_s)
+        key = ready_key(self.run_id, round_)
+        self._in_background(lambda: publish_signed(self.dht, self.identity, key, READY_KIND, body, self._ready_ttl_s))
 
     def announce_leave(self, timeout_s: float = 3.0) -> None:
         """A clean stop: the others stop waiting for this peer at once (best effort, bounded)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
+from collections.abc import Callable
 
 from p2pmodel.core.errors import IntegrityError, P2PModelError
 from p2pmodel.core.ids import is_hex64, sha256_hex
@@ -27,8 +28,8 @@ class StateOffers:
         self.ttl_s, self.download_timeout_s = ttl_s, download_timeout_s
         self.packages: collections.OrderedDict[str, bytes] = collections.OrderedDict()
 
-    def offer(self, round_: int) -> None:
-        """Pack the state just committed, keep it for serving and announce it."""
+    def offer(self, round_: int, in_background: Callable[[Callable[[], object]], object] = lambda job: job()) -> None:
+        """Pack the state just committed and keep it for serving (now), announce it (``in_background``)."""
         peer = self.peer
         blob = pack_state(peer.names, peer.global_params, peer.outer.state_dict()["momentum_buffers"], round_)
         blob_id = sha256_hex(blob)
@@ -43,7 +44,8 @@ class StateOffers:
             "size": len(blob),
             "time": time.time(),
         }
-        publish_signed(self.dht, self.identity, offers_key(peer.run_id), OFFER_KIND, body, self.ttl_s)
+        key = offers_key(peer.run_id)
+        in_background(lambda: publish_signed(self.dht, self.identity, key, OFFER_KIND, body, self.ttl_s))
 
     def offers(self) -> dict[str, dict]:
         """Valid offers of other peers, by signer."""

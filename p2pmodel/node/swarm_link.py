@@ -18,6 +18,7 @@ the averaging payload at H=250; a gossip push costs one small message per peer."
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +35,8 @@ from p2pmodel.node.pace import Pace
 from p2pmodel.node.state_offers import StateOffers
 from p2pmodel.swarm.blobs import BlobServer
 from p2pmodel.swarm.connections import connected_peers
-from p2pmodel.swarm.node import start_dht, stop_dht, visible_maddrs
+from p2pmodel.swarm.listen import expand_wildcards
+from p2pmodel.swarm.node import DEFAULT_HOST_MADDRS, start_dht, stop_dht, visible_maddrs
 from p2pmodel.swarm.records import list_peer_records, make_peer_record
 from p2pmodel.swarm.refresher import RecordRefresher
 from p2pmodel.swarm.serial_dht import serialize_calls
@@ -43,6 +45,7 @@ from p2pmodel.sync import DeterministicAverager
 log = logging.getLogger("p2pmodel.swarm")
 CLOSE_GRACE = 1 / 3  # of sync.matchmaking_time_s: joins the group well inside the window
 PACE_POLL_S = 10.0  # DHT fallback for a lost "ready" gossip push (each poll ~5 KB on the wire)
+MAX_ADDRS = 32  # a peer record carries at most this many (swarm/records.py)
 PEER_LIST_CACHE_S = 30.0  # gossip's view of who is online (each refresh ~17 KB on the wire at 4 peers)
 
 
@@ -69,6 +72,8 @@ class SwarmLink:
         self.residuals = [torch.zeros_like(p) for p in peer.global_params] if cfg.compress.error_feedback else None
         self.encoded_bytes = sum(len(self.codec.compress(t, _info(t)).SerializeToString()) for t in self._buffers)
         self.committed = Committed(peer.round, peer.digest)
+        # fire-and-forget DHT stores (ready fallback, state offers, run records), in order, off the round's path
+        self._publisher = ThreadPoolExecutor(1, thread_name_prefix="p2pmodel-publish")
         self.commit_hooks: list = []  # called with (round, members) after each commit (releases)
         self._peer_cache: tuple[float, list[str]] = (0.0, [])
         self._last_members: list[str] = []  # the peers whose digests decided the last commit
@@ -84,14 +89,18 @@ class SwarmLink:
             )
         )
         try:  # whatever fails from here takes down the parts started before it (close skips the rest)
-            self.maddrs = visible_maddrs(self.dht)
+            announced = visible_maddrs(self.dht)  # libp2p names loopback and the default route's interface only
+            wildcards = s.host_maddrs or list(DEFAULT_HOST_MADDRS)
+            self.maddrs = announced if s.announce_maddrs else expand_wildcards(wildcards, announced)[:MAX_ADDRS]
             self._start_averaging(cfg, s)  # before any thread touches the DHT: the averager process is forked
             self.offers = StateOffers(self.dht, identity, peer, s.record_ttl_s * 10, cfg.sync.download_timeout_s)
             self.providers = [self.offers.packages.get, self._stored_state]  # blob id → bytes, first hit wins
             self.blobs = BlobServer(self.dht, self._provide)
             self.gossip = Gossip(self.dht, identity, peers=self.peer_ids)
             ready_ttl = cfg.sync.allreduce_timeout_s + 60
-            self.pace = Pace(self.dht, self.gossip, identity, self.run_id, self._round, PACE_POLL_S, ready_ttl)
+            self.pace = Pace(
+                self.dht, self.gossip, identity, self.run_id, self._round, PACE_POLL_S, ready_ttl, self._in_background
+            )
             self.commit = CommitStep(self.dht, identity, self.run_id, s.record_ttl_s * 10)
             self.refresher = RecordRefresher(self.dht, identity, self._record, s.record_ttl_s)
         except BaseException:
@@ -117,6 +126,18 @@ class SwarmLink:
 
     def _round(self) -> int:
         return self.committed.round
+
+    def _in_background(self, job) -> None:
+        def logged() -> None:
+            try:
+                job()
+            except Exception as e:  # the next round publishes again; readers cope with a missing record
+                log.debug("background publish failed: %s", e)
+
+        try:
+            self._publisher.submit(logged)
+        except RuntimeError:  # closing
+            pass
 
     def _provide(self, blob_id: str) -> bytes | None:
         for provider in self.providers:
@@ -236,11 +257,11 @@ class SwarmLink:
 
     def after_commit(self, round_: int, samples_per_s: float, members: list[str]) -> None:
         """Serve the committed state to late joiners and refresh our peer record."""
-        self.offers.offer(round_)
+        self.offers.offer(round_, self._in_background)
         self.committed = Committed(round_, self.peer.digest, samples_per_s)
         self.refresher.refresh_now()
         if round_ % self.cfg.versioning.release_every == 0:  # each publish is two DHT stores (~50 KB on the wire)
-            self.publish_run()
+            self._in_background(self.publish_run)
         for hook in self.commit_hooks:
             hook(round_, members)
 
@@ -266,6 +287,7 @@ class SwarmLink:
     def close(self) -> None:
         if hasattr(self, "pace"):
             self.pace.announce_leave()
+        self._publisher.shutdown(wait=False, cancel_futures=True)
         parts = (
             ("pace", "close"),
             ("gossip", "close"),
