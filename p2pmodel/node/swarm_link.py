@@ -17,8 +17,9 @@ costs ~5 KB on the wire, one store of a signed record ~24 KB, so polling every 1
 the averaging payload at H=250; a gossip push costs one small message per peer."""
 
 import logging
+import queue
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -73,7 +74,7 @@ class SwarmLink:
         self.encoded_bytes = sum(len(self.codec.compress(t, _info(t)).SerializeToString()) for t in self._buffers)
         self.committed = Committed(peer.round, peer.digest)
         # fire-and-forget DHT stores (ready fallback, state offers, run records), in order, off the round's path
-        self._publisher = ThreadPoolExecutor(1, thread_name_prefix="p2pmodel-publish")
+        self._publisher = Publisher()
         self.commit_hooks: list = []  # called with (round, members) after each commit (releases)
         self._peer_cache: tuple[float, list[str]] = (0.0, [])
         self._last_members: list[str] = []  # the peers whose digests decided the last commit
@@ -128,16 +129,7 @@ class SwarmLink:
         return self.committed.round
 
     def _in_background(self, job) -> None:
-        def logged() -> None:
-            try:
-                job()
-            except Exception as e:  # the next round publishes again; readers cope with a missing record
-                log.debug("background publish failed: %s", e)
-
-        try:
-            self._publisher.submit(logged)
-        except RuntimeError:  # closing
-            pass
+        self._publisher.submit(job)
 
     def _provide(self, blob_id: str) -> bytes | None:
         for provider in self.providers:
@@ -179,10 +171,15 @@ class SwarmLink:
             before = set(self.peer_ids(max_age_s=0))
         return (before | self.pace.ready(round_) | {me}) - (left - {me})
 
-    def participants(self, round_: int, members: list[str]) -> set[str]:
+    def participants(self, round_: int, outcome: ExchangeOutcome) -> set[str]:
         """Whose digest the commit step waits for: the round's group and whoever announced ready for it, less
-        those that left or whose connection is gone (a crashed peer's p2pd dies with it)."""
-        who = (set(members) | self.pace.ready(round_)) - self.pace.left()
+        those that left or whose connection is gone (a crashed peer's p2pd dies with it). A peer that did not
+        average this round (it just joined, or its group failed) cannot know who did: it waits for every live
+        peer of the run that is still connected."""
+        who = set(outcome.members) | self.pace.ready(round_)
+        if not outcome.averaged:
+            who |= set(self.peer_ids())  # cached: this is re-read while the commit step waits
+        who -= self.pace.left()
         connected = connected_peers(self.dht)
         if connected is not None:
             who &= connected
@@ -240,7 +237,7 @@ class SwarmLink:
         agreement = self.commit.agree(
             round_,
             self.peer.digest,
-            participants=lambda: self.participants(round_, outcome.members),
+            participants=lambda: self.participants(round_, outcome),
             eligible=lambda: self.peer_ids(max_age_s=0),
             deadline_s=deadline_s,
         )
@@ -287,7 +284,7 @@ class SwarmLink:
     def close(self) -> None:
         if hasattr(self, "pace"):
             self.pace.announce_leave()
-        self._publisher.shutdown(wait=False, cancel_futures=True)
+        self._publisher.close()
         parts = (
             ("pace", "close"),
             ("gossip", "close"),
@@ -301,6 +298,35 @@ class SwarmLink:
                 step()
             except Exception as e:  # keep closing the rest
                 log.debug("shutdown step failed: %s", e)
+
+
+class Publisher:
+    """One daemon thread running queued jobs in order (DHT stores nobody waits for). A daemon, not an executor:
+    a store to a DHT whose process is gone never returns, and the interpreter joins executor threads at exit."""
+
+    def __init__(self, max_queued: int = 64):
+        self._jobs: queue.Queue = queue.Queue(max_queued)
+        self._thread = threading.Thread(target=self._run, name="p2pmodel-publish", daemon=True)
+        self._thread.start()
+
+    def submit(self, job) -> None:
+        try:
+            self._jobs.put_nowait(job)
+        except queue.Full:  # the DHT is stuck: the next round publishes again
+            log.debug("publish queue full: dropping a store")
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                job()
+            except Exception as e:  # the next round publishes again; readers cope with a missing record
+                log.debug("background publish failed: %s", e)
+
+    def close(self) -> None:
+        try:
+            self._jobs.put_nowait(None)
+        except queue.Full:
+            pass
 
 
 def _info(t: torch.Tensor) -> CompressionInfo:
