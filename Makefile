@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 PEERS ?= 3
 ROUNDS ?= 4
 
-.PHONY: install demo test test-fast lint bench
+.PHONY: install demo test test-fast test-scenarios lint bench
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -22,8 +22,13 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/p2pmodel demo --peers $(PEERS) --rounds $(ROUNDS)
 
+# the fast tier and the swarm tier (< 10 minutes on 2 cores); plain `pytest` runs every tier
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not scenario"
+
+# long multi-process scenarios: Ctrl-C/SIGTERM/SIGKILL of real peers, a newcomer's walk-through (CI runs them too)
+test-scenarios: install
+	$(BIN)/python -m pytest -m scenario
 
 # the tier without processes (no DHT, no peers, no subprocess): seconds, for the edit-test loop
 test-fast: install

@@ -21,7 +21,7 @@ import pytest
 from p2pmodel.node.launch import LocalSwarm, PeerProcess, cli_argv
 from p2pmodel.testing.swarm import FAST, TINY
 
-pytestmark = pytest.mark.swarm
+pytestmark = [pytest.mark.swarm, pytest.mark.scenario]  # make test-scenarios (CI runs it after make test)
 
 MADDR = re.compile(r"/ip4/[0-9.]+/tcp/\d+/p2p/Qm[1-9A-HJ-NP-Za-km-z]{44}")
 QUICK = [o for o in FAST if not o.startswith("versioning.")]  # the demo has to bring its own release_every

@@ -24,7 +24,7 @@ import pytest
 from p2pmodel.node.launch import LOOPBACK, LocalSwarm, PeerProcess, cli_argv
 from p2pmodel.testing.swarm import FAST, TINY
 
-pytestmark = pytest.mark.swarm
+pytestmark = [pytest.mark.swarm, pytest.mark.scenario]  # make test-scenarios (CI runs it after make test)
 
 STOP_S = 15.0  # signal → process gone, descendants included
 ORPHAN_S = 10.0  # SIGKILL of the main pid → its descendants gone
