@@ -11,6 +11,7 @@ from p2pmodel.testing.swarm import FAST, TINY, wait_round
 
 
 @pytest.mark.swarm
+@pytest.mark.scenario
 @pytest.mark.timeout(300)
 def test_a_peer_with_another_codec_exits_2_naming_the_field(tmp_path):
     fast = [*FAST, "versioning.release_every=1"]  # the swarm's peer reads the registry at every commit

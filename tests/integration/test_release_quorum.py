@@ -508,6 +508,7 @@ def _serve_certs(node: Node) -> BlobServer:
     return BlobServer(node.link.dht, lambda blob_id: next((b for p in node.link.providers if (b := p(blob_id))), None))
 
 
+@pytest.mark.scenario
 @pytest.mark.timeout(150)
 def test_survivors_of_a_crash_keep_tagging_and_a_joiner_fetches_the_ledger(net, tmp_path):
     """Three peers tag v0.1.0 (electorate 3); one crashes. The two survivors tag v0.1.1: 2 of 2 in their round,
@@ -549,6 +550,7 @@ def test_survivors_of_a_crash_keep_tagging_and_a_joiner_fetches_the_ledger(net, 
         _close([a, b, *joiner])
 
 
+@pytest.mark.scenario
 @pytest.mark.timeout(90)
 def test_the_tag_index_outlives_its_dht_lifetime(net, tmp_path):
     """The tag index is a DHT record with a lifetime (10 × swarm.record_ttl_s); a peer republishes it at a commit
