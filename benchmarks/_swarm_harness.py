@@ -11,13 +11,16 @@ keeps its data dir and identity (``<data-dir>/identity.key``).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -45,6 +48,20 @@ TAGGED = re.compile(r"tagged (v\d+\.\d+\.\d+) = ([0-9a-f]+) \(round (\d+)")
 def progress(msg: str) -> None:
     """A progress line on stderr (stdout is for the JSON result only)."""
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+@contextlib.contextmanager
+def bench_workdir(workdir: Path | None, keep: bool, prefix: str):
+    """The benchmark's working directory: ``workdir`` as given (always kept), or a temp dir removed at the end
+    unless ``keep``."""
+    path = workdir or Path(tempfile.mkdtemp(prefix=f"p2pmodel-{prefix}-"))
+    path.mkdir(parents=True, exist_ok=True)
+    progress(f"workdir {path}")
+    try:
+        yield path
+    finally:
+        if not keep and workdir is None:
+            shutil.rmtree(path, ignore_errors=True)
+
 
 
 # --- processes ------------------------------------------------------------------------------------------------

@@ -74,10 +74,8 @@ import argparse
 import json
 import os
 import random
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -87,6 +85,7 @@ from _swarm_harness import (  # noqa: E402
     TINY,
     Harness,
     alive,
+    bench_workdir,
     check_heads,
     digest_table,
     install_signal_exit,
@@ -467,15 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     install_signal_exit()
     started = time.monotonic()
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="p2pmodel-churn-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    progress(f"workdir {workdir}")
-    try:
+    with bench_workdir(args.workdir, args.keep, "churn") as workdir:
         baseline = run_baseline(args, workdir / "baseline") if args.baseline_rounds else None
         churn = run_churn(args, workdir / "churn")
-    finally:
-        if not args.keep and args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
     base_median = baseline["round_wall_s"]["median"] if baseline else None
     result = {
         "benchmark": "churn",

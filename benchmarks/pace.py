@@ -54,11 +54,9 @@ import json
 import os
 import random
 import re
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -68,6 +66,7 @@ from _swarm_harness import (  # noqa: E402
     Harness,
     TimedPeer,
     alive,
+    bench_workdir,
     install_signal_exit,
     last_round_times,
     load,
@@ -323,11 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     install_signal_exit()
     started = time.monotonic()
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="p2pmodel-pace-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    progress(f"workdir {workdir}")
     result: dict = {"benchmark": "pace", "config": args.config.name, "overrides": args.overrides}
-    try:
+    with bench_workdir(args.workdir, args.keep, "pace") as workdir:
         pairs = []
         for i in range(0 if args.skip_solo else args.repeats):
             sfx = f".{i}" if args.repeats > 1 else ""
@@ -344,9 +340,6 @@ def main(argv: list[str] | None = None) -> int:
             result.update(pairs=pairs, comparison=summarize_pairs(pairs))
         if args.sigkill_one:
             result["kill"] = run_kill(args, workdir / "kill")
-    finally:
-        if not args.keep and args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
     targets = {}
     if "comparison" in result:
         mean = result["comparison"]["mean_ratio_vs_solo"]
