@@ -138,6 +138,11 @@ class SyncConfig(_Section):
         5.0, gt=0, le=600, description="A peer silent this long in the all-reduce is dropped (a reducer: 2x this)."
     )
     download_timeout_s: float = Field(120.0, gt=0, le=3600, description="Deadline to download state from a peer.")
+    overlap: bool = Field(
+        False,
+        description="Average round r's delta in the background during round r+1's inner steps; apply it one round"
+        " late (eager update). Every peer of a run must agree.",
+    )
 
 
 class CompressConfig(_Section):
@@ -201,7 +206,9 @@ class Config(_Section):
 
         Shared: the model, the data and eval spec, the genesis seed, H (the lr schedule follows the swarm's
         position, (round - 1) * H + step), the codec (peers decode each other's bytes) and the outer optimizer
-        (every peer applies the same outer step to the same mean, so all commit the same bits). Local, free to
+        (every peer applies the same outer step to the same mean, so all commit the same bits) and whether the
+        exchange overlaps the next inner phase (a blocking peer would wait a whole inner phase for an overlapped
+        one's commit every round). Local, free to
         differ: inner optimizer and batch (weighted by samples), group sizes and timings, device, logging."""
         # local paths differ between machines: the content they point at is what defines the run (the
         # validation set's fingerprint covers data and tokenizer; the HF config file is hashed here)
@@ -214,7 +221,7 @@ class Config(_Section):
             "data": self.data.model_dump(exclude={"paths", "tokenizer_path"}),
             "eval": self.eval.model_dump(),
             "train": {"seed": self.train.seed, "inner_steps": self.train.inner_steps},
-            "sync": self.sync.model_dump(include={"outer_lr", "outer_momentum", "nesterov"}),
+            "sync": self.sync.model_dump(include={"outer_lr", "outer_momentum", "nesterov", "overlap"}),
             "compress": self.compress.model_dump(),
         }
 
