@@ -1,0 +1,684 @@
+"""Links: peers behind capped links and CPU shares, each in its own network namespace; one JSON object on stdout
+(progress on stderr). The link harness of issue 13. Run as root.
+
+Setup (benchmarks/_links_net.py): a hub network namespace holds a Linux bridge; every node (the bootstrap, the
+solo peer, peers p0..p{N-1}) has its own namespace joined to the bridge by a veth pair, an address in
+10.213.0.0/24, and its own cgroup-v1 ``cpu`` group (``cpuacct`` and ``memory`` too when mounted). Caps:
+  uplink    ``tc tbf`` on the node's end of its veth (its egress): ``--rate-mbit`` (default 2)
+  downlink  ``tc tbf`` on the hub's end (egress towards the node): ``--down-mbit`` (default 4 x the uplink,
+            an asymmetric home line; the averaging sends and receives about the same bytes, so the uplink binds)
+  CPU       cpu.cfs_quota_us / cpu.cfs_period_us = ``--cpu`` cores (default 0.4: 4 peers fit 2 cores with
+            headroom; 0 = no limit) for the solo peer and every peer; ``--slow I=F`` makes peer I F x slower
+            (quota / F); ``--slow-link I=F`` divides peer I's up- and downlink rates by F.
+  burst / queue of each tbf: ``--burst-kb`` (16 KiB) and ``--latency-ms`` (200 ms). The bootstrap's link is not
+  capped (a public node). There is no netem on this kernel, so no added latency.
+A process joins its node's cgroups before it starts (a ``sh -c 'echo $$ > .../cgroup.procs; exec ip netns exec
+NS ...'`` wrapper: the Popen PID is the program's; its children inherit the cgroups and the namespace).
+
+Arms, all in one invocation, each on fresh data dirs and a fresh bootstrap:
+  solo      one ``p2pmodel peer run`` without --initial-peers in its own namespace, same CPU cap (the baseline;
+            ``--no-solo`` skips it); run once, before the swarm arms
+  swarm arms ``--peers`` (4) peers joined to the bootstrap, each a name plus ``--set`` overrides: ``blocking``
+            (none) and ``overlap`` (sync.overlap=true) are built in; ``--arm NAME=k=v,k=v`` adds or redefines one,
+            ``--arms a,b`` selects them (default blocking,overlap). ``--seeds 0,1,2`` repeats the swarm arms with
+            train.seed=S (arm order reversed on every other seed), ``--rate-mbit 1,2,4`` repeats them per uplink rate.
+The recipe is ``--config`` (configs/tiny.toml: H = 50, train.torch_threads = 1) plus ``--set`` overrides
+(``--fast-rounds`` adds _swarm_harness.FAST_ROUNDS: H = 20, 2 eval batches, smaller corpus, short timeouts), with
+``--rounds`` R (6) measured: peers run with ``--max-rounds R+1`` (a spare round, so that a peer that must re-sync
+round R still finds peers serving that state), the arm ends once every peer committed round R (or exited) or at
+``--timeout-s`` (120 + 60 s per round), the peers are stopped with SIGTERM, and rounds 1..R are measured.
+
+Per peer (from its ``--json`` round events, each stamped with its arrival time on the harness's pipe, and the
+hub-side veth counters sampled every ``--sample-s`` (1 s) and interpolated at those times):
+  inner_steps_per_s   (inner_steps at its last round event - at its first) / (time of last - time of first)
+  utilisation         sum of inner_s of its rounds after the first / that same wall time (compute share)
+  steps_ratio_vs_solo inner_steps_per_s / the solo peer's
+  exchange_cost_vs_inner  median over its rounds after the first of (round_s - inner_s) / inner_s: everything of
+                      a round that is not inner steps (averaging, commit step, eval, checkpoint); the solo
+                      peer's own figure (eval + checkpoint only) is in ``solo``, and ``exchange_cost_net_vs_inner``
+                      subtracts it; ``gap_s_by_round``: time between its commits minus inner_s
+  val_loss_final, val_loss_by_round, digest per round (``digests``: rounds whose peers' digests differ, must be 0)
+  wire_bytes          sent + received on its veth over the whole arm (start-up, DHT, gossip, control included)
+  wire_bytes_per_round  between its first and last commit, / rounds; ``payload_bytes_per_round`` from the events'
+                      bytes_sent + bytes_received (the averaging payload the peer counts);
+                      ``control_bytes_per_round`` = the difference (DHT, gossip, commit step, state offers,
+                      TCP/IP and libp2p framing of the payload itself)
+  log: how often its log says re-syncing, a failed state download, a partial all-reduce ("received N% results"),
+  no averaging group; cpu_s (cpuacct), mem_peak_mb (memory.max_usage_in_bytes: includes page cache charged to
+  it), rss_peak_mb (sampled memory.stat total_rss), exit code.
+Per run: round walls (T(r) = arrival of the last peer's round-r event, wall = T(r) - T(r-1), r >= 2), the
+statistics of the above over peers (``fast`` = peers without --slow/--slow-link), the bootstrap's wire bytes,
+MemAvailable's minimum, load averages. ``summary`` groups runs by (arm, rate) over seeds (mean, min, max) and
+gives each arm's val loss against the first arm's of the same seed. Exit 0 when the harness worked (a
+measurement, not a test), 1 when an arm could not start, 2 (one line) when not root or a tool is missing.
+
+Run (as root):
+  python benchmarks/links.py --peers 4 --rounds 6 --cpu 0.4 --rate-mbit 2 --arms blocking,overlap --seeds 0,1,2
+  python benchmarks/links.py --arms blocking --rate-mbit 1,2,4            # calibration sweep, one solo
+  python benchmarks/links.py --arms blocking --slow 3=2                   # one peer at half CPU
+  python benchmarks/links.py --peers 16 --no-solo --arms blocking --cpu 0 --rate-mbit 0 --fast-rounds
+  python benchmarks/links.py --cleanup-stale                              # leftovers of a killed run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _links_net as net  # noqa: E402
+from _swarm_harness import (  # noqa: E402
+    FAST_ROUNDS,
+    TINY,
+    Harness,
+    bench_workdir,
+    digest_table,
+    install_signal_exit,
+    load,
+    log_excerpts,
+    progress,
+    ratio,
+    round_walls,
+    stats,
+)
+from churn import digest_summary  # noqa: E402
+
+from p2pmodel.node.launch import cli_argv  # noqa: E402
+
+BUILTIN_ARMS = {"blocking": [], "overlap": ["sync.overlap=true"]}
+BASE_OVERRIDES = ["train.torch_threads=1"]
+_KEY = re.compile(r",(?=[A-Za-z_][\w]*(?:\.[\w]+)+=)")  # a comma that starts the next section.key=value
+
+
+# --- arguments ------------------------------------------------------------------------------------------------
+
+
+def parse_arm(spec: str) -> tuple[str, list[str]]:
+    """``NAME=k=v,k=v`` (or ``NAME`` / ``NAME=``: no overrides) -> (NAME, ["k=v", ...]); a value may hold commas
+    (``a.b=[1,2]``): only a comma followed by ``section.key=`` starts the next override."""
+    name, _, rest = spec.partition("=")
+    name = name.strip()
+    if not re.fullmatch(r"[A-Za-z][\w-]*", name) or name == "solo":
+        raise ValueError(f"bad arm name {name!r} (letters, digits, - and _; not 'solo')")
+    overrides = [o.strip() for o in _KEY.split(rest)] if rest.strip() else []
+    for o in overrides:
+        if not re.fullmatch(r"[A-Za-z_]\w*(?:\.\w+)+=.*", o):
+            raise ValueError(f"bad override {o!r} in arm {name!r} (want section.key=value)")
+    return name, overrides
+
+
+def parse_factor(spec: str, peers: int) -> tuple[int, float]:
+    """``I=F`` -> (I, F) with 0 <= I < peers and F >= 1."""
+    i, _, f = spec.partition("=")
+    idx, factor = int(i), float(f)
+    if not 0 <= idx < peers or factor < 1:
+        raise ValueError(f"{spec!r}: want PEER_INDEX=FACTOR with 0 <= PEER_INDEX < {peers} and FACTOR >= 1")
+    return idx, factor
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--peers", type=int, default=4, help="peers of each swarm arm (1..64)")
+    ap.add_argument("--rounds", type=int, default=6, help="--max-rounds of every peer (>= 3)")
+    ap.add_argument(
+        "--rate-mbit", default="2", help="uplink cap per peer, Mbit/s; a list runs the arms per rate; 0 = none"
+    )
+    ap.add_argument("--down-mbit", type=float, default=None, help="downlink cap per peer [4 x the uplink]; 0 = none")
+    ap.add_argument("--burst-kb", type=float, default=16.0, help="tbf burst (KiB)")
+    ap.add_argument("--latency-ms", type=float, default=200.0, help="tbf queue length as a delay (ms)")
+    ap.add_argument("--cpu", type=float, default=0.4, help="cores per peer (cgroup cpu quota); 0 = no limit")
+    ap.add_argument("--slow", action="append", default=[], metavar="I=F", help="peer I gets cpu/F (repeatable)")
+    ap.add_argument("--slow-link", action="append", default=[], metavar="I=F", help="peer I's rates / F (repeatable)")
+    ap.add_argument("--arm", action="append", default=[], metavar="NAME=k=v,k=v", help="define an arm (repeatable)")
+    ap.add_argument("--arms", default="blocking,overlap", help="swarm arms to run, in order")
+    ap.add_argument("--seeds", default=None, help="e.g. 0,1,2: repeat the swarm arms with train.seed=S")
+    ap.add_argument("--no-solo", action="store_true", help="skip the solo baseline")
+    ap.add_argument("--fast-rounds", action="store_true", help="add _swarm_harness.FAST_ROUNDS (H=20, short eval)")
+    ap.add_argument("--config", type=Path, default=TINY)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="override for every arm (repeatable)")
+    ap.add_argument("--timeout-s", type=float, default=None, help="limit per arm [120 + 60 s per round]")
+    ap.add_argument("--sample-s", type=float, default=1.0, help="byte-counter sampling period")
+    ap.add_argument("--workdir", type=Path, default=None, help="scratch dir [a new temp dir]")
+    ap.add_argument("--keep", action="store_true", help="keep the workdir (logs, data dirs)")
+    ap.add_argument("--cleanup-stale", action="store_true", help="remove what killed runs left behind, then exit")
+    args = ap.parse_args(argv)
+    if not 1 <= args.peers <= 64 or args.rounds < 3 or args.cpu < 0 or args.sample_s <= 0:
+        ap.error("--peers in 1..64, --rounds >= 3, --cpu >= 0, --sample-s > 0")
+    try:
+        args.rates = _floats(args.rate_mbit)
+        args.seed_list = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else [None]
+        arms = dict(BUILTIN_ARMS)
+        for spec in args.arm:
+            name, ov = parse_arm(spec)
+            arms[name] = ov
+        args.arm_names = [a.strip() for a in args.arms.split(",") if a.strip()]
+        args.slow_cpu = dict(parse_factor(s, args.peers) for s in args.slow)
+        args.slow_net = dict(parse_factor(s, args.peers) for s in args.slow_link)
+    except ValueError as e:
+        ap.error(str(e))
+    unknown = [a for a in args.arm_names if a not in arms]
+    if unknown or not args.arm_names or len(set(args.arm_names)) != len(args.arm_names):
+        ap.error(f"--arms: unknown or repeated {unknown or args.arm_names}; defined: {sorted(arms)}")
+    if not args.rates or any(r < 0 for r in args.rates) or (args.down_mbit is not None and args.down_mbit < 0):
+        ap.error("--rate-mbit: one or more rates >= 0; --down-mbit >= 0")
+    args.arm_defs = {a: arms[a] for a in args.arm_names}
+    return args
+
+
+def down_rate(args: argparse.Namespace, up: float) -> float:
+    return args.down_mbit if args.down_mbit is not None else 4 * up
+
+
+def base_overrides(args: argparse.Namespace) -> list[str]:
+    return [*BASE_OVERRIDES, *(FAST_ROUNDS if args.fast_rounds else []), *args.overrides]
+
+
+def run_overrides(args: argparse.Namespace, arm: str, seed: int | None) -> list[str]:
+    seed_ov = [f"train.seed={seed}"] if seed is not None else []
+    return [*base_overrides(args), *args.arm_defs.get(arm, []), *seed_ov]
+
+
+# --- metrics (pure: plain events and samples in, numbers out) ------------------------------------------------
+
+
+Samples = list[tuple[float, dict[str, tuple[int, int]]]]
+
+
+def wire_at(samples: Samples, node: str, t: float) -> float | None:
+    """sent + received bytes of ``node`` at time ``t``, linearly interpolated between samples (clamped at the
+    ends)."""
+    pts = [(ts, sum(c[node])) for ts, c in samples if node in c]
+    if not pts:
+        return None
+    if t <= pts[0][0]:
+        return float(pts[0][1])
+    for (t0, v0), (t1, v1) in zip(pts, pts[1:], strict=False):
+        if t0 <= t <= t1:
+            return float(v0) if t1 == t0 else v0 + (v1 - v0) * (t - t0) / (t1 - t0)
+    return float(pts[-1][1])
+
+
+def wire_total(samples: Samples, node: str) -> dict | None:
+    """{sent, received, total} bytes of ``node`` between the first and the last sample."""
+    pts = [c[node] for _t, c in samples if node in c]
+    if len(pts) < 1:
+        return None
+    sent, recv = pts[-1][0] - pts[0][0], pts[-1][1] - pts[0][1]
+    return {"sent": sent, "received": recv, "total": sent + recv}
+
+
+def _r(x: float | None, nd: int = 3) -> float | None:
+    return None if x is None else round(x, nd)
+
+
+def peer_metrics(evs: list[tuple[float, dict]], samples: Samples | None = None, node: str | None = None) -> dict:
+    """One peer's figures from its round events [(arrival time, event)] and the byte samples of its node."""
+    evs = sorted(evs, key=lambda te: int(te[1]["round"]))
+    out: dict = {
+        "rounds": len(evs),
+        "first_round": int(evs[0][1]["round"]) if evs else None,
+        "last_round": int(evs[-1][1]["round"]) if evs else None,
+        "val_loss_final": evs[-1][1].get("val_loss") if evs else None,
+        "val_loss_by_round": {int(e["round"]): _r(e.get("val_loss"), 4) for _t, e in evs},
+        "inner_steps_total": int(evs[-1][1].get("inner_steps", 0)) if evs else None,
+        "group_size_by_round": {int(e["round"]): e.get("group_size") for _t, e in evs},
+        "commit_missing_total": sum(int(e.get("commit_missing") or 0) for _t, e in evs),
+        "inner_steps_per_s": None,
+        "utilisation": None,
+        "exchange_cost_vs_inner": None,
+    }
+    if len(evs) < 2:
+        return out
+    (t0, e0), (t1, e1) = evs[0], evs[-1]
+    later = [e for _t, e in evs[1:]]
+    seconds = t1 - t0
+    steps = int(e1["inner_steps"]) - int(e0["inner_steps"])
+    inner = sum(float(e.get("inner_s") or 0.0) for e in later)
+    overhead = {int(e["round"]): float(e["round_s"]) - float(e["inner_s"]) for e in later if "round_s" in e}
+    costs = [(float(e["round_s"]) - float(e["inner_s"])) / float(e["inner_s"]) for e in later if e.get("inner_s")]
+    gaps = {
+        int(e["round"]): round(t - tp - float(e.get("inner_s") or 0.0), 3)
+        for (tp, ep), (t, e) in zip(evs, evs[1:], strict=False)
+        if int(e["round"]) == int(ep["round"]) + 1
+    }
+    payload = sum(int(e1.get(k, 0)) - int(e0.get(k, 0)) for k in ("bytes_sent", "bytes_received"))
+    n = len(later)
+    out.update(
+        inner_steps=steps,
+        seconds=round(seconds, 3),
+        inner_steps_per_s=_r(steps / seconds) if seconds > 0 else None,
+        inner_s_sum=round(inner, 3),
+        utilisation=_r(inner / seconds) if seconds > 0 else None,
+        median_inner_s=_r(statistics.median(float(e.get("inner_s") or 0.0) for e in later)),
+        median_overhead_s=_r(statistics.median(overhead.values())) if overhead else None,
+        overhead_s_by_round={r: round(v, 3) for r, v in overhead.items()},
+        exchange_cost_vs_inner=_r(statistics.median(costs)) if costs else None,
+        gap_s_by_round=gaps,
+        payload_bytes_per_round=round(payload / n),
+    )
+    if samples and node:
+        w0, w1 = wire_at(samples, node, t0), wire_at(samples, node, t1)
+        if w0 is not None and w1 is not None:
+            out.update(
+                wire_bytes_per_round=round((w1 - w0) / n),
+                control_bytes_per_round=round((w1 - w0 - payload) / n),
+            )
+    return out
+
+
+def _vals(per_peer: dict, key: str, names=None) -> list[float]:
+    return [p[key] for n, p in per_peer.items() if (names is None or n in names) and p.get(key) is not None]
+
+
+def run_summary(per_peer: dict[str, dict], fast: list[str], solo: dict | None) -> dict:
+    """Statistics over the peers of one run (``fast``: the names of peers without a slow factor)."""
+    solo_rate = solo.get("inner_steps_per_s") if solo else None
+    solo_cost = solo.get("exchange_cost_vs_inner") if solo else None
+    for p in per_peer.values():
+        p["steps_ratio_vs_solo"] = ratio(p.get("inner_steps_per_s"), solo_rate)
+        cost = p.get("exchange_cost_vs_inner")
+        p["exchange_cost_net_vs_inner"] = _r(cost - solo_cost) if cost is not None and solo_cost is not None else None
+    vl_by_round: dict[int, list[float]] = {}
+    for p in per_peer.values():
+        for r, v in p.get("val_loss_by_round", {}).items():
+            if v is not None:
+                vl_by_round.setdefault(r, []).append(v)
+    return {
+        "utilisation": stats(_vals(per_peer, "utilisation")),
+        "utilisation_fast": stats(_vals(per_peer, "utilisation", fast)),
+        "inner_steps_per_s": stats(_vals(per_peer, "inner_steps_per_s")),
+        "steps_ratio_vs_solo": stats(_vals(per_peer, "steps_ratio_vs_solo")),
+        "steps_ratio_vs_solo_fast": stats(_vals(per_peer, "steps_ratio_vs_solo", fast)),
+        "exchange_cost_vs_inner": stats(_vals(per_peer, "exchange_cost_vs_inner")),
+        "exchange_cost_net_vs_inner": stats(_vals(per_peer, "exchange_cost_net_vs_inner")),
+        "val_loss_final": stats(_vals(per_peer, "val_loss_final")),
+        "val_loss_by_round": {r: round(statistics.fmean(v), 4) for r, v in sorted(vl_by_round.items())},
+        "wire_bytes_per_peer": stats(_vals(per_peer, "wire_bytes")),
+        "wire_bytes_per_peer_per_round": stats(_vals(per_peer, "wire_bytes_per_round")),
+        "payload_bytes_per_peer_per_round": stats(_vals(per_peer, "payload_bytes_per_round")),
+        "control_bytes_per_peer_per_round": stats(_vals(per_peer, "control_bytes_per_round")),
+        "inner_steps_total": stats(_vals(per_peer, "inner_steps_total")),
+    }
+
+
+def group_runs(runs: list[dict]) -> dict:
+    """{"arm@rate": spread over seeds}, and each run's val loss against the first arm's at the same seed/rate."""
+    out: dict = {}
+    first_arm = runs[0]["arm"] if runs else None
+    for r in runs:
+        key = f"{r['arm']}@{r['rate_mbit']:g}mbit"
+        g = out.setdefault(key, {"arm": r["arm"], "rate_mbit": r["rate_mbit"], "seeds": [], "by_seed": {}})
+        g["seeds"].append(r["seed"])
+        s = r.get("summary") or {}
+        g["by_seed"][str(r["seed"])] = {
+            "utilisation_mean": (s.get("utilisation") or {}).get("mean"),
+            "utilisation_fast_min": (s.get("utilisation_fast") or {}).get("min"),
+            "exchange_cost_vs_inner_median": (s.get("exchange_cost_vs_inner") or {}).get("median"),
+            "val_loss_mean": (s.get("val_loss_final") or {}).get("mean"),
+            "control_bytes_per_peer_per_round_mean": (s.get("control_bytes_per_peer_per_round") or {}).get("mean"),
+            "round_wall_s_median": (r.get("round_wall_s") or {}).get("median"),
+            "digests_agree": r.get("digests_agree"),
+            "rounds_committed": r.get("rounds_committed"),
+            "log_counts": r.get("log_counts"),
+        }
+    for r in runs:
+        base = next(
+            (b for b in runs if b["arm"] == first_arm and b["seed"] == r["seed"] and b["rate_mbit"] == r["rate_mbit"]),
+            None,
+        )
+        mine = ((r.get("summary") or {}).get("val_loss_final") or {}).get("mean")
+        theirs = ((base or {}).get("summary") or {}).get("val_loss_final", {}).get("mean") if base else None
+        key = f"{r['arm']}@{r['rate_mbit']:g}mbit"
+        out[key]["by_seed"][str(r["seed"])][f"val_loss_vs_{first_arm}"] = ratio(mine, theirs, 4)
+    for g in out.values():
+        rows = list(g["by_seed"].values())
+        for k in (
+            "utilisation_mean",
+            "utilisation_fast_min",
+            "exchange_cost_vs_inner_median",
+            "val_loss_mean",
+            f"val_loss_vs_{first_arm}",
+            "control_bytes_per_peer_per_round_mean",
+            "round_wall_s_median",
+        ):
+            g[k] = stats([v[k] for v in rows if v.get(k) is not None])
+        g["digests_agree_every_run"] = all(v["digests_agree"] for v in rows)
+    return out
+
+
+def targets(runs: list[dict], solo: dict | None, slow: bool) -> dict:
+    """The issue's checks that apply to what ran."""
+    out: dict = {"digests_agree_every_run": bool(runs) and all(r.get("digests_agree") for r in runs)}
+    blocking = [r for r in runs if r["arm"] == "blocking" and r.get("summary")]
+    if blocking:
+        costs = [r["summary"]["exchange_cost_vs_inner"]["median"] for r in blocking]
+        out["blocking_exchange_cost_ge_0.5_of_inner"] = all(c is not None and c >= 0.5 for c in costs)
+        ctrl = [r["summary"]["control_bytes_per_peer_per_round"]["mean"] for r in blocking]
+        out["control_bytes_per_peer_per_round_le_20KB"] = all(c is not None and c <= 20_000 for c in ctrl)
+    overlap = [r for r in runs if r["arm"] == "overlap" and r.get("summary")]
+    if overlap:
+        u = [r["summary"]["utilisation"]["mean"] for r in overlap]
+        out["overlap_utilisation_ge_0.95"] = all(x is not None and x >= 0.95 for x in u)
+        if blocking:
+            pairs = []
+            for o in overlap:
+                b = next((b for b in blocking if (b["seed"], b["rate_mbit"]) == (o["seed"], o["rate_mbit"])), None)
+                if b:
+                    pairs.append(
+                        ratio(o["summary"]["val_loss_final"]["mean"], b["summary"]["val_loss_final"]["mean"], 4)
+                    )
+            out["overlap_val_loss_vs_blocking_by_seed"] = pairs
+            good = [p for p in pairs if p is not None]
+            out["overlap_val_loss_le_1.01x_blocking"] = bool(good) and statistics.fmean(good) <= 1.01
+    if slow:
+        fast = [r["summary"]["utilisation_fast"]["min"] for r in runs if r.get("summary")]
+        out["fast_peers_utilisation_ge_0.95_with_a_slow_peer"] = bool(fast) and all(
+            f is not None and f >= 0.95 for f in fast
+        )
+    return out
+
+
+# --- processes ------------------------------------------------------------------------------------------------
+
+
+class LinkHarness(Harness):
+    """The benchmarks' Harness (timed events, descendant watcher, stop by PID) with every process started inside
+    a node of ``topo`` (its namespace and cgroups) and listening on the node's bridge address."""
+
+    def __init__(self, workdir: Path, config: Path, overrides: list[str], topo: net.Topology):
+        self.topo = topo
+        super().__init__(workdir, config, overrides)
+
+    def start_bootstrap(self, node: str = "boot", timeout_s: float = 90.0) -> str:
+        ip = self.topo.nodes[node].ip
+        argv = cli_argv() + [
+            "bootstrap",
+            "--host-maddrs",
+            f"/ip4/{ip}/tcp/0",
+            "--json",
+            "--identity",
+            str(self.workdir / "bootstrap.key"),
+        ]
+        self.bootstrap = self._spawn("bootstrap", self.topo.wrap(node, argv))
+        ev = self.bootstrap.wait_for(lambda e: "maddrs" in e, timeout_s)
+        if ev is None:
+            raise RuntimeError(f"bootstrap did not start:\n{self.bootstrap.stderr_tail()}")
+        self.maddr = next((m for m in ev["maddrs"] if f"/ip4/{ip}/" in m), ev["maddrs"][0])
+        return self.maddr
+
+    def start_node_peer(self, node: str, max_rounds: int, join: bool = True):
+        ip = self.topo.nodes[node].ip
+        argv = cli_argv() + [
+            "peer",
+            "run",
+            "--config",
+            str(self.config),
+            "--json",
+            "--data-dir",
+            str(self.data_dir(node)),
+            "--max-rounds",
+            str(max_rounds),
+            "--set",
+            f'swarm.host_maddrs=["/ip4/{ip}/tcp/0"]',
+        ]
+        if join and self.maddr:
+            argv += ["--initial-peers", self.maddr]
+        for o in self.overrides:
+            argv += ["--set", o]
+        p = self.peers[node] = self._spawn(node, self.topo.wrap(node, argv))
+        return p
+
+
+def _wait(procs, rounds: int, deadline: float, label: str) -> bool:
+    """Until every peer committed ``rounds`` or exited (the deadline: False)."""
+    last = time.monotonic()
+    while time.monotonic() < deadline:
+        if all(p.proc.poll() is not None or p.max_round() >= rounds for p in procs):
+            return True
+        if time.monotonic() - last >= 20:
+            last = time.monotonic()
+            progress(f"{label}: rounds {[p.max_round() for p in procs]}, load {load()[0]}")
+        time.sleep(0.2)
+    return False
+
+
+LOG_COUNTS = {
+    "resyncs": re.compile(r"re-syncing"),
+    "state_downloads_failed": re.compile(r"could not download state|state download from .* rejected"),
+    "partial_allreduce": re.compile(r"Averaging: received [\d.]+% results"),
+    "no_group": re.compile(r"no averaging group this round"),
+}
+
+
+def log_counts(path: Path) -> dict[str, int]:
+    """How often a peer's log says it re-synced, failed a download, got a partial all-reduce, found no group."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return {}
+    return {k: len(rx.findall(text)) for k, rx in LOG_COUNTS.items()}
+
+
+def run_arm(args, topo: net.Topology, workdir: Path, arm: str, rate: float | None, seed, solo: dict | None) -> dict:
+    """One run: the solo peer (arm 'solo') or a bootstrap and ``--peers`` peers; measured as in the docstring."""
+    is_solo = arm == "solo"
+    nodes = ["solo"] if is_solo else [f"p{i}" for i in range(args.peers)]
+    overrides = run_overrides(args, arm, seed)
+    label = arm if is_solo else f"{arm}@{rate:g}mbit" + (f"/seed{seed}" if seed is not None else "")
+    progress(f"{label}: {len(nodes)} peer(s), {args.rounds} rounds, overrides {overrides}")
+    started = time.monotonic()
+    deadline = started + (args.timeout_s if args.timeout_s is not None else 120.0 + 60.0 * args.rounds)
+    load_start = load()
+    cpu0 = topo.cpu_ns()
+    topo.reset_mem_peak()
+    sampler = net.Sampler(topo, args.sample_s).start()
+    result: dict = {"arm": arm, "seed": seed, "rate_mbit": rate, "overrides": overrides}
+    if not is_solo:
+        result["down_mbit"] = down_rate(args, rate)
+    run_dir = workdir / re.sub(r"[^\w.@-]", "_", label)
+    with LinkHarness(run_dir, args.config, overrides, topo) as h:
+        try:
+            if not is_solo:
+                h.start_bootstrap()
+            # one spare round: a peer that must re-sync round R still finds peers serving it; measured: 1..R
+            procs = [h.start_node_peer(n, args.rounds + 1, join=not is_solo) for n in nodes]
+            timed_out = not _wait(procs, args.rounds, deadline, label)
+            if timed_out:
+                progress(f"{label}: timed out at round {h.swarm_round()}")
+        except RuntimeError as e:
+            result["error"] = str(e)[-2000:]
+            procs, timed_out = [], False
+        h.stop()
+        sampler.stop()
+        cpu1, mem = topo.cpu_ns(), topo.mem()
+        per_peer = {}
+        for p in procs:
+            evs = [(t, e) for t, e in p.round_events() if int(e["round"]) <= args.rounds]
+            m = peer_metrics(evs, sampler.samples, p.name)
+            node = topo.nodes[p.name]
+            m.update(
+                exit_code=p.proc.returncode,
+                log=log_counts(p.log_path),
+                wire_bytes=(wire_total(sampler.samples, p.name) or {}).get("total"),
+                cpu_s=_r((cpu1.get(p.name, 0) - cpu0.get(p.name, 0)) / 1e9, 2) if p.name in cpu1 else None,
+                mem_peak_mb=round(mem[p.name]["peak"] / 2**20) if p.name in mem else None,
+                rss_peak_mb=round(sampler.rss_peak[p.name] / 2**20) if p.name in sampler.rss_peak else None,
+                cpu_cores=node.cpu / node.slow if node.cpu else None,
+                up_mbit=node.up_mbit,
+                down_mbit=node.down_mbit,
+            )
+            per_peer[p.name] = m
+        fast = [n for n in nodes if n in per_peer and not _slowed(args, n)]
+        table = digest_table(procs, range(1, args.rounds + 1))
+        digests = digest_summary(table)
+        walls = round_walls(procs, range(2, args.rounds + 1))
+        result.update(
+            peers=len(nodes),
+            rounds_target=args.rounds,
+            rounds_committed=min(h.swarm_round(), args.rounds),
+            rounds_all_peers=min((m["rounds"] for m in per_peer.values()), default=0),
+            log_counts={k: sum(m["log"].get(k, 0) for m in per_peer.values()) for k in LOG_COUNTS},
+            timed_out=timed_out,
+            exit_codes={n: m["exit_code"] for n, m in per_peer.items()},
+            digests=digests,
+            digests_agree=bool(table) and digests["rounds_with_multiple_digests"] == 0,
+            round_wall_s=stats(walls.values()),
+            round_wall_s_by_round={r: round(w, 2) for r, w in walls.items()},
+            summary=run_summary(per_peer, fast, solo) if not is_solo else None,
+            per_peer=per_peer,
+            bootstrap_wire_bytes=None if is_solo else wire_total(sampler.samples, "boot"),
+            mem_peak_mb_sum=sum(m["peak"] for n, m in mem.items() if n in per_peer) // 2**20 if mem else None,
+            rss_peak_mb_sum=sum(sampler.rss_peak.get(n, 0) for n in per_peer) // 2**20,
+            mem_available_min_mb=sampler.mem_available_min // 2**20 if sampler.mem_available_min else None,
+            killed_by_harness=h.killed_at_exit,
+            log_warnings=log_excerpts(p.log_path for p in h.all_processes()),
+            load_avg_start=load_start,
+            load_avg_end=load(),
+            wall_s=round(time.monotonic() - started, 1),
+        )
+        if any(not p.round_events() or p.proc.returncode not in (0, None) for p in procs):
+            result["stderr_tails"] = {
+                p.name: p.stderr_tail(12) for p in procs if not p.round_events() or p.proc.returncode != 0
+            }
+    s = result.get("summary") or {}
+    progress(
+        f"{label}: rounds {result.get('rounds_all_peers')}/{args.rounds}, digests agree {result.get('digests_agree')}, "
+        f"utilisation {(s.get('utilisation') or {}).get('mean')}, exchange/inner "
+        f"{(s.get('exchange_cost_vs_inner') or {}).get('median')}, round wall {result['round_wall_s']['median']} s, "
+        f"control B/peer/round {(s.get('control_bytes_per_peer_per_round') or {}).get('mean')}, "
+        f"{result.get('log_counts')}"
+    )
+    return result
+
+
+def _slowed(args, node: str) -> bool:
+    if not re.fullmatch(r"p\d+", node):
+        return False
+    i = int(node[1:])
+    return i in args.slow_cpu or i in args.slow_net
+
+
+def setup_topology(args, topo: net.Topology) -> None:
+    topo.add_node("boot")
+    if not args.no_solo:
+        topo.add_node("solo")
+        topo.limit_cpu("solo", args.cpu)
+    for i in range(args.peers):
+        topo.add_node(f"p{i}")
+        topo.limit_cpu(f"p{i}", args.cpu, args.slow_cpu.get(i, 1.0))
+
+
+def shape_peers(args, topo: net.Topology, rate: float) -> None:
+    for i in range(args.peers):
+        f = args.slow_net.get(i, 1.0)
+        topo.shape(f"p{i}", rate / f, down_rate(args, rate) / f)
+
+
+def preflight() -> str | None:
+    if os.geteuid() != 0:
+        return "links.py needs root (network namespaces, tc, cgroups)"
+    missing = net.missing_tools()
+    if missing:
+        return f"links.py needs {', '.join(missing)} on PATH"
+    if not (net.CGROOT / "cpu" / "cgroup.procs").exists():
+        return "links.py needs the cgroup-v1 cpu controller at /sys/fs/cgroup/cpu"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    problem = preflight()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    if args.cleanup_stale:
+        found = [net.cleanup(s) for s in net.stale_suffixes(net.list_netns(), net.pid_alive)]
+        print(json.dumps({"benchmark": "links", "cleanup_stale": found}))
+        return 0
+    install_signal_exit()
+    args.config = args.config.resolve()
+    started = time.monotonic()
+    result: dict = {
+        "benchmark": "links",
+        "config": args.config.name,
+        "overrides": base_overrides(args),
+        "peers": args.peers,
+        "rounds": args.rounds,
+        "rates_mbit": args.rates,
+        "down_mbit": args.down_mbit if args.down_mbit is not None else "4x uplink",
+        "burst_kb": args.burst_kb,
+        "latency_ms": args.latency_ms,
+        "cpu_per_peer": args.cpu,
+        "slow_cpu": args.slow_cpu,
+        "slow_link": args.slow_net,
+        "arms": args.arm_defs,
+        "seeds": args.seed_list,
+        "load_avg_start": load(),
+    }
+    rc = 0
+    with bench_workdir(args.workdir, args.keep, "links") as workdir:
+        topo = net.Topology(burst_kb=args.burst_kb, latency_ms=args.latency_ms)
+        try:
+            with topo:
+                setup_topology(args, topo)
+                progress(f"topology {topo.hub}: {len(topo.nodes)} namespaces, bridge {topo.bridge}, {topo.controllers}")
+                solo = None
+                if not args.no_solo:
+                    result["solo"] = run_arm(args, topo, workdir, "solo", None, None, None)
+                    solo = result["solo"]["per_peer"].get("solo")
+                    result["solo"]["summary"] = {
+                        k: (solo or {}).get(k)
+                        for k in ("inner_steps_per_s", "utilisation", "exchange_cost_vs_inner", "val_loss_final")
+                    }
+                runs = result["runs"] = []
+                for rate in args.rates:
+                    shape_peers(args, topo, rate)
+                    for k, seed in enumerate(args.seed_list):
+                        order = args.arm_names if k % 2 == 0 else list(reversed(args.arm_names))
+                        for arm in order:
+                            runs.append(run_arm(args, topo, workdir, arm, rate, seed, solo))
+                result["summary"] = group_runs(runs)
+                result["targets"] = targets(runs, solo, bool(args.slow_cpu or args.slow_net))
+                rc = 1 if any("error" in r for r in runs) else 0
+        except Exception as e:  # still print what was measured, and tear down
+            result["error"] = f"{type(e).__name__}: {e}"[-2000:]
+            progress(f"error: {result['error']}")
+            rc = 1
+        finally:
+            result["teardown"] = {"suffix": topo.sfx, "left_after": _leftovers(topo.sfx)}
+    result.update(
+        workdir=str(workdir) if (args.keep or args.workdir) else None,
+        cpus=os.cpu_count(),
+        mem_total_mb=_mem_total_mb(),
+        load_avg_end=load(),
+        wall_s=round(time.monotonic() - started, 1),
+    )
+    print(json.dumps(result, default=str))
+    return rc
+
+
+def _leftovers(sfx: str) -> dict:
+    ns = [n for n in net.list_netns() if n.startswith(f"{net.PREFIX}-{sfx}-")]
+    cg = [str(p) for c in ("cpu", "cpuacct", "memory") for p in [net.CGROOT / c / f"{net.PREFIX}-{sfx}"] if p.exists()]
+    return {"netns": ns, "cgroups": cg}
+
+
+def _mem_total_mb() -> int | None:
+    try:
+        return int(Path("/proc/meminfo").read_text().split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
