@@ -29,6 +29,12 @@ def majority(digests: dict[str, str]) -> str | None:
     return min(counts, key=lambda d: (-counts[d], d))
 
 
+def settled(digests: dict[str, str], could_vote: set[str]) -> bool:
+    """Whether one digest is already held by more than half of ``could_vote``, counting only their real digests."""
+    counts = collections.Counter(d for p, d in digests.items() if p in could_vote and is_hex64(d))
+    return bool(counts) and 2 * max(counts.values()) > len(could_vote)
+
+
 @dataclass(frozen=True)
 class Agreement:
     """How a round's commit step ended."""
@@ -49,25 +55,36 @@ class CommitStep:
         participants: Callable[[], Iterable[str]],
         eligible: Callable[[], Iterable[str]],
         deadline_s: float,
+        former: Callable[[], Iterable[str]] = frozenset,
     ) -> Agreement:
         """Announce ``digest`` for ``round_`` and wait (at most ``deadline_s``) for the digests of the round's
         ``participants()`` (re-read while waiting: a peer that leaves or disconnects stops being waited for).
 
-        The majority is taken over the digests of every ``eligible()`` peer of the run that has announced one by
-        then (participants included), not only those waited for: a peer that missed the others' "ready" (it was
-        restarting, or its group failed) still sees the state most of them hold. The winner is ours when nobody
-        else answered."""
+        The majority is taken over the digests of every ``eligible()`` peer of the run (and every ``former()`` one,
+        which left since) that has announced one by then (participants included), not only those waited for: a
+        peer that missed the others' "ready" (it was restarting, or its group failed) still sees the state most of
+        them hold, and a last round's majority that stopped right after it still counts. The winner is ours when
+        nobody else answered.
+
+        It stops waiting as soon as one digest is held by more than half of everyone who could vote (the
+        participants and the eligible peers as known when the step began): no later answer can outvote it. A
+        peer that restarted and trained the round alone no longer holds the others up for the whole deadline."""
         me = self.identity.peer_id
         publish_digest(self.dht, self.identity, self.run_id, round_, digest, self.ttl_s)
         deadline = time.monotonic() + deadline_s
+        live = set(eligible()) | {me}
+        gone = set(former())
         while True:
             expected = set(participants()) | {me}
             digests = get_digests(self.dht, self.run_id, round_)
             if expected <= set(digests) or time.monotonic() >= deadline:
                 break
+            if settled(digests | {me: digest}, live | expected | (gone & set(digests))):
+                break
             time.sleep(POLL_S)
-        # only peers known to be in this run vote, and only with a real digest ("" would send everyone re-syncing)
-        voters = expected | set(eligible())
+        # only peers known to be in this run vote, and only with a real digest ("" would send everyone re-syncing);
+        # a peer that left after committing this round voted like the others
+        voters = expected | set(eligible()) | set(former())
         votes = {p: d for p, d in digests.items() if p in voters and is_hex64(d)}
         votes[me] = digest
         missing = sorted(expected - set(digests))

@@ -2,7 +2,9 @@
 
 A peer that finishes its inner phase announces "ready" for the round (gossip push, DHT record as fallback):
 the round closes for everyone, and the peers that announced are the round's participants. A peer that stops
-cleanly announces a signed "leave", so the others neither wait for it in matchmaking nor in the commit step.
+cleanly announces a signed "leave", so the others neither wait for it in matchmaking nor in the commit step. A
+peer that starts (or restarts) announces "join" for the round it will train first, so the others expect it in
+that round's group instead of assembling without it a moment before it arrives.
 
 ``RoundCloses`` keeps only rounds just ahead of the last commit: "ready" messages are signed but any member
 may send them, for any round number, so an unbounded map would be memory a stranger could fill. The leave
@@ -17,7 +19,7 @@ import time
 from collections.abc import Callable
 
 from p2pmodel.core.errors import P2PModelError
-from p2pmodel.swarm.keys import LEAVE_KIND, READY_KIND, ready_key
+from p2pmodel.swarm.keys import JOIN_KIND, LEAVE_KIND, READY_KIND, ready_key
 from p2pmodel.swarm.records import get_signed, publish_signed
 
 log = logging.getLogger("p2pmodel.pace")
@@ -31,6 +33,7 @@ class RoundCloses:
         self.rounds_ahead = rounds_ahead
         self._since: dict[int, float] = {}  # round -> time.monotonic() when it closed here
         self._who: dict[int, set[str]] = {}  # round -> peers that announced ready for it
+        self._joining: dict[int, set[str]] = {}  # round -> peers that announced they join in it
         self._lock = threading.Lock()  # the gossip handler, the DHT poller and the round loop all write
 
     def mark(self, round_: int, committed: int, peer: str | None = None) -> bool:
@@ -40,15 +43,34 @@ class RoundCloses:
         Returns whether ``round_`` is near enough to ``committed`` (either side) to be worth passing on to peers:
         the gossip handler refuses the rest, so a "ready" for an absurd round stops at the first honest hop."""
         with self._lock:
-            for r in [r for r in self._since if r <= committed]:
-                del self._since[r]
-                self._who.pop(r, None)
+            self._forget(committed)
             if committed < round_ <= committed + self.rounds_ahead:
                 self._since.setdefault(round_, time.monotonic())
                 who = self._who.setdefault(round_, set())
                 if peer is not None and len(who) < MAX_READY_PER_ROUND:
                     who.add(peer)
         return committed - self.rounds_ahead < round_ <= committed + self.rounds_ahead
+
+    def mark_joining(self, round_: int, committed: int, peer: str) -> bool:
+        """``peer`` joins the swarm in ``round_`` (it does not close the round); same window as ``mark``."""
+        with self._lock:
+            self._forget(committed)
+            if committed < round_ <= committed + self.rounds_ahead:
+                who = self._joining.setdefault(round_, set())
+                if len(who) < MAX_READY_PER_ROUND:
+                    who.add(peer)
+        return committed - self.rounds_ahead < round_ <= committed + self.rounds_ahead
+
+    def _forget(self, committed: int) -> None:
+        for r in [r for r in (*self._since, *self._joining) if r <= committed]:
+            self._since.pop(r, None)
+            self._who.pop(r, None)
+            self._joining.pop(r, None)
+
+    def joining(self, round_: int) -> frozenset[str]:
+        """The peers known to join in ``round_``."""
+        with self._lock:
+            return frozenset(self._joining.get(round_, ()))
 
     def __contains__(self, round_: int) -> bool:
         return round_ in self._since
@@ -92,6 +114,7 @@ class Pace:
         self._watch_round = 0
         self._stop = threading.Event()
         gossip.subscribe(READY_KIND, self._on_ready)
+        gossip.subscribe(JOIN_KIND, self._on_join)
         gossip.subscribe(LEAVE_KIND, self._on_leave)
         self._thread = threading.Thread(target=self._watch, name="p2pmodel-pace", daemon=True)
         self._thread.start()
@@ -108,6 +131,13 @@ class Pace:
         body = {"peer_id": me, "round": round_, "time": time.time()}
         key = ready_key(self.run_id, round_)
         self._in_background(lambda: publish_signed(self.dht, self.identity, key, READY_KIND, body, self._ready_ttl_s))
+
+    def announce_join(self, round_: int) -> None:
+        """This peer (re)starts and will train ``round_``: the others expect it in that round's group."""
+        try:
+            self.gossip.publish(JOIN_KIND, {"run_id": self.run_id, "round": round_})
+        except P2PModelError as e:  # the others assemble without us this round; we are in the next one
+            log.debug("could not announce join for round %d: %s", round_, e)
 
     def announce_leave(self, timeout_s: float = 3.0) -> None:
         """A clean stop: the others stop waiting for this peer at once (best effort, bounded)."""
@@ -126,6 +156,9 @@ class Pace:
     def ready(self, round_: int) -> frozenset[str]:
         return self.closes.ready(round_)
 
+    def joining(self, round_: int) -> frozenset[str]:
+        return self.closes.joining(round_)
+
     def left(self) -> frozenset[str]:
         """Peers that announced a clean stop (and have not announced ready since)."""
         with self._left_lock:
@@ -142,6 +175,17 @@ class Pace:
         with self._left_lock:
             self._left.pop(msg.signer, None)  # back after a restart
         return self.closes.mark(body["round"], self._committed(), msg.signer)  # False: neither kept nor forwarded
+
+    def _on_join(self, msg) -> bool:
+        """A gossiped "join": expect its signer in that round's group (it is back if it had left)."""
+        body = msg.body
+        if body.get("run_id") != self.run_id or type(body.get("round")) is not int or body["round"] < 1:
+            return False
+        if msg.signer == self.identity.peer_id:
+            return True
+        with self._left_lock:
+            self._left.pop(msg.signer, None)
+        return self.closes.mark_joining(body["round"], self._committed(), msg.signer)
 
     def _on_leave(self, msg) -> bool:
         body = msg.body
@@ -173,5 +217,6 @@ class Pace:
     def close(self) -> None:
         self._stop.set()
         self.gossip.unsubscribe(READY_KIND)
+        self.gossip.unsubscribe(JOIN_KIND)
         self.gossip.unsubscribe(LEAVE_KIND)
         self._thread.join(2.0)

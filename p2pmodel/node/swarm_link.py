@@ -38,7 +38,7 @@ from p2pmodel.swarm.blobs import BlobServer
 from p2pmodel.swarm.connections import connected_peers
 from p2pmodel.swarm.listen import expand_wildcards
 from p2pmodel.swarm.node import DEFAULT_HOST_MADDRS, start_dht, stop_dht, visible_maddrs
-from p2pmodel.swarm.records import list_peer_records, make_peer_record
+from p2pmodel.swarm.records import get_digests, list_peer_records, make_peer_record
 from p2pmodel.swarm.refresher import RecordRefresher
 from p2pmodel.swarm.serial_dht import serialize_calls
 from p2pmodel.sync import DeterministicAverager
@@ -77,7 +77,7 @@ class SwarmLink:
         self._publisher = Publisher()
         self.commit_hooks: list = []  # called with (round, members) after each commit (releases)
         self._peer_cache: tuple[float, list[str]] = (0.0, [])
-        self._last_members: list[str] = []  # the peers whose digests decided the last commit
+        self._last_members: list[str] = []  # the last commit step's voters and the participants it did not wait for
         self.dht = serialize_calls(
             start_dht(
                 identity.path,
@@ -162,14 +162,15 @@ class SwarmLink:
 
     def expected_group(self, round_: int) -> set[str]:
         """Who should average in ``round_``: the last round's peers still connected and not gone, those that
-        announced ready for it, and this peer; before any round, every peer with a live record."""
+        announced ready for it or that they join in it, and this peer; before any round, every peer with a live
+        record."""
         me, left = self.identity.peer_id, self.pace.left()
         if self._last_members:
             connected = connected_peers(self.dht)
             before = {p for p in self._last_members if connected is None or p in connected}
         else:
             before = set(self.peer_ids(max_age_s=0))
-        return (before | self.pace.ready(round_) | {me}) - (left - {me})
+        return (before | self.pace.ready(round_) | self.pace.joining(round_) | {me}) - (left - {me})
 
     def participants(self, round_: int, outcome: ExchangeOutcome) -> set[str]:
         """Whose digest the commit step waits for: the round's group and whoever announced ready for it, less
@@ -199,10 +200,14 @@ class SwarmLink:
         expected = self.expected_group(round_)
         if len(expected) < 2:
             return self._alone(sent, "no other peer online")
+        if self._too_late(round_):
+            return self._alone(sent, "the round's group formed before this peer was ready")
         base = {"round": round_, "base": self.peer.digest}
         timeout = self.cfg.sync.matchmaking_time_s + 2 * self.cfg.sync.request_timeout_s
         log.info("round %d: averaging (expecting %d peers)", round_, len(expected))
-        res = self.averager.step(weight=weight, timeout=timeout, gather=base, expected_size=len(expected))
+        res = self.averager.step(
+            weight=weight, timeout=timeout, gather=base, expected_size=len(expected), round_=round_
+        )
         mixed = res.succeeded and any(v != base for v in res.gathered.values())
         if not res.succeeded or mixed or res.group_size < 2:
             return self._alone(sent, "group of another round or state" if mixed else (res.reason or "alone"))
@@ -223,6 +228,22 @@ class SwarmLink:
             bytes_received=moved,
         )
 
+    def _too_late(self, round_: int) -> bool:
+        """Whether the others have averaged ``round_`` without us already, so that matchmaking could only time out
+        (a whole window and two requests): the round closed here longer ago than the others wait for a group,
+        or, in our first round after a (re)start, someone already announced its round-``round_`` digest."""
+        window = self.cfg.sync.matchmaking_time_s
+        closed_for = self.pace.closes.closed_for(round_)
+        if closed_for is not None and closed_for > (1 + CLOSE_GRACE) * window:
+            return True
+        if self._last_members:
+            return False
+        try:
+            return bool(set(get_digests(self.dht, self.run_id, round_)) - {self.identity.peer_id})
+        except Exception as e:  # no answer: try to average
+            log.debug("digest check failed: %s", e)
+            return False
+
     def _alone(self, sent: list[torch.Tensor], reason: str) -> ExchangeOutcome:
         if self.residuals:  # our full compensated delta is applied: nothing left over
             for r in self.residuals:
@@ -240,8 +261,11 @@ class SwarmLink:
             participants=lambda: self.participants(round_, outcome),
             eligible=lambda: self.peer_ids(max_age_s=0),
             deadline_s=deadline_s,
+            former=self.pace.left,  # a peer that stopped right after its commit voted for this round too
         )
-        self._last_members = agreement.committed_by
+        # next round expects the peers not waited for too (the commit step ends once a majority agrees; a peer
+        # behind by a re-sync is still in the swarm): the connection check drops the crashed ones
+        self._last_members = sorted({*agreement.committed_by, *agreement.missing})
         if agreement.winner != self.peer.digest:
             log.warning(
                 "round %d: this peer holds %s but most peers hold %s: re-syncing",
@@ -263,11 +287,13 @@ class SwarmLink:
             hook(round_, members)
 
     def catch_up(self) -> bool:
-        """Late join: adopt the swarm's latest committed state (verified) if it is ahead of this peer."""
-        if self.offers.catch_up():
+        """Late join: adopt the swarm's latest committed state (verified) if it is ahead of this peer; then tell
+        the others which round this peer trains first."""
+        caught_up = self.offers.catch_up()
+        if caught_up:
             self.committed = Committed(self.peer.round, self.peer.digest)
-            return True
-        return False
+        self.pace.announce_join(self.peer.round + 1)
+        return caught_up
 
     # --- records ---------------------------------------------------------------------------------------
     def publish_run(self) -> None:

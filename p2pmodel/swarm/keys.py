@@ -11,7 +11,7 @@ DHT layout (one key per topic, one subkey per signer; readers check signer == su
     p2pmodel/{run}/tags                  "tag_index": the tags a peer holds and their certificates' blob ids
     p2pmodel/{run}/proposals             "proposal": a signed request for a MINOR/MAJOR next release
 
-Gossip kinds (signed messages pushed to every peer of the run): "ready", "leave", "vote", "tag".
+Gossip kinds (signed messages pushed to every peer of the run): "ready", "join", "leave", "vote", "tag".
 """
 
 RUNS_KEY = "p2pmodel/runs"
@@ -20,6 +20,7 @@ RUN_KIND = "run_record"
 PEER_RECORD_KIND = "peer_record"
 DIGEST_RECORD_KIND = "digest_record"
 READY_KIND = "ready"
+JOIN_KIND = "join"
 LEAVE_KIND = "leave"
 OFFER_KIND = "state_offer"
 HISTORY_KIND = "history"

@@ -53,6 +53,14 @@ logger = get_logger(__name__)
 _HOST_GRACE_S = 10.0  # extra host-side wait beyond timeout + allreduce_timeout before giving up on the child
 
 
+ROUND_KEY_BITS = 20  # rounds further apart than 2**20 never meet in matchmaking anyway (records expire)
+
+
+def round_group_bits(round_: int) -> str:
+    """The matchmaking bucket of a round: its number in binary (``0b...`` is the group key's suffix)."""
+    return format(round_ % (1 << ROUND_KEY_BITS), f"0{ROUND_KEY_BITS}b")
+
+
 class DeterministicAverager(DecentralizedAverager):
     """Decentralized averaging whose result is bitwise-identical on every member of a round.
 
@@ -167,12 +175,21 @@ class DeterministicAverager(DecentralizedAverager):
                 residual.zero_()
 
     def step(  # type: ignore[override]
-        self, weight: float = 1.0, timeout: float = 30.0, gather: Any = None, expected_size: int | None = None
+        self,
+        weight: float = 1.0,
+        timeout: float = 30.0,
+        gather: Any = None,
+        expected_size: int | None = None,
+        round_: int | None = None,
     ) -> AveragingResult:
         """Find a group within ``timeout`` s and average with it, weighted by ``weight`` (samples processed).
 
         ``expected_size``: the group forms as soon as this many peers (this one included) are in, instead of at
         the end of the matchmaking window (capped by ``target_group_size``, at least 2).
+
+        ``round_``: only peers averaging the same round meet (it becomes the matchmaking group key, which
+        hivemind's leaders check on every join request). Without it a peer still looking for a group of round
+        r joined the others' group of round r + 1, and the whole group failed its gather check.
 
         Blocks at most ``timeout + allreduce_timeout`` (+ a small grace). Never raises for a network failure:
         returns ``AveragingResult(succeeded=False, reason=...)`` with the tensors untouched. (If the host-side
@@ -188,7 +205,8 @@ class DeterministicAverager(DecentralizedAverager):
         started = time.monotonic()
         configured = self.matchmaking_kwargs["target_group_size"] or expected_size
         target = None if expected_size is None else max(2, min(int(expected_size), configured))
-        self._outer_pipe.send(("_expect_group_size", [target], {}))  # handled before the step, in pipe order
+        bits = None if round_ is None else round_group_bits(round_)
+        self._outer_pipe.send(("_expect_group", [target, bits], {}))  # handled before the step, in pipe order
         control = None
         try:
             control = super().step(gather=gather, weight=float(weight), timeout=timeout, wait=False)
@@ -201,8 +219,11 @@ class DeterministicAverager(DecentralizedAverager):
             return AveragingResult.failure(reason, weight=weight, elapsed_s=time.monotonic() - started)
         return AveragingResult.from_report(report, weight=weight, elapsed_s=time.monotonic() - started)
 
-    async def _expect_group_size(self, size: int | None) -> None:  # averager process: assemble at this size
+    async def _expect_group(self, size: int | None, group_bits: str | None) -> None:  # in the averager process
+        """Assemble at ``size``; look for a group under the key of ``group_bits`` (hivemind's bucket bits)."""
         self._matchmaking.target_group_size = size or self.matchmaking_kwargs["target_group_size"]
+        if group_bits is not None:
+            self._matchmaking.group_key_manager.group_bits = group_bits
 
     async def _step(self, **kwargs):  # runs in the averager's process, where _matchmaking lives
         space_leader_search(self._matchmaking.potential_leaders)

@@ -198,15 +198,27 @@ def test_peer_killed_mid_round(dhts, runner):
             victim.shutdown()
 
 
-@pytest.mark.timeout(30)
-def test_no_group_is_a_failure_result(dhts):
-    inputs, _ = make_inputs(1, seed=3)
-    (alone,) = start_averagers(dhts[:1], inputs, error_feedback=True)
+@pytest.mark.timeout(40)
+def test_peers_of_different_rounds_never_meet_and_no_group_is_a_failure_result(dhts):
+    """Two peers look for a group at the same time, one for round 6, one for round 7: neither finds one (before
+    the round became the matchmaking key, a peer late for round r joined a group of round r + 1 and the whole
+    group failed); the failure leaves the tensors untouched and the residuals zero. Then both at round 7 meet."""
+    inputs, weights = make_inputs(2, seed=3)
+    averagers = start_averagers(dhts[:2], inputs, error_feedback=True)
     try:
-        result = alone.step(5.0, timeout=3.0)
-        assert isinstance(result, AveragingResult)
-        assert not result.succeeded and result.reason
-        assert digest(held(alone)) == digest(inputs[0])  # untouched: the node applies its own delta
-        assert all(not r.any() for r in alone.residuals)
+        with ThreadPoolExecutor(2) as pool:
+            steps = [
+                pool.submit(a.step, w, timeout=3.0, round_=r)
+                for a, w, r in zip(averagers, weights, (6, 7), strict=True)
+            ]
+            results = [f.result() for f in steps]
+        for result, averager, mine in zip(results, averagers, inputs, strict=True):
+            assert isinstance(result, AveragingResult)
+            assert not result.succeeded and result.reason == "no group found"
+            assert digest(held(averager)) == digest(mine)  # untouched: the node applies its own delta
+            assert all(not r.any() for r in averager.residuals)
+        together = step_all(averagers, weights, timeout=10.0, round_=7)
+        assert all(r.succeeded and r.group_size == 2 for r in together)
+        assert digest(held(averagers[0])) == digest(held(averagers[1]))
     finally:
-        shutdown_all([alone])
+        shutdown_all(averagers)

@@ -134,6 +134,7 @@ def test_scripts_parse_and_are_executable(script, shell):
         subprocess.run(["shellcheck", str(script)], check=True, timeout=60)
 
 
+@pytest.mark.swarm  # starts a process: not in the fast tier
 @pytest.mark.skipif(not shutil.which("docker-compose"), reason="docker-compose not installed")
 def test_docker_compose_config_validates():
     r = subprocess.run(

@@ -1,0 +1,30 @@
+"""Pins of the hivemind matchmaking internals that sync/averager.py sets from the host (through its pipe): the
+group's target size and the group key's bucket bits. If a hivemind upgrade renames or stops checking them, this
+fails here instead of peers that wait a whole matchmaking window every round or meet peers of another round."""
+
+import inspect
+
+from hivemind.averaging.key_manager import GroupKeyManager
+from hivemind.averaging.matchmaking import Matchmaking
+
+from p2pmodel.sync.averager import ROUND_KEY_BITS, DeterministicAverager, round_group_bits
+
+
+def test_the_group_key_is_built_from_the_bucket_bits_and_checked_on_every_join_request():
+    key = inspect.getsource(GroupKeyManager.current_key.fget)
+    assert "self.group_bits" in key and ".0b" in key
+    reject = inspect.getsource(Matchmaking._check_reasons_to_reject)
+    assert "request.group_key != self.group_key_manager.current_key" in reject
+    assert "BAD_GROUP_KEY" in reject
+
+
+def test_the_target_group_size_is_read_while_the_group_assembles():
+    assert "self.target_group_size" in inspect.getsource(Matchmaking)
+    assert "group_key_manager.group_bits" in inspect.getsource(DeterministicAverager._expect_group)
+
+
+def test_round_bits_differ_for_nearby_rounds_and_have_a_fixed_width():
+    bits = [round_group_bits(r) for r in range(1, 2000)]
+    assert len(set(bits)) == len(bits)
+    assert all(len(b) == ROUND_KEY_BITS and set(b) <= {"0", "1"} for b in bits)
+    assert round_group_bits(5) == round_group_bits(5 + (1 << ROUND_KEY_BITS))
