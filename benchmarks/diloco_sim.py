@@ -52,6 +52,14 @@ def main() -> None:
         action="store_false",
         help="skip the codec round trip of the averaged delta (the daemon's reducers send it encoded)",
     )
+    ap.add_argument(
+        "--overlap",
+        choices=["none", "eager", "local", "naive"],
+        default="none",
+        help="diloco: average each phase's deltas during the next phase and apply the mean one phase late; the next"
+        " phase starts from the outer step peeked with a proxy of the mean in flight: eager = own delta / peers +"
+        " the last mean for the others' share; local = own delta; naive = no proxy (the last committed state)",
+    )
     args = ap.parse_args()
     cfg = load_config(args.config, args.overrides)
     torch.set_num_threads(cfg.train.torch_threads or 1)
@@ -91,32 +99,55 @@ def diloco(cfg, corpus, args, val) -> dict:
         workers.append((m, InnerTrainer(m, cfg.train, torch.device("cpu")), stream))
     feedback = [ErrorFeedback() for _ in range(n)]
     rounds, trace = args.steps // args.inner_steps, []
-    for _ in range(rounds):
+    starts = [[p.clone() for p in params] for _ in range(n)]  # where each worker's next inner phase starts
+    pending, last_mean = None, None  # overlap: the mean in flight (applied after the next inner phase)
+    for r in range(rounds + (args.overlap != "none")):  # overlap: one more inner phase, still `rounds` commits
         mean = [torch.zeros_like(p) for p in params]
-        for (m, trainer, stream), ef in zip(workers, feedback, strict=True):
+        deltas = []
+        for (m, trainer, stream), ef, start in zip(workers, feedback, starts, strict=True):
             with torch.no_grad():
-                for p, g in zip(m.parameters(), params, strict=True):
-                    p.copy_(g)
+                for p, s in zip(m.parameters(), start, strict=True):
+                    p.copy_(s)
             trainer.run(stream, args.inner_steps)
             with torch.no_grad():
-                for i, (p, g, acc) in enumerate(zip(m.parameters(), params, mean, strict=True)):
-                    sent = ef.compensate(i, g - p) if cfg.compress.error_feedback else g - p
+                delta = [s - p for p, s in zip(m.parameters(), start, strict=True)]
+                deltas.append(delta)
+                for i, (d, acc) in enumerate(zip(delta, mean, strict=True)):
+                    sent = ef.compensate(i, d) if cfg.compress.error_feedback else d
                     decoded = codec.extract(codec.compress(sent, CompressionInfo.from_tensor(sent))).reshape(sent.shape)
                     if cfg.compress.error_feedback:
                         ef.update(i, sent, decoded)
                     acc.add_(decoded / n)
         if args.encode_mean:  # as the daemon: each reducer encodes the averaged part once and everyone decodes it
             mean = [codec.extract(codec.compress(t, CompressionInfo.from_tensor(t))).reshape(t.shape) for t in mean]
-        outer.step(mean)
-        if args.trace:
+        if args.overlap == "none":
+            outer.step(mean)
+            starts = [params] * n
+        else:  # the mean of this phase lands after the next phase; the previous one lands now
+            if pending is not None:
+                outer.step(pending)
+            pending, last_mean = mean, pending
+            starts = [outer.peek(eager_proxy(d, last_mean, n, args.overlap)) for d in deltas]
+        if args.trace and (args.overlap == "none" or r > 0):
             trace.append(round(val(global_model), 4))
+    out_overlap = args.overlap
     encoded = sum(len(codec.compress(p, CompressionInfo.from_tensor(p)).SerializeToString()) for p in params)
     out = {"val_loss": val(global_model), "inner_steps_H": args.inner_steps, "codec": args.codec}
     out["mean_encoded"] = args.encode_mean
+    out["overlap"] = out_overlap
     out["payload_bytes_per_peer"] = int(rounds * 2 * (n - 1) / n * encoded)  # the all-reduce's share, as the daemon
     if args.trace:
         out["val_per_round"] = trace
     return out
+
+
+def eager_proxy(own, last_mean, n, how):
+    """What a worker takes for the mean still in flight (see --overlap)."""
+    if how == "naive":
+        return [torch.zeros_like(d) for d in own]
+    if how == "local" or last_mean is None:
+        return own
+    return [d / n + m * (1 - 1 / n) for d, m in zip(own, last_mean, strict=True)]
 
 
 if __name__ == "__main__":

@@ -52,6 +52,11 @@ class Peer:
         self.last_report: EvalReport | None = None
         self.counters = {"bytes_sent": 0, "bytes_received": 0}
         self.history: list[list] = []  # [round, val_loss] of recent commits (for plots and light clients)
+        # overlap (sync.overlap): the delta trained but not averaged yet, and the last mean (the eager stand-in
+        # for the others' share); neither is checkpointed: after a restart the peer trains its round first
+        self.in_flight = None
+        self.last_mean: list[torch.Tensor] | None = None
+        self.last_group = 0
 
     # --- state views -----------------------------------------------------------------------------
     def global_state(self) -> dict[str, torch.Tensor]:
@@ -62,16 +67,21 @@ class Peer:
 
         return state_digest(self.global_state())
 
-    def pseudo_gradient(self) -> list[torch.Tensor]:
-        """Δ = θ_global − θ_local, on the CPU in fp32."""
+    def pseudo_gradient(self, base: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Δ = base − θ_local, on the CPU in fp32; ``base`` is where the inner phase started (θ_global unless the
+        round overlapped its exchange: node/round.py)."""
         return [
             g - p.detach().to("cpu", torch.float32)
-            for g, p in zip(self.global_params, self.model.parameters(), strict=True)
+            for g, p in zip(self.global_params if base is None else base, self.model.parameters(), strict=True)
         ]
 
     def load_global_into_local(self) -> None:
+        self.set_local(self.global_params)
+
+    def set_local(self, params: list[torch.Tensor]) -> None:
+        """Make ``params`` (CPU fp32, the parameters' order) the local weights the next inner phase starts from."""
         with torch.no_grad():
-            for g, p in zip(self.global_params, self.model.parameters(), strict=True):
+            for g, p in zip(params, self.model.parameters(), strict=True):
                 p.copy_(g.to(p.device, p.dtype))
 
     def set_global(self, state: dict[str, torch.Tensor]) -> None:

@@ -1,8 +1,28 @@
-"""One outer round, in the order of DESIGN.md: inner phase → delta → exchange → outer step → commit."""
+"""One outer round, in the order of DESIGN.md: inner phase → delta → exchange → outer step → commit.
 
+With ``sync.overlap`` the exchange of round r runs in the background while the inner phase of round r + 1 runs
+(``run_overlapped_round``), and round r's mean is applied one inner phase late: the eager / one-step-delayed
+outer update of "Eager Updates For Overlapped Communication and Computation in DiLoCo" (Kale, Douillard,
+Donchev, 2025), arranged so that every peer still commits the same bits:
+
+- θ_global follows exactly the blocking recurrence, θ_r = OuterOpt(θ_{r-1}, mean Δ_r): the same mean, the same
+  outer step, the same commit step, state offers and versions; only *when* it is computed moves.
+- The inner phase of round r + 1 cannot start from θ_r (its mean is in flight). It starts from the outer step
+  peeked with a stand-in for that mean (``eager_proxy``): this peer's own fresh Δ_r for its share (1/M) and the
+  last mean it knows for the M - 1 others'. The paper's correction term is implicit here: the start point is
+  thrown away at the next commit and recomputed from the real θ_r, so a stand-in's error is never carried
+  into θ_global; Δ_{r+1} = start − θ_local is a displacement, valid whichever point it started from.
+
+A peer that has no delta in flight for the round it commits (it just started, caught up or re-synced) trains
+that round's inner phase first, without overlap; a delta in flight when the peer stops is dropped (one inner
+phase of this peer's work, as a blocking peer loses the phase it is in)."""
+
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import torch
 
 from p2pmodel.eval import EvalReport
 from p2pmodel.node.commit import Agreement
@@ -18,6 +38,40 @@ class RoundResult:
     report: EvalReport
     agreement: Agreement  # how the commit step ended: who decided it, who was waited for in vain
     seconds: float  # wall time from the first inner step to the commit
+    wait_s: float = 0.0  # how long the round waited for its exchange (blocking: all of it; overlap: what was left)
+
+
+@dataclass
+class InFlight:
+    """A trained delta not yet averaged (overlap): the round it belongs to, Δ and the samples behind it."""
+
+    round: int
+    delta: list[torch.Tensor]
+    samples: int
+    stats: list[InnerStats] = field(default_factory=list)
+
+
+def _inner_phase(peer, exchange: Exchange, round_: int, interrupted, on_step) -> InnerStats:
+    first = peer.trainer.step
+
+    def stop_inner() -> bool:  # a peer finished its H steps (+ a short grace): the round closes, nobody idles
+        return interrupted() or (peer.trainer.step > first and exchange.round_closed(round_))
+
+    return peer.trainer.run(peer.stream, peer.cfg.train.inner_steps, stop_inner, on_step, round_=round_)
+
+
+def _commit(peer, exchange: Exchange, round_: int, outcome: ExchangeOutcome, samples: int):
+    """Outer step on the round's mean, commit step, evaluation, checkpoint: the same for both schedules."""
+    peer.outer.step(outcome.mean_delta)  # θ_global ← OuterOpt(θ_global, mean Δ)
+    peer.load_global_into_local()
+    peer.digest = peer.global_digest()
+    agreement = exchange.agree(round_, outcome)  # commit step: the digest most peers hold wins; else re-sync
+    peer.samples_total += samples
+    peer.counters["bytes_sent"] += outcome.bytes_sent
+    peer.counters["bytes_received"] += outcome.bytes_received
+    report = peer.evaluate()
+    peer.commit(round_, members=outcome.members)  # digest + atomic checkpoint; a restart resumes here
+    return agreement, report
 
 
 def run_round(
@@ -28,27 +82,102 @@ def run_round(
     on_step: Callable[[int, float], None] | None = None,
 ) -> RoundResult | None:
     """Run round ``round_`` to its commit, or return None (nothing committed) if interrupted before."""
-    first, started = peer.trainer.step, time.perf_counter()
-
-    def stop_inner() -> bool:  # a peer finished its H steps (+ a short grace): the round closes, nobody idles
-        return interrupted() or (peer.trainer.step > first and exchange.round_closed(round_))
-
-    stats = peer.trainer.run(peer.stream, peer.cfg.train.inner_steps, stop_inner, on_step, round_=round_)  # inner phase
+    if peer.cfg.sync.overlap:
+        return run_overlapped_round(peer, exchange, round_, interrupted, on_step)
+    started = time.perf_counter()
+    stats = _inner_phase(peer, exchange, round_, interrupted, on_step)
     if interrupted():
         return None
     delta = peer.pseudo_gradient()  # Δ = θ_global − θ_local
+    waited = time.perf_counter()
     outcome = exchange.average(round_, delta, weight=float(stats.samples))  # weighted mean Δ of the group
-    peer.outer.step(outcome.mean_delta)  # θ_global ← OuterOpt(θ_global, mean Δ)
-    peer.load_global_into_local()
-    peer.digest = peer.global_digest()
-    agreement = exchange.agree(round_, outcome)  # commit step: the digest most peers hold wins; else re-sync
-    peer.samples_total += stats.samples
-    peer.counters["bytes_sent"] += outcome.bytes_sent
-    peer.counters["bytes_received"] += outcome.bytes_received
-    report = peer.evaluate()
-    peer.commit(round_, members=outcome.members)  # digest + atomic checkpoint; a restart resumes here
-    exchange.after_commit(
-        round_, stats.samples / max(stats.seconds, 1e-9), outcome.members
-    )  # offer the state to others
-    seconds = time.perf_counter() - started
-    return RoundResult(round_, stats, outcome, report, agreement, seconds)
+    wait_s = time.perf_counter() - waited
+    agreement, report = _commit(peer, exchange, round_, outcome, stats.samples)
+    exchange.after_commit(round_, stats.samples / max(stats.seconds, 1e-9), outcome.members)  # serve it
+    return RoundResult(round_, stats, outcome, report, agreement, time.perf_counter() - started, wait_s)
+
+
+def eager_proxy(own: list[torch.Tensor], last_mean: list[torch.Tensor] | None, group: int) -> list[torch.Tensor]:
+    """A stand-in for the mean still in flight: own Δ / M + (1 - 1/M) · the last mean (own Δ alone when there is
+    no last mean or no group)."""
+    if last_mean is None or group < 2:
+        return own
+    return [d / group + m * (1 - 1 / group) for d, m in zip(own, last_mean, strict=True)]
+
+
+class _Background:
+    """The exchange of one round on a daemon thread (a stop never waits for it: the averager has its deadlines,
+    and its process ends with the peer)."""
+
+    def __init__(self, job: Callable[[], ExchangeOutcome]):
+        self._result: ExchangeOutcome | None = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(job,), name="p2pmodel-exchange", daemon=True)
+        self._thread.start()
+
+    def _run(self, job) -> None:
+        try:
+            self._result = job()
+        except BaseException as e:  # re-raised in the round thread
+            self._error = e
+        finally:
+            self._done.set()
+
+    def result(self, interrupted: Callable[[], bool]) -> ExchangeOutcome | None:
+        while not self._done.wait(0.2):
+            if interrupted():
+                return None
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+def run_overlapped_round(
+    peer,
+    exchange: Exchange,
+    round_: int,
+    interrupted: Callable[[], bool],
+    on_step: Callable[[int, float], None] | None = None,
+) -> RoundResult | None:
+    """Commit round ``round_`` with its exchange hidden behind round ``round_ + 1``'s inner phase (module doc)."""
+    started = time.perf_counter()
+    flight = peer.in_flight if peer.in_flight is not None and peer.in_flight.round == round_ else None
+    if flight is None:  # nothing trained for this round yet: its inner phase first, from θ_global
+        peer.load_global_into_local()
+        stats = _inner_phase(peer, exchange, round_, interrupted, on_step)
+        if interrupted():
+            return None
+        flight = InFlight(round_, peer.pseudo_gradient(), stats.samples, [stats])
+    peer.in_flight = None
+    exchange_job = _Background(lambda: exchange.average(round_, flight.delta, weight=float(flight.samples)))
+    start = peer.outer.peek(eager_proxy(flight.delta, peer.last_mean, peer.last_group))
+    peer.set_local(start)
+    ahead = _inner_phase(peer, exchange, round_ + 1, interrupted, on_step)
+    if interrupted():
+        return None
+    next_delta = peer.pseudo_gradient(base=start)
+    waited = time.perf_counter()
+    outcome = exchange_job.result(interrupted)
+    if outcome is None:
+        return None
+    wait_s = time.perf_counter() - waited
+    agreement, report = _commit(peer, exchange, round_, outcome, flight.samples)
+    peer.last_mean, peer.last_group = outcome.mean_delta, outcome.group_size
+    peer.in_flight = InFlight(round_ + 1, next_delta, ahead.samples, [ahead])
+    stats = _merged(flight.stats + [ahead])
+    exchange.after_commit(round_, stats.samples / max(stats.seconds, 1e-9), outcome.members)
+    return RoundResult(round_, stats, outcome, report, agreement, time.perf_counter() - started, wait_s)
+
+
+def _merged(parts: list[InnerStats]) -> InnerStats:
+    """The inner phases run during one call, as one (steps, samples and time add up; loss weighted by steps)."""
+    steps = sum(p.steps for p in parts)
+    loss = sum(p.loss * p.steps for p in parts) / steps if steps else parts[-1].loss
+    return InnerStats(
+        steps=steps,
+        samples=sum(p.samples for p in parts),
+        tokens=sum(p.tokens for p in parts),
+        loss=loss,
+        seconds=sum(p.seconds for p in parts),
+    )

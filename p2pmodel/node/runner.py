@@ -156,6 +156,7 @@ async def _serve(
                                 "steps": result.stats.steps,
                                 "inner_s": round(result.stats.seconds, 3),
                                 "round_s": round(result.seconds, 3),
+                                "exchange_wait_s": round(result.wait_s, 3),
                             },
                         )
                     )

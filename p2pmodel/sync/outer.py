@@ -60,6 +60,22 @@ class OuterOptimizer:
             p.sub_(torch.mul(update, self.lr))
         self.steps += 1
 
+    @torch.no_grad()
+    def peek(self, mean_delta: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The parameters one ``step(mean_delta)`` would give, as new tensors; parameters and momentum untouched
+        (the overlapped round starts its inner phase there while the real mean is still in flight)."""
+        if len(mean_delta) != len(self.params):
+            raise ValueError(f"expected {len(self.params)} deltas, got {len(mean_delta)}")
+        out = []
+        for p, delta, buf in zip(self.params, mean_delta, self.momentum_buffers, strict=True):
+            grad = delta.detach().to(device="cpu", dtype=torch.float32)
+            update = grad
+            if self.momentum:
+                ahead = grad.clone() if buf is None else torch.mul(buf, self.momentum).add_(grad)
+                update = torch.mul(ahead, self.momentum).add_(grad) if self.nesterov else ahead
+            out.append(p - torch.mul(update, self.lr))
+        return out
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "lr": self.lr,

@@ -96,3 +96,21 @@ def test_rejects_bad_input():
         opt.step(deltas[0][:1])
     with pytest.raises(ValueError):
         opt.step([torch.zeros(3), torch.zeros(3)])
+
+
+def test_peek_is_the_step_it_does_not_take():
+    from p2pmodel.sync.outer import OuterOptimizer
+
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(5, 3, generator=gen), torch.randn(7, generator=gen)]
+    for nesterov, momentum in ((True, 0.9), (False, 0.5), (False, 0.0)):
+        live = [p.clone() for p in params]
+        opt = OuterOptimizer(live, lr=0.7, momentum=momentum, nesterov=nesterov)
+        for _ in range(2):  # with and without a momentum buffer
+            delta = [torch.randn(p.shape, generator=gen) for p in params]
+            before = [p.clone() for p in live], opt.state_dict()
+            peeked = opt.peek(delta)
+            assert all(torch.equal(a, b) for a, b in zip(live, before[0], strict=True))  # untouched
+            assert opt.state_dict()["steps"] == before[1]["steps"]
+            opt.step(delta)
+            assert all(torch.equal(a, b) for a, b in zip(peeked, live, strict=True))  # the same bits
