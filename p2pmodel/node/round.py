@@ -20,7 +20,7 @@ phase of this peer's work, as a blocking peer loses the phase it is in)."""
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -48,7 +48,6 @@ class InFlight:
     round: int
     delta: list[torch.Tensor]
     samples: int
-    stats: list[InnerStats] = field(default_factory=list)
 
 
 def _inner_phase(peer, exchange: Exchange, round_: int, interrupted, on_step) -> InnerStats:
@@ -143,12 +142,13 @@ def run_overlapped_round(
     """Commit round ``round_`` with its exchange hidden behind round ``round_ + 1``'s inner phase (module doc)."""
     started = time.perf_counter()
     flight = peer.in_flight if peer.in_flight is not None and peer.in_flight.round == round_ else None
+    phases: list[InnerStats] = []  # the inner phases run in this call
     if flight is None:  # nothing trained for this round yet: its inner phase first, from θ_global
         peer.load_global_into_local()
-        stats = _inner_phase(peer, exchange, round_, interrupted, on_step)
+        phases.append(_inner_phase(peer, exchange, round_, interrupted, on_step))
         if interrupted():
             return None
-        flight = InFlight(round_, peer.pseudo_gradient(), stats.samples, [stats])
+        flight = InFlight(round_, peer.pseudo_gradient(), phases[0].samples)
     peer.in_flight = None
     exchange_job = _Background(lambda: exchange.average(round_, flight.delta, weight=float(flight.samples)))
     start = peer.outer.peek(eager_proxy(flight.delta, peer.last_mean, peer.last_group))
@@ -164,8 +164,8 @@ def run_overlapped_round(
     wait_s = time.perf_counter() - waited
     agreement, report = _commit(peer, exchange, round_, outcome, flight.samples)
     peer.last_mean, peer.last_group = outcome.mean_delta, outcome.group_size
-    peer.in_flight = InFlight(round_ + 1, next_delta, ahead.samples, [ahead])
-    stats = _merged(flight.stats + [ahead])
+    peer.in_flight = InFlight(round_ + 1, next_delta, ahead.samples)
+    stats = _merged([*phases, ahead])
     exchange.after_commit(round_, stats.samples / max(stats.seconds, 1e-9), outcome.members)
     return RoundResult(round_, stats, outcome, report, agreement, time.perf_counter() - started, wait_s)
 

@@ -263,9 +263,11 @@ class SwarmLink:
             deadline_s=deadline_s,
             former=self.pace.left,  # a peer that stopped right after its commit voted for this round too
         )
-        # next round expects the peers not waited for too (the commit step ends once a majority agrees; a peer
-        # behind by a re-sync is still in the swarm): the connection check drops the crashed ones
-        self._last_members = sorted({*agreement.committed_by, *agreement.missing})
+        # the next round expects the peers not waited for too (the commit step ends once a majority agrees; a
+        # peer behind by a re-sync is still in the swarm) and those that just joined, even if they came too late
+        # for this round's group: the connection check drops the crashed ones
+        joined = self.pace.joining(round_) | self.pace.joining(round_ + 1)
+        self._last_members = sorted({*agreement.committed_by, *agreement.missing, *joined})
         if agreement.winner != self.peer.digest:
             log.warning(
                 "round %d: this peer holds %s but most peers hold %s: re-syncing",

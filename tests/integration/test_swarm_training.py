@@ -102,3 +102,25 @@ def test_sigkill_during_averaging_survivors_commit_and_continue(tmp_path):
                 ev = round_event(p, r)
                 assert (ev["group_size"], ev["committed_by"], ev["commit_missing"]) == (2, 2, 0), (p.name, ev)
         print(f"survivors committed round 2 {took:.1f} s after the kill")
+
+
+@pytest.mark.timeout(300)
+def test_overlapped_rounds_agree_every_round(tmp_path):
+    """sync.overlap: three peers, each round's exchange during the next inner phase: one digest per round, full
+    groups, and every peer trained one inner phase more than it committed (the phase its last exchange hid in)."""
+    with LocalSwarm(tmp_path / "swarm", TINY, FAST + ["sync.overlap=true"]) as swarm:
+        swarm.start_bootstrap()
+        peers = [swarm.start_peer(f"peer{i}", max_rounds=ROUNDS) for i in range(1, 4)]
+        for p in peers:
+            assert p.proc.wait(240) == 0, f"{p.name} failed:\n{p.stderr_tail()}"
+            p.stop()
+        table = _same_digest_every_round(peers)
+        assert sorted(table) == list(range(1, ROUNDS + 1)), f"rounds committed: {sorted(table)}"
+        sizes = {r: [round_event(p, r)["group_size"] for p in peers] for r in table}
+        assert all(s == [3, 3, 3] for r, s in sizes.items() if r >= 2), f"group sizes: {sizes}"
+        for p in peers:
+            events = [round_event(p, r) for r in table]
+            assert all(e["steps"] <= 10 for e in events[1:])  # one inner phase per round after the first
+            assert events[0]["steps"] > 10  # round 1: its own phase, then round 2's, during round 1's exchange
+            assert p.last["inner_steps"] > ROUNDS * 10  # the lr schedule's position: into the phase after the last
+            assert all(0 <= e["exchange_wait_s"] for e in events)
