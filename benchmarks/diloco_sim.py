@@ -60,7 +60,16 @@ def main() -> None:
         " phase starts from the outer step peeked with a proxy of the mean in flight: eager = own delta / peers +"
         " the last mean for the others' share; local = own delta; naive = no proxy (the last committed state)",
     )
+    ap.add_argument(
+        "--land-after",
+        type=int,
+        default=None,
+        help="overlap: the mean in flight lands after this many inner steps of the next phase, and the worker moves"
+        " onto the real state (θ_local += θ_real - start) [H: it lands at the end of the phase]",
+    )
     args = ap.parse_args()
+    if args.land_after is None:
+        args.land_after = args.inner_steps
     cfg = load_config(args.config, args.overrides)
     torch.set_num_threads(cfg.train.torch_threads or 1)
     corpus = load_corpus(
@@ -108,9 +117,18 @@ def diloco(cfg, corpus, args, val) -> dict:
             with torch.no_grad():
                 for p, s in zip(m.parameters(), start, strict=True):
                     p.copy_(s)
-            trainer.run(stream, args.inner_steps)
+            base = start
+            if pending is not None and args.land_after < args.inner_steps:  # the mean in flight lands mid-phase
+                trainer.run(stream, args.land_after)
+                base = outer.peek(pending)  # the real θ of the last round: move the local trajectory onto it
+                with torch.no_grad():
+                    for p, s, b in zip(m.parameters(), start, base, strict=True):
+                        p.add_(b - s)
+                trainer.run(stream, args.inner_steps - args.land_after)
+            else:
+                trainer.run(stream, args.inner_steps)
             with torch.no_grad():
-                delta = [s - p for p, s in zip(m.parameters(), start, strict=True)]
+                delta = [s - p for p, s in zip(m.parameters(), base, strict=True)]
                 deltas.append(delta)
                 for i, (d, acc) in enumerate(zip(delta, mean, strict=True)):
                     sent = ef.compensate(i, d) if cfg.compress.error_feedback else d
@@ -135,6 +153,7 @@ def diloco(cfg, corpus, args, val) -> dict:
     out = {"val_loss": val(global_model), "inner_steps_H": args.inner_steps, "codec": args.codec}
     out["mean_encoded"] = args.encode_mean
     out["overlap"] = out_overlap
+    out["land_after"] = args.land_after if out_overlap != "none" else None
     out["payload_bytes_per_peer"] = int(rounds * 2 * (n - 1) / n * encoded)  # the all-reduce's share, as the daemon
     if args.trace:
         out["val_per_round"] = trace

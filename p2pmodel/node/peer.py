@@ -84,6 +84,13 @@ class Peer:
             for g, p in zip(params, self.model.parameters(), strict=True):
                 p.copy_(g.to(p.device, p.dtype))
 
+    def shift_local(self, by: list[torch.Tensor]) -> None:
+        """Add ``by`` (CPU fp32, the parameters' order) to the local weights: an overlapped round moves its inner
+        trajectory onto the real θ_global once that is known (node/round.py)."""
+        with torch.no_grad():
+            for d, p in zip(by, self.model.parameters(), strict=True):
+                p.add_(d.to(p.device, p.dtype))
+
     def set_global(self, state: dict[str, torch.Tensor]) -> None:
         """Adopt a verified state (downloaded or restored) as θ_global and as the local weights."""
         missing = set(self.names) ^ set(state)
