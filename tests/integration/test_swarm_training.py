@@ -104,6 +104,7 @@ def test_sigkill_during_averaging_survivors_commit_and_continue(tmp_path):
         print(f"survivors committed round 2 {took:.1f} s after the kill")
 
 
+@pytest.mark.scenario  # ~40 s: make test-scenarios (CI runs it), the fast tier has tests/unit/test_overlap_round.py
 @pytest.mark.timeout(300)
 def test_overlapped_rounds_agree_every_round(tmp_path):
     """sync.overlap: three peers, each round's exchange during the next inner phase: one digest per round, full
