@@ -32,6 +32,12 @@ class PeerStatus:
         self.c_recv = Counter("p2pmodel_bytes_received", "Averaging payload bytes received", registry=r)
         self.c_rounds = Counter("p2pmodel_rounds", "Committed rounds by outcome", ["outcome"], registry=r)
         self.g_sps = Gauge("p2pmodel_samples_per_second", "Inner-loop throughput", registry=r)
+        self.g_wait = Gauge(
+            "p2pmodel_exchange_wait_seconds",
+            "How long the last round waited for its exchange (blocking: all of it; sync.overlap: what compute did"
+            " not hide)",
+            registry=r,
+        )
 
     def update(self, **fields) -> None:
         with self._lock:
@@ -50,6 +56,7 @@ class PeerStatus:
         self.c_recv.inc(o.bytes_received)
         self.c_rounds.labels("averaged" if o.averaged else "alone").inc()
         self.g_sps.set(res.stats.samples / max(res.stats.seconds, 1e-9))
+        self.g_wait.set(res.wait_s)
         self.update(
             state="training",
             round=res.round,
@@ -66,7 +73,8 @@ class PeerStatus:
                 "averaged": o.averaged,
                 "group_size": o.group_size,
                 "members": o.members,
-                "reason": o.reason,
+                "reason": o.reason,  # why this peer was left out of a group, when it was
+                "exchange_wait_s": round(res.wait_s, 3),
             },
         )
 

@@ -105,12 +105,14 @@ def test_status_counts_the_peer_itself_like_swarm_peers():
         outcome=SimpleNamespace(
             averaged=True, group_size=2, members=["me", "you"], reason="", bytes_sent=10, bytes_received=10
         ),
+        wait_s=0.25,
     )
     peer = SimpleNamespace(digest="d" * 64, counters={"bytes_sent": 10, "bytes_received": 10})
     status.on_round(res, peer, ["v0.1.0"], 1)  # one other peer online
     snap = status.snapshot()
     assert snap["peers_online"] == 2 and snap["other_peers_online"] == 1
     assert status.g_peers._value.get() == 2
+    assert snap["last_averaging"]["exchange_wait_s"] == 0.25 and status.g_wait._value.get() == 0.25
 
 
 def test_tiny_releases_rarely_and_the_demo_brings_its_own_cadence():
