@@ -173,6 +173,11 @@ class Topology:
             d = CGROOT / c / f"{PREFIX}-{self.sfx}" / name
             d.mkdir(exist_ok=True)
             node.cgroups[c] = d
+        if "cpu" in self.controllers:
+            # the run's group competes with every other task of the machine as ONE entity of weight cpu.shares:
+            # give it the weight of as many tasks as it has nodes, so that our peers are not starved (against
+            # the same processes outside any cgroup) when other jobs share the cores
+            (CGROOT / "cpu" / f"{PREFIX}-{self.sfx}" / "cpu.shares").write_text(str(1024 * len(self.nodes)))
         return node
 
     def shape(self, name: str, up_mbit: float, down_mbit: float) -> None:

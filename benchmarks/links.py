@@ -12,6 +12,8 @@ solo peer, peers p0..p{N-1}) has its own namespace joined to the bridge by a vet
             (quota / F); ``--slow-link I=F`` divides peer I's up- and downlink rates by F.
   burst / queue of each tbf: ``--burst-kb`` (16 KiB) and ``--latency-ms`` (200 ms). The bootstrap's link is not
   capped (a public node). There is no netem on this kernel, so no added latency.
+The run's parent cpu group gets cpu.shares = 1024 x its nodes (else the whole swarm weighs as much as one task of
+another job on the same cores, and other load starves it far more than it would starve plain processes).
 A process joins its node's cgroups before it starts (a ``sh -c 'echo $$ > .../cgroup.procs; exec ip netns exec
 NS ...'`` wrapper: the Popen PID is the program's; its children inherit the cgroups and the namespace).
 
@@ -36,13 +38,20 @@ hub-side veth counters sampled every ``--sample-s`` (1 s) and interpolated at th
   exchange_cost_vs_inner  median over its rounds after the first of (round_s - inner_s) / inner_s: everything of
                       a round that is not inner steps (averaging, commit step, eval, checkpoint); the solo
                       peer's own figure (eval + checkpoint only) is in ``solo``, and ``exchange_cost_net_vs_inner``
-                      subtracts it; ``gap_s_by_round``: time between its commits minus inner_s
+                      subtracts it; ``exchange_cost_vs_solo_inner``: its median (round_s - inner_s) / the solo
+                      peer's median inner_s (other jobs on the cores stretch a swarm peer's inner phase, and so
+                      shrink the first ratio; this one divides by the inner phase the CPU quota allows);
+                      ``gap_s_by_round``: time between its commits minus inner_s
   val_loss_final, val_loss_by_round, digest per round (``digests``: rounds whose peers' digests differ, must be 0)
   wire_bytes          sent + received on its veth over the whole arm (start-up, DHT, gossip, control included)
   wire_bytes_per_round  between its first and last commit, / rounds; ``payload_bytes_per_round`` from the events'
                       bytes_sent + bytes_received (the averaging payload the peer counts);
                       ``control_bytes_per_round`` = the difference (DHT, gossip, commit step, state offers,
-                      TCP/IP and libp2p framing of the payload itself)
+                      TCP/IP and libp2p framing of the payload itself), ``control_bytes_per_s`` the same over
+                      time; ``inner_phase_bytes_per_s``: bytes while it computes (each round's
+                      [arrival - round_s, + inner_s]: background DHT/gossip traffic), and
+                      ``control_bytes_per_round_outside_inner`` what is left per round (exchange, commit step)
+  (with --keep/--workdir, <run>/bytes_timeline.jsonl has every sample, in unix time)
   log: how often its log says re-syncing, a failed state download, a partial all-reduce ("received N% results"),
   no averaging group; cpu_s (cpuacct), mem_peak_mb (memory.max_usage_in_bytes: includes page cache charged to
   it), rss_peak_mb (sampled memory.stat total_rss), exit code.
@@ -269,9 +278,22 @@ def peer_metrics(evs: list[tuple[float, dict]], samples: Samples | None = None, 
     if samples and node:
         w0, w1 = wire_at(samples, node, t0), wire_at(samples, node, t1)
         if w0 is not None and w1 is not None:
+            control = w1 - w0 - payload
             out.update(
                 wire_bytes_per_round=round((w1 - w0) / n),
-                control_bytes_per_round=round((w1 - w0 - payload) / n),
+                control_bytes_per_round=round(control / n),
+                control_bytes_per_s=round(control / seconds) if seconds > 0 else None,
+            )
+            # the inner phase of a round: [arrival - round_s, arrival - round_s + inner_s] (the event follows the
+            # commit by milliseconds): bytes then are background traffic, none of it averaging payload
+            bg = 0.0
+            for t, e in evs[1:]:
+                if "round_s" in e and "inner_s" in e:
+                    a = t - float(e["round_s"])
+                    bg += (wire_at(samples, node, a + float(e["inner_s"])) or 0.0) - (wire_at(samples, node, a) or 0.0)
+            out.update(
+                inner_phase_bytes_per_s=round(bg / inner) if inner > 0 else None,
+                control_bytes_per_round_outside_inner=round((control - bg) / n),
             )
     return out
 
@@ -284,8 +306,10 @@ def run_summary(per_peer: dict[str, dict], fast: list[str], solo: dict | None) -
     """Statistics over the peers of one run (``fast``: the names of peers without a slow factor)."""
     solo_rate = solo.get("inner_steps_per_s") if solo else None
     solo_cost = solo.get("exchange_cost_vs_inner") if solo else None
+    solo_inner = solo.get("median_inner_s") if solo else None
     for p in per_peer.values():
         p["steps_ratio_vs_solo"] = ratio(p.get("inner_steps_per_s"), solo_rate)
+        p["exchange_cost_vs_solo_inner"] = ratio(p.get("median_overhead_s"), solo_inner)
         cost = p.get("exchange_cost_vs_inner")
         p["exchange_cost_net_vs_inner"] = _r(cost - solo_cost) if cost is not None and solo_cost is not None else None
     vl_by_round: dict[int, list[float]] = {}
@@ -301,12 +325,18 @@ def run_summary(per_peer: dict[str, dict], fast: list[str], solo: dict | None) -
         "steps_ratio_vs_solo_fast": stats(_vals(per_peer, "steps_ratio_vs_solo", fast)),
         "exchange_cost_vs_inner": stats(_vals(per_peer, "exchange_cost_vs_inner")),
         "exchange_cost_net_vs_inner": stats(_vals(per_peer, "exchange_cost_net_vs_inner")),
+        "exchange_cost_vs_solo_inner": stats(_vals(per_peer, "exchange_cost_vs_solo_inner")),
         "val_loss_final": stats(_vals(per_peer, "val_loss_final")),
         "val_loss_by_round": {r: round(statistics.fmean(v), 4) for r, v in sorted(vl_by_round.items())},
         "wire_bytes_per_peer": stats(_vals(per_peer, "wire_bytes")),
         "wire_bytes_per_peer_per_round": stats(_vals(per_peer, "wire_bytes_per_round")),
         "payload_bytes_per_peer_per_round": stats(_vals(per_peer, "payload_bytes_per_round")),
         "control_bytes_per_peer_per_round": stats(_vals(per_peer, "control_bytes_per_round")),
+        "control_bytes_per_peer_per_s": stats(_vals(per_peer, "control_bytes_per_s")),
+        "inner_phase_bytes_per_peer_per_s": stats(_vals(per_peer, "inner_phase_bytes_per_s")),
+        "control_bytes_per_peer_per_round_outside_inner": stats(
+            _vals(per_peer, "control_bytes_per_round_outside_inner")
+        ),
         "inner_steps_total": stats(_vals(per_peer, "inner_steps_total")),
     }
 
@@ -324,6 +354,7 @@ def group_runs(runs: list[dict]) -> dict:
             "utilisation_mean": (s.get("utilisation") or {}).get("mean"),
             "utilisation_fast_min": (s.get("utilisation_fast") or {}).get("min"),
             "exchange_cost_vs_inner_median": (s.get("exchange_cost_vs_inner") or {}).get("median"),
+            "exchange_cost_vs_solo_inner_median": (s.get("exchange_cost_vs_solo_inner") or {}).get("median"),
             "val_loss_mean": (s.get("val_loss_final") or {}).get("mean"),
             "control_bytes_per_peer_per_round_mean": (s.get("control_bytes_per_peer_per_round") or {}).get("mean"),
             "round_wall_s_median": (r.get("round_wall_s") or {}).get("median"),
@@ -346,6 +377,7 @@ def group_runs(runs: list[dict]) -> dict:
             "utilisation_mean",
             "utilisation_fast_min",
             "exchange_cost_vs_inner_median",
+            "exchange_cost_vs_solo_inner_median",
             "val_loss_mean",
             f"val_loss_vs_{first_arm}",
             "control_bytes_per_peer_per_round_mean",
@@ -500,6 +532,10 @@ def run_arm(args, topo: net.Topology, workdir: Path, arm: str, rate: float | Non
             procs, timed_out = [], False
         h.stop()
         sampler.stop()
+        if args.keep or args.workdir:  # the byte counters over time, to line traffic up with the peers' logs
+            with open(run_dir / "bytes_timeline.jsonl", "w") as f:
+                for t, c in sampler.samples:
+                    f.write(json.dumps({"unix": round(h.to_wall(t), 2), "sent_received": c}) + "\n")
         cpu1, mem = topo.cpu_ns(), topo.mem()
         per_peer = {}
         for p in procs:
@@ -554,7 +590,9 @@ def run_arm(args, topo: net.Topology, workdir: Path, arm: str, rate: float | Non
     progress(
         f"{label}: rounds {result.get('rounds_all_peers')}/{args.rounds}, digests agree {result.get('digests_agree')}, "
         f"utilisation {(s.get('utilisation') or {}).get('mean')}, exchange/inner "
-        f"{(s.get('exchange_cost_vs_inner') or {}).get('median')}, round wall {result['round_wall_s']['median']} s, "
+        f"{(s.get('exchange_cost_vs_inner') or {}).get('median')} (vs solo inner "
+        f"{(s.get('exchange_cost_vs_solo_inner') or {}).get('median')}), "
+        f"round wall {result['round_wall_s']['median']} s, "
         f"control B/peer/round {(s.get('control_bytes_per_peer_per_round') or {}).get('mean')}, "
         f"{result.get('log_counts')}"
     )
@@ -638,7 +676,13 @@ def main(argv: list[str] | None = None) -> int:
                     solo = result["solo"]["per_peer"].get("solo")
                     result["solo"]["summary"] = {
                         k: (solo or {}).get(k)
-                        for k in ("inner_steps_per_s", "utilisation", "exchange_cost_vs_inner", "val_loss_final")
+                        for k in (
+                            "inner_steps_per_s",
+                            "utilisation",
+                            "median_inner_s",
+                            "exchange_cost_vs_inner",
+                            "val_loss_final",
+                        )
                     }
                 runs = result["runs"] = []
                 for rate in args.rates:

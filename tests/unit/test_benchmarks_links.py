@@ -154,6 +154,10 @@ def test_peer_metrics_utilisation_exchange_cost_and_control_bytes():
     assert links.wire_at(samples, "p0", 124.0) == pytest.approx(wire_124)
     assert m["wire_bytes_per_round"] == round(wire_124 / 2)
     assert m["control_bytes_per_round"] == round((wire_124 - 4000) / 2)
+    assert m["control_bytes_per_s"] == round((wire_124 - 4000) / 24)
+    # inner phases: round 2 [100, 108], round 3 [113, 121]: 1250 B/s until 110, then 1250 B/s after it too
+    assert m["inner_phase_bytes_per_s"] == 1250
+    assert m["control_bytes_per_round_outside_inner"] == round((wire_124 - 4000 - 16 * 1250) / 2)
     assert links.wire_at(samples, "p0", 50.0) == 0 and links.wire_at(samples, "p0", 500.0) == 37500
     assert links.wire_at(samples, "px", 1.0) is None
     assert links.wire_total(samples, "p0") == {"sent": 18000, "received": 19500, "total": 37500}
@@ -167,6 +171,7 @@ def test_run_summary_solo_ratio_fast_peers_and_grouping():
     def peer(rate, util, cost, vl, ctrl):
         return {
             "inner_steps_per_s": rate,
+            "median_overhead_s": cost * 10,
             "utilisation": util,
             "exchange_cost_vs_inner": cost,
             "val_loss_final": vl,
@@ -174,7 +179,7 @@ def test_run_summary_solo_ratio_fast_peers_and_grouping():
             "control_bytes_per_round": ctrl,
         }
 
-    solo = {"inner_steps_per_s": 5.0, "exchange_cost_vs_inner": 0.1}
+    solo = {"inner_steps_per_s": 5.0, "exchange_cost_vs_inner": 0.1, "median_inner_s": 10.0}
     per = {
         "p0": peer(4.0, 0.6, 0.6, 2.0, 30000),
         "p1": peer(3.0, 0.5, 0.7, 2.2, 50000),
@@ -182,6 +187,7 @@ def test_run_summary_solo_ratio_fast_peers_and_grouping():
     }
     s = links.run_summary(per, fast=["p0", "p1"], solo=solo)
     assert per["p0"]["steps_ratio_vs_solo"] == 0.8 and per["p0"]["exchange_cost_net_vs_inner"] == 0.5
+    assert per["p1"]["exchange_cost_vs_solo_inner"] == 0.7 and s["exchange_cost_vs_solo_inner"]["max"] == 0.7
     assert s["utilisation"]["max"] == 0.9 and s["utilisation_fast"]["max"] == 0.6 and s["utilisation_fast"]["n"] == 2
     assert s["steps_ratio_vs_solo"]["min"] == 0.4 and s["val_loss_by_round"] == {1: 3.1, 2: 2.1}
     assert s["control_bytes_per_peer_per_round"]["mean"] == 30000
