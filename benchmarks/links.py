@@ -31,7 +31,7 @@ round R still finds peers serving that state), the arm ends once every peer comm
 ``--timeout-s`` (120 + 60 s per round), the peers are stopped with SIGTERM, and rounds 1..R are measured.
 
 Per peer (from its ``--json`` round events, each stamped with its arrival time on the harness's pipe, and the
-hub-side veth counters sampled every ``--sample-s`` (1 s) and interpolated at those times):
+hub-side veth counters sampled every ``--sample-s`` (0.5 s) and interpolated at those times):
   inner_steps_per_s   (inner_steps at its last round event - at its first) / (time of last - time of first)
   utilisation         sum of inner_s of its rounds after the first / that same wall time (compute share)
   steps_ratio_vs_solo inner_steps_per_s / the solo peer's
@@ -41,7 +41,8 @@ hub-side veth counters sampled every ``--sample-s`` (1 s) and interpolated at th
                       subtracts it; ``exchange_cost_vs_solo_inner``: its median (round_s - inner_s) / the solo
                       peer's median inner_s (other jobs on the cores stretch a swarm peer's inner phase, and so
                       shrink the first ratio; this one divides by the inner phase the CPU quota allows);
-                      ``gap_s_by_round``: time between its commits minus inner_s
+                      ``gap_s_by_round``: time between its commits minus inner_s; ``median_exchange_wait_s``:
+                      the events' exchange_wait_s (what the round waited for its exchange; overlap: what was left)
   val_loss_final, val_loss_by_round, digest per round (``digests``: rounds whose peers' digests differ, must be 0)
   wire_bytes          sent + received on its veth over the whole arm (start-up, DHT, gossip, control included)
   wire_bytes_per_round  between its first and last commit, / rounds; ``payload_bytes_per_round`` from the events'
@@ -50,7 +51,9 @@ hub-side veth counters sampled every ``--sample-s`` (1 s) and interpolated at th
                       TCP/IP and libp2p framing of the payload itself), ``control_bytes_per_s`` the same over
                       time; ``inner_phase_bytes_per_s``: bytes while it computes (each round's
                       [arrival - round_s, + inner_s]: background DHT/gossip traffic), and
-                      ``control_bytes_per_round_outside_inner`` what is left per round (exchange, commit step)
+                      ``control_bytes_per_round_outside_inner`` what is left per round (exchange, commit step);
+                      this split needs samples much shorter than the exchange (uncapped, a sub-second all-reduce
+                      is smeared over a sample interval and partly counted in the inner phase)
   (with --keep/--workdir, <run>/bytes_timeline.jsonl has every sample, in unix time)
   log: how often its log says re-syncing, a failed state download, a partial all-reduce ("received N% results"),
   no averaging group; cpu_s (cpuacct), mem_peak_mb (memory.max_usage_in_bytes: includes page cache charged to
@@ -156,7 +159,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--config", type=Path, default=TINY)
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="override for every arm (repeatable)")
     ap.add_argument("--timeout-s", type=float, default=None, help="limit per arm [120 + 60 s per round]")
-    ap.add_argument("--sample-s", type=float, default=1.0, help="byte-counter sampling period")
+    ap.add_argument("--sample-s", type=float, default=0.5, help="byte-counter sampling period (s)")
     ap.add_argument("--workdir", type=Path, default=None, help="scratch dir [a new temp dir]")
     ap.add_argument("--keep", action="store_true", help="keep the workdir (logs, data dirs)")
     ap.add_argument("--cleanup-stale", action="store_true", help="remove what killed runs left behind, then exit")
@@ -272,6 +275,7 @@ def peer_metrics(evs: list[tuple[float, dict]], samples: Samples | None = None, 
         median_overhead_s=_r(statistics.median(overhead.values())) if overhead else None,
         overhead_s_by_round={r: round(v, 3) for r, v in overhead.items()},
         exchange_cost_vs_inner=_r(statistics.median(costs)) if costs else None,
+        median_exchange_wait_s=_r(statistics.median(waits)) if (waits := _waits(later)) else None,
         gap_s_by_round=gaps,
         payload_bytes_per_round=round(payload / n),
     )
@@ -296,6 +300,11 @@ def peer_metrics(evs: list[tuple[float, dict]], samples: Samples | None = None, 
                 control_bytes_per_round_outside_inner=round((control - bg) / n),
             )
     return out
+
+
+def _waits(events: list[dict]) -> list[float]:
+    """The events' exchange_wait_s (how long the round waited for its exchange; absent in older peers)."""
+    return [float(e["exchange_wait_s"]) for e in events if e.get("exchange_wait_s") is not None]
 
 
 def _vals(per_peer: dict, key: str, names=None) -> list[float]:
@@ -326,6 +335,7 @@ def run_summary(per_peer: dict[str, dict], fast: list[str], solo: dict | None) -
         "exchange_cost_vs_inner": stats(_vals(per_peer, "exchange_cost_vs_inner")),
         "exchange_cost_net_vs_inner": stats(_vals(per_peer, "exchange_cost_net_vs_inner")),
         "exchange_cost_vs_solo_inner": stats(_vals(per_peer, "exchange_cost_vs_solo_inner")),
+        "median_exchange_wait_s": stats(_vals(per_peer, "median_exchange_wait_s")),
         "val_loss_final": stats(_vals(per_peer, "val_loss_final")),
         "val_loss_by_round": {r: round(statistics.fmean(v), 4) for r, v in sorted(vl_by_round.items())},
         "wire_bytes_per_peer": stats(_vals(per_peer, "wire_bytes")),

@@ -147,7 +147,9 @@ def test_peer_metrics_utilisation_exchange_cost_and_control_bytes():
     assert m["utilisation"] == pytest.approx(16 / 24, abs=1e-3)
     assert m["overhead_s_by_round"] == {2: 4.0, 3: 3.0} and m["median_overhead_s"] == 3.5
     assert m["exchange_cost_vs_inner"] == pytest.approx(0.4375, abs=1e-3)
-    assert m["gap_s_by_round"] == {2: 4.0, 3: 4.0}
+    assert m["gap_s_by_round"] == {2: 4.0, 3: 4.0} and m["median_exchange_wait_s"] is None  # older events
+    evs[2][1]["exchange_wait_s"], evs[1][1]["exchange_wait_s"], evs[0][1]["exchange_wait_s"] = 1.0, 3.0, 9.0
+    assert links.peer_metrics(evs)["median_exchange_wait_s"] == 2.0  # rounds after the first
     assert m["val_loss_final"] == 2.6 and m["val_loss_by_round"] == {1: 3.0, 2: 2.8, 3: 2.6}
     assert m["payload_bytes_per_round"] == 2000  # (3000 - 1000) x 2 directions / 2 rounds
     wire_124 = 12500 + (37500 - 12500) * 14 / 20
