@@ -52,11 +52,9 @@ class Peer:
         self.last_report: EvalReport | None = None
         self.counters = {"bytes_sent": 0, "bytes_received": 0}
         self.history: list[list] = []  # [round, val_loss] of recent commits (for plots and light clients)
-        # overlap (sync.overlap): the delta trained but not averaged yet, and the last mean (the eager stand-in
-        # for the others' share); neither is checkpointed: after a restart the peer trains its round first
+        # overlap (sync.overlap): the delta trained but not averaged yet; not checkpointed (after a restart the
+        # peer trains its round first)
         self.in_flight = None
-        self.last_mean: list[torch.Tensor] | None = None
-        self.last_group = 0
 
     # --- state views -----------------------------------------------------------------------------
     def global_state(self) -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ from p2pmodel.config import load_config
 from p2pmodel.node.commit import Agreement
 from p2pmodel.node.exchange import ExchangeOutcome
 from p2pmodel.node.peer import Peer
-from p2pmodel.node.round import eager_proxy, run_round
+from p2pmodel.node.round import run_round
 from p2pmodel.sync.outer import OuterOptimizer
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.toml"
@@ -113,14 +113,8 @@ def test_overlapped_rounds_commit_the_same_bits_and_follow_the_blocking_recurren
     for r in (1, 2, 3):
         outer.step(pair.means[r])
     assert all(torch.equal(x, y) for x, y in zip(replay, peers["a"].global_params, strict=True))
-    # the delta in flight (round 4) is measured from the eager start: θ_3-peek of (own Δ_3 / 2 + mean_2 / 2)
+    # the delta in flight (round 4): measured from θ_3, where the trajectory was moved once round 3's mean landed
     for name in peers:
         flight = peers[name].in_flight
         assert flight.round == 4 and flight.samples > 0
         assert all(torch.isfinite(d).all() for d in flight.delta)
-
-
-def test_eager_proxy_mixes_own_fresh_delta_with_the_last_mean():
-    own, last = [torch.full((2,), 4.0)], [torch.full((2,), 8.0)]
-    assert torch.equal(eager_proxy(own, last, 4)[0], torch.full((2,), 7.0))  # 4/4 + 8 * 3/4
-    assert eager_proxy(own, None, 4) is own and eager_proxy(own, last, 1) is own
