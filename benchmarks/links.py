@@ -26,9 +26,10 @@ Arms, all in one invocation, each on fresh data dirs and a fresh bootstrap:
             train.seed=S (arm order reversed on every other seed), ``--rate-mbit 1,2,4`` repeats them per uplink rate.
 The recipe is ``--config`` (configs/tiny.toml: H = 50, train.torch_threads = 1) plus ``--set`` overrides
 (``--fast-rounds`` adds _swarm_harness.FAST_ROUNDS: H = 20, 2 eval batches, smaller corpus, short timeouts), with
-``--rounds`` R (6) measured: peers run with ``--max-rounds R+1`` (a spare round, so that a peer that must re-sync
-round R still finds peers serving that state), the arm ends once every peer committed round R (or exited) or at
-``--timeout-s`` (120 + 60 s per round), the peers are stopped with SIGTERM, and rounds 1..R are measured.
+``--rounds`` R (6) measured: peers run without --max-rounds (a peer that must re-sync round R over a slow link
+needs the others still serving that state: with --max-rounds R+1 they had left before a 6.7 MB download at
+1.5 Mbit/s was done), the arm ends once every peer committed round R (or exited) or at ``--timeout-s``
+(120 + 60 s per round), all peers are then stopped at once with SIGTERM, and rounds 1..R are measured.
 
 Per peer (from its ``--json`` round events, each stamped with its arrival time on the harness's pipe, and the
 hub-side veth counters sampled every ``--sample-s`` (0.5 s) and interpolated at those times):
@@ -51,7 +52,8 @@ hub-side veth counters sampled every ``--sample-s`` (0.5 s) and interpolated at 
                       TCP/IP and libp2p framing of the payload itself), ``control_bytes_per_s`` the same over
                       time; ``inner_phase_bytes_per_s``: bytes while it computes (each round's
                       [arrival - round_s, + inner_s]: background DHT/gossip traffic), and
-                      ``control_bytes_per_round_outside_inner`` what is left per round (exchange, commit step);
+                      ``control_bytes_per_round_outside_inner`` what is left per round (exchange, commit step;
+                      blocking arms only: an overlapped exchange runs during the inner phase);
                       this split needs samples much shorter than the exchange (uncapped, a sub-second all-reduce
                       is smeared over a sample interval and partly counted in the inner phase)
   (with --keep/--workdir, <run>/bytes_timeline.jsonl has every sample, in unix time)
@@ -458,7 +460,7 @@ class LinkHarness(Harness):
         self.maddr = next((m for m in ev["maddrs"] if f"/ip4/{ip}/" in m), ev["maddrs"][0])
         return self.maddr
 
-    def start_node_peer(self, node: str, max_rounds: int, join: bool = True):
+    def start_node_peer(self, node: str, max_rounds: int | None = None, join: bool = True):
         ip = self.topo.nodes[node].ip
         argv = cli_argv() + [
             "peer",
@@ -468,11 +470,11 @@ class LinkHarness(Harness):
             "--json",
             "--data-dir",
             str(self.data_dir(node)),
-            "--max-rounds",
-            str(max_rounds),
             "--set",
             f'swarm.host_maddrs=["/ip4/{ip}/tcp/0"]',
         ]
+        if max_rounds is not None:
+            argv += ["--max-rounds", str(max_rounds)]
         if join and self.maddr:
             argv += ["--initial-peers", self.maddr]
         for o in self.overrides:
@@ -532,8 +534,8 @@ def run_arm(args, topo: net.Topology, workdir: Path, arm: str, rate: float | Non
         try:
             if not is_solo:
                 h.start_bootstrap()
-            # one spare round: a peer that must re-sync round R still finds peers serving it; measured: 1..R
-            procs = [h.start_node_peer(n, args.rounds + 1, join=not is_solo) for n in nodes]
+            # no --max-rounds: nobody leaves while another peer may still need its state; stopped at round R
+            procs = [h.start_node_peer(n, join=not is_solo) for n in nodes]
             timed_out = not _wait(procs, args.rounds, deadline, label)
             if timed_out:
                 progress(f"{label}: timed out at round {h.swarm_round()}")
