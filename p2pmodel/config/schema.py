@@ -53,6 +53,16 @@ class SwarmConfig(_Section):
         default_factory=list, description="Public multiaddrs to advertise (behind NAT / cloud)."
     )
     client_mode: bool = Field(False, description="Do not accept incoming connections (peer behind NAT).")
+    use_relay: bool = Field(
+        True, description="libp2p circuit relays: reach peers through a relay, and relay for peers behind NAT."
+    )
+    use_auto_relay: bool = Field(
+        False,
+        description="Behind NAT: hold a slot on a relay and announce its /p2p-circuit address so peers reach this one.",
+    )
+    relays: list[str] = Field(
+        default_factory=list, description="Relays for use_auto_relay (multiaddrs with /p2p/); empty = initial_peers."
+    )
     record_ttl_s: float = Field(60.0, gt=1, le=3600, description="Lifetime of this peer's signed DHT record.")
     join_timeout_s: float = Field(30.0, gt=0, le=600, description="Deadline to reach the initial peers.")
 

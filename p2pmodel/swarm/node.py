@@ -10,9 +10,11 @@ import errno
 import logging
 import os
 import socket
+import time
 from collections.abc import Sequence
 
 import hivemind
+from hivemind.p2p import P2P
 from hivemind.utils.multiaddr import Multiaddr
 
 from p2pmodel.core.errors import P2PModelError, SwarmError, UsageError
@@ -81,7 +83,56 @@ class _LinkedDHT(hivemind.DHT):
 
     def run(self) -> None:  # in the DHT process
         arm_child(self._lifeline_parent)
+        _static_relays_only()
         super().run()
+
+
+def _static_relays_only() -> None:
+    """Make p2pd use the given relays at once: with ``-trustedRelays``, also pass ``-relayDiscovery=0``.
+
+    hivemind 1.1.12 cannot pass that flag (its ``use_relay_discovery`` does nothing) and p2pd defaults to relay
+    discovery, where go-libp2p's auto-relay waits for more candidates or its boot delay: measured in network
+    namespaces with one public relay, the relayed address appeared after 183 s with discovery and after ~3 s
+    with static relays. Patched in the DHT's own process only, where p2pd is started."""
+    make = P2P._make_process_args
+    if getattr(make, "_p2pmodel_static_relays", False):
+        return
+
+    def make_args(*args, **kwargs):
+        if kwargs.get("autoRelay") and kwargs.get("trustedRelays"):
+            kwargs.setdefault("relayDiscovery", False)
+        return make(*args, **kwargs)
+
+    make_args._p2pmodel_static_relays = True
+    P2P._make_process_args = staticmethod(make_args)
+
+
+def relay_options(
+    use_relay: bool = True,
+    use_auto_relay: bool = False,
+    relays: Sequence[str] | None = None,
+    initial_peers: Sequence[str] = (),
+) -> dict:
+    """hivemind.P2P keyword arguments for libp2p circuit relays (p2pd's -relay, -autoRelay, -trustedRelays,
+    -forceReachabilityPrivate).
+
+    ``use_relay`` (p2pd's default, on): dial peers through ``/p2p-circuit`` addresses and serve as a relay
+    for others (p2pd's relay service comes with it). ``use_auto_relay``: this peer cannot accept connections;
+    it holds a reservation on a relay and announces the relayed address instead of its own public ones. The
+    relays are ``relays``, else the initial peers; a relay must have a public address (go-libp2p builds relayed
+    addresses only from a relay's public ones). Reachability is forced to private (the user said so): auto-relay
+    announces relayed addresses only while reachability is private, and nothing waits for AutoNAT to find out.
+    """
+    if use_auto_relay and not use_relay:
+        raise UsageError("use_auto_relay needs use_relay")
+    opts: dict = {"use_relay": use_relay, "use_auto_relay": use_auto_relay}
+    if use_auto_relay:
+        trusted = parse_maddrs(relays, "relays", need_peer_id=True) or list(initial_peers)
+        if not trusted:
+            raise UsageError("use_auto_relay needs a relay: set swarm.relays or initial peers")
+        opts["trusted_relays"] = trusted
+        opts["force_reachability"] = "private"
+    return opts
 
 
 def start_dht(
@@ -92,20 +143,23 @@ def start_dht(
     client_mode: bool = False,
     wait_timeout_s: float = 5.0,
     startup_timeout_s: float = 30.0,
+    use_relay: bool = True,
+    use_auto_relay: bool = False,
+    relays: Sequence[str] | None = None,
 ) -> hivemind.DHT:
     """Start a DHT peer in a background process and wait until it joined the swarm.
 
     ``identity_path`` is created on first run (see Identity.load_or_create); None means an ephemeral PeerID.
-    ``wait_timeout_s`` bounds each DHT RPC and the bootstrap ping. The caller owns
-    the DHT and must call ``dht.shutdown()``.
+    ``wait_timeout_s`` bounds each DHT RPC and the bootstrap ping. Relay settings: ``relay_options``. The
+    caller owns the DHT and must call ``dht.shutdown()``.
     """
     initial_peers = parse_maddrs(initial_peers, "initial peers", need_peer_id=True)
     host_maddrs = parse_maddrs(host_maddrs, "host multiaddrs") or list(DEFAULT_HOST_MADDRS)
     announce_maddrs = parse_maddrs(announce_maddrs, "announce multiaddrs") or None
     if wait_timeout_s <= 0 or startup_timeout_s <= 0:
         raise UsageError("wait_timeout_s and startup_timeout_s must be positive")
+    kwargs = relay_options(use_relay, use_auto_relay, relays, initial_peers)
     check_ports_free(host_maddrs)
-    kwargs = {}
     if identity_path is not None:
         kwargs["identity_path"] = str(Identity.load_or_create(identity_path).path)
     try:
@@ -114,7 +168,7 @@ def start_dht(
             start=False,
             host_maddrs=host_maddrs,
             announce_maddrs=announce_maddrs,
-            client_mode=client_mode,
+            client_mode=client_mode or use_auto_relay,  # reached only through a (capped) relay: serves no DHT requests
             wait_timeout=wait_timeout_s,
             bootstrap_timeout=wait_timeout_s,
             startup_timeout=startup_timeout_s,
@@ -122,14 +176,39 @@ def start_dht(
         )
     except (TypeError, ValueError) as e:
         raise UsageError(f"bad DHT settings: {e}") from None
+    started = time.monotonic()
     try:
         dht.run_in_background(await_ready=True, timeout=startup_timeout_s)
+        if use_auto_relay:
+            _wait_for_relay(dht, kwargs["trusted_relays"], startup_timeout_s - (time.monotonic() - started))
     except BaseException as e:
         _stop_quietly(dht)
         if isinstance(e, KeyboardInterrupt):
             raise
+        if isinstance(e, P2PModelError):
+            raise
         raise _normalize_start_error(e, initial_peers) from None
     return dht
+
+
+def _wait_for_relay(dht: hivemind.DHT, relays: list[str], timeout_s: float, poll_s: float = 0.2) -> None:
+    """Wait until p2pd announces a ``/p2p-circuit`` address (it holds a relay reservation); SwarmError if not.
+
+    Until then a peer behind NAT cannot be reached, and its p2pd may announce no address at all (auto-relay
+    announces only private own addresses and relayed ones), which hivemind reports as an error."""
+    deadline = time.monotonic() + max(timeout_s, 1.0)
+    while True:
+        try:
+            if any("p2p-circuit" in str(m) for m in dht.get_visible_maddrs(latest=True)):
+                return
+        except ValueError:  # hivemind: "No multiaddrs found"
+            pass
+        if time.monotonic() >= deadline:
+            raise SwarmError(
+                f"no relay reservation in {timeout_s:.0f} s on {', '.join(relays)}: a relay must be reachable, "
+                "have a public address and run with swarm.use_relay=true"
+            )
+        time.sleep(poll_s)
 
 
 def _normalize_start_error(e: BaseException, initial_peers: list[str]) -> P2PModelError:
