@@ -87,6 +87,9 @@ class SwarmLink:
                 s.client_mode,
                 wait_timeout_s=min(s.join_timeout_s, 10.0),
                 startup_timeout_s=s.join_timeout_s,
+                use_relay=s.use_relay,
+                use_auto_relay=s.use_auto_relay,
+                relays=s.relays,
             )
         )
         try:  # whatever fails from here takes down the parts started before it (close skips the rest)
