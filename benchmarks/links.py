@@ -70,8 +70,49 @@ Run (as root):
   python benchmarks/links.py --peers 4 --rounds 6 --cpu 0.4 --rate-mbit 2 --arms blocking,overlap --seeds 0,1,2
   python benchmarks/links.py --arms blocking --rate-mbit 1,2,4            # calibration sweep, one solo
   python benchmarks/links.py --arms blocking --slow 3=2                   # one peer at half CPU
-  python benchmarks/links.py --peers 16 --no-solo --arms blocking --cpu 0 --rate-mbit 0 --fast-rounds
+  python benchmarks/links.py --peers 16 --no-solo --arms blocking --cpu 0 --rate-mbit 0 \
+      --set train.inner_steps=20 --set eval.batches=2 --set data.max_corpus_bytes=2000000
   python benchmarks/links.py --cleanup-stale                              # leftovers of a killed run
+
+Measured 2026-12-02 on the 2-core, 23 GB machine, shared with other jobs the whole time (1-minute load average 5-17
+during the 4-peer runs, up to 57 during the 16-peer one: every time figure here is stretched by that load), with
+the peer code of the working tree between 06:00 and 07:15 UTC (others were changing it, sync.overlap included).
+4 peers, configs/tiny.toml (H = 50), --cpu 0.4, --rounds 5, one solo per invocation (3.0-3.9 inner steps/s, inner
+phase 11.4-14.7 s a round, (round_s - inner_s) / inner_s = 0.12: evaluation and checkpoint), blocking arm:
+  uplink   (round_s-inner_s)/inner_s  vs solo inner  utilisation  round wall  control B/peer/round  digests
+  2 Mbit   0.34                       0.52           0.75         31.4 s      287 K                 agree
+  1.5      0.40 / 0.46 / 0.35         0.56/0.47/0.56 0.70/0.72/0.73 21-32 s   272 K / 256 K / 261 K agree
+  1 Mbit   0.71                       0.77           0.62 (3 of 4) 21.6 s     176-318 K (3 peers)   round 5 forked
+  (1.5 Mbit: three invocations, the third with --slow 3=2.) The exchange costs 47-56 % of the inner phase the CPU
+  quota allows (the solo's) at 1.5-2 Mbit/s, and >= 50 % of the (load-stretched) measured inner phase only at 1
+  Mbit/s: calibrate with --rate-mbit 1 here. The payload is 1.43 MB/peer/round (int4, 2(n-1)/n x 0.48 MB each way),
+  the wire 1.69-1.71 MB. At 1 Mbit/s one peer got a partial all-reduce in round 5 ("received 92.2% results"), had
+  to re-sync the 6.7 MB state, and every download timed out (40 s blob deadline; 6.7 MB at 1 Mbit/s is 54 s) or
+  found the blob gone ("not found": the others had moved on): it kept its own state and its digest differs from
+  round 5 on.
+Control traffic at 4 peers (blocking, 1.5 Mbit/s, no re-sync): 256 K per peer per round = 10.4 KB/s, of which 6.1
+KB/s flows while the peer computes (background DHT/gossip: ~90 K per 14.6 s inner phase) and ~148 K per round in the
+exchange/commit window beyond the payload's own bytes; it grows with the round's length (60-s rounds of a starved
+swarm measured 600-860 K). Target of the issue: <= 20 K.
+One peer at half CPU (--slow 3=2, 1.5 Mbit/s, blocking): group of 4 every round, digests agree every round, the slow
+peer contributes 129 inner steps against 245-250 (the round closes when the first peer is done); the fast peers'
+utilisation is 0.72-0.74, the same as without a slow peer: the link, not the slow peer, is what they wait for. The
+overlap arm (sync.overlap=true, being written at the time) in the same invocation: two fast peers at 0.88, the third
+forked in round 4 (0.19); the slow peer was left out of every group from round 2 on and could not re-sync (40 s
+download timeouts at 1.5 Mbit/s, then "cannot serve blob: not found"), 4 of 5 rounds with two or three digests;
+without a slow peer (another invocation, 1.5 Mbit/s): 3 peers at 0.89-0.90 utilisation, no exchange wait, round wall
+16-17 s against 21 s blocking, the fourth forked in round 5 the same way; val loss 2.311 against blocking's 2.216
+(one seed).
+Scale (--cpu 0 --rate-mbit 0 --no-solo, H = 20, eval.batches=2, data.max_corpus_bytes=2000000, 5 rounds):
+  peers  round wall (median, min-max)  wire bytes/peer (total; per round)  payload/round  digests  RSS (sum)
+  4      12.3 s (12.0-14.9)            11.7 MB; 2.42 MB                    1.43 MB        agree    2.3 GB
+  8      16.4 s (12.3-19.7)            13.5 MB; 2.19 MB                    1.66 MB        agree    4.8 GB
+  16     22.4 s (19.4-28.1)            27.9 MB; 3.24 MB                    1.78 MB        agree    9.8 GB
+  Each peer's processes hold ~600 MB (RSS); at 16 peers MemAvailable fell to 8.4 GB of 23.5 GB, load average 57 (at
+  8 and 16 another job's 4 peers ran at the same time). At 16 the first round split into groups of 10, 5 and 1
+  (peers were still joining on 2 cores); the six others re-synced (a 6.7 MB state each, all from one peer: 62.5 MB
+  on its link) and rounds 2-5 were groups of 16; at 4 and 8 one partial all-reduce cost one re-sync each. Those
+  re-syncs are in the control bytes (4 peers: 99 K-1.9 M per round, 8: 277 K-1.7 M, 16: 0.9-3.2 M).
 """
 
 from __future__ import annotations
