@@ -56,16 +56,17 @@ the end includes the run itself) show how busy the cores were: anything else run
 
 Run: python benchmarks/churn.py [--rounds 30] [--every 4] [--baseline-rounds 10] [--seed 0] [--keep]
 
-Measured 2026-12-02 at the defaults on a 2-core machine shared with other jobs (load average 4-20 during the runs,
-so the round walls swing with that load as much as with the churn), 7 disruptions each:
-  seed 0: 30 rounds, no missing round, one digest in every round, 0 processes left behind, 5/5 checkpoints load;
-          round wall median 12.9 s (baseline 13.1 s), max 34.4 s (2.63x; round 28, a SIGKILL during averaging);
-          9 tags, but none from round 12 to 28: the tag of round 12 was assembled by the peer that got SIGINT at that
-          moment, two peers never received it and refused to vote for another v0.1.5 ("already accepted another
-          candidate for v0.1.5: not voting on round 14/18/22") until round 28 -> stretch 16 rounds (target 6).
-  seed 1: 30 rounds, 0 left behind, 5/5 checkpoints load, a tag every 2 rounds (15 tags; longest stretch 4);
-          round 12 had 2 digests (a restarted peer one round behind committed its own 1-step state alone while the
-          others adopted another); wall median 10.2 s (baseline 7.7 s), max 24.1 s (3.14x, as the load rose to 20).
+Measured 2026-12-02 at the defaults (seed 0, 7 disruptions), 2-core machine shared with other jobs:
+  before the fixes of this issue's last pass (load average 1-4): 30 rounds, 0 left behind, 5/5 checkpoints load,
+          one digest every round, a tag per departure window, but max round wall 14.2 s = 2.14x the baseline median
+          6.6 s: a restarted peer's first round went alone after a whole matchmaking timeout (the others' group had
+          formed at the expected size without it), and a peer still looking for a round-17 group joined the
+          others' round-18 group and failed it for all of them.
+  after (round-keyed matchmaking, "join" announcements, the commit step's early majority; load average 8-11
+          during both runs, from other benchmarks on the same cores): 30 rounds, no missing round, one digest in
+          every round, 0 processes left behind, 5/5 checkpoints load, a tag per departure window; round wall
+          median 12.2 s (baseline 9.7 s), max 15.0 s = 1.54x the baseline median; restarted peers averaged in
+          their first round (group of 4-5) in 6 of 7 restarts.
 """
 
 from __future__ import annotations
