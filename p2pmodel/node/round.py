@@ -69,17 +69,19 @@ def _inner_phase(peer, exchange: Exchange, round_: int, interrupted, on_step, be
 
 
 def _commit(peer, exchange: Exchange, round_: int, outcome: ExchangeOutcome, samples: int):
-    """Outer step on the round's mean, commit step, evaluation, checkpoint: the same for both schedules."""
+    """Outer step on the round's mean, commit step, evaluation, checkpoint: the same for both schedules. Returns
+    the round committed: ``round_``, or the swarm's later round when the commit step had to catch up to it."""
     peer.outer.step(outcome.mean_delta)  # θ_global ← OuterOpt(θ_global, mean Δ)
     peer.load_global_into_local()
     peer.digest = peer.global_digest()
     agreement = exchange.agree(round_, outcome)  # commit step: the digest most peers hold wins; else re-sync
+    committed = max(round_, peer.round)  # peer.round moves only on a catch-up
     peer.samples_total += samples
     peer.counters["bytes_sent"] += outcome.bytes_sent
     peer.counters["bytes_received"] += outcome.bytes_received
     report = peer.evaluate()
-    peer.commit(round_, members=outcome.members)  # digest + atomic checkpoint; a restart resumes here
-    return agreement, report
+    peer.commit(committed, members=outcome.members)  # digest + atomic checkpoint; a restart resumes here
+    return committed, agreement, report
 
 
 def run_round(
@@ -100,7 +102,7 @@ def run_round(
     waited = time.perf_counter()
     outcome = exchange.average(round_, delta, weight=float(stats.samples))  # weighted mean Δ of the group
     wait_s = time.perf_counter() - waited
-    agreement, report = _commit(peer, exchange, round_, outcome, stats.samples)
+    round_, agreement, report = _commit(peer, exchange, round_, outcome, stats.samples)
     exchange.after_commit(round_, stats.samples / max(stats.seconds, 1e-9), outcome.members)  # serve it
     return RoundResult(round_, stats, outcome, report, agreement, time.perf_counter() - started, wait_s)
 
@@ -179,8 +181,10 @@ def run_overlapped_round(
     if not landed:  # it came back after the phase: the same shift, at the end
         land(outcome)
     next_delta = peer.pseudo_gradient(base=landed[0])  # Δ_{r+1}: from θ_r, where the trajectory now starts
-    agreement, report = _commit(peer, exchange, round_, outcome, flight.samples)
-    peer.in_flight = InFlight(round_ + 1, next_delta, ahead.samples)
+    committed, agreement, report = _commit(peer, exchange, round_, outcome, flight.samples)
+    # after a catch-up to a later round the delta in flight belongs to no round of the swarm's: dropped
+    peer.in_flight = InFlight(round_ + 1, next_delta, ahead.samples) if committed == round_ else None
+    round_ = committed
     stats = _merged([*phases, ahead])
     exchange.after_commit(round_, stats.samples / max(stats.seconds, 1e-9), outcome.members)
     return RoundResult(round_, stats, outcome, report, agreement, time.perf_counter() - started, wait_s)

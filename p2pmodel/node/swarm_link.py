@@ -278,7 +278,10 @@ class SwarmLink:
                 self.peer.digest[:12],
                 agreement.winner[:12],
             )
-            self.offers.resync(round_, agreement.winner)
+            if not self.offers.resync(round_, agreement.winner) and self.catch_up():
+                # the swarm moved past that round before we got its state (we started a round behind): take the
+                # latest instead; the round loop commits it under its own round (node/round.py)
+                log.warning("round %d: caught up to the swarm's round %d instead", round_, self.peer.round)
         return agreement
 
     def after_commit(self, round_: int, samples_per_s: float, members: list[str]) -> None:
