@@ -49,6 +49,7 @@ def progress(msg: str) -> None:
     """A progress line on stderr (stdout is for the JSON result only)."""
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
+
 @contextlib.contextmanager
 def bench_workdir(workdir: Path | None, keep: bool, prefix: str):
     """The benchmark's working directory: ``workdir`` as given (always kept), or a temp dir removed at the end
@@ -61,7 +62,6 @@ def bench_workdir(workdir: Path | None, keep: bool, prefix: str):
     finally:
         if not keep and workdir is None:
             shutil.rmtree(path, ignore_errors=True)
-
 
 
 # --- processes ------------------------------------------------------------------------------------------------

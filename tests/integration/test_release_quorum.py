@@ -540,9 +540,7 @@ def test_survivors_of_a_crash_keep_tagging_and_a_joiner_fetches_the_ledger(net, 
         assert d.versions == ["v0.1.0", "v0.1.1"]
         members = [a.id, b.id, d.id]
         _commit_all([a, b, d], 6, d6, [_report(3.8, d6)] * 3, members)
-        assert _wait(lambda: all(n.versions[-1:] == ["v0.1.2"] for n in (a, b, d)), 20), [
-            n.versions for n in (a, b, d)
-        ]
+        assert _wait(lambda: all(n.versions[-1:] == ["v0.1.2"] for n in (a, b, d)), 20), [n.versions for n in (a, b, d)]
         assert all(v["version"] == "v0.1.2" for v in _counted(a, 6, d6)) and len(_counted(a, 6, d6)) == 3
     finally:
         for s in servers:
