@@ -45,6 +45,12 @@ class GossipConfig:
     """Most ids one sync answer carries."""
     anti_entropy_interval_s: float = 10.0
     """Every this often, ask one random peer for recent ids and pull what is missing (0: never)."""
+    anti_entropy_max_ids: int = 1024
+    """Most ids (the newest) one anti-entropy round asks for: each costs 32 bytes of the answer."""
+    direct_max_peers: int = 32
+    """Kinds subscribed with ``direct=True``: while its publisher knows at most this many peers, a message is
+    pushed to every one of them in a "direct" frame, which receivers do not pass on (a missed push is repaired by
+    anti-entropy or a targeted ``catch_up``): one push per peer instead of a flood with duplicates."""
     recent_peer_ttl_s: float = 300.0
     """Peers that talked to us are gossip targets for this long."""
     peers_cache_s: float = 1.0
@@ -66,8 +72,10 @@ class GossipConfig:
                 ok = value >= 0
             elif f.name == "protocol":
                 ok = isinstance(value, str) and value.startswith("/") and len(value) <= 128
-            elif f.name in ("lazy_fanout",):
+            elif f.name in ("lazy_fanout", "direct_max_peers"):
                 ok = isinstance(value, int) and value >= 0
+            elif f.name == "anti_entropy_max_ids":
+                ok = isinstance(value, int) and 0 < value <= 1024
             else:
                 ok = value > 0
             if not ok:

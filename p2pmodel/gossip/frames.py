@@ -4,6 +4,7 @@ Every frame is a ``core.wire`` envelope ``{"v": PROTOCOL_VERSION, "t": type, "b"
 pickle). Requests and their answers::
 
     push  {"msgs": [signed bytes, ...]}          -> ack   {}
+    direct {"msgs": [signed bytes, ...]}         -> ack   {}   (a push its receiver does not pass on)
     ihave {"ids": [32-byte sha256, ...]}         -> ack   {}
     iwant {"ids": [32-byte sha256, ...]}         -> msgs  {"msgs": [signed bytes, ...]}  (what it has, bounded)
     sync  {"kind": str | None, "limit": int}     -> ids   {"ids": [32-byte sha256, ...]} (newest first)
@@ -24,7 +25,7 @@ MAX_IDS = 1024
 MAX_MSGS = 256
 MAX_KIND_CHARS = 64
 ID_BYTES = 32
-REQUESTS = ("push", "ihave", "iwant", "sync")
+REQUESTS = ("push", "direct", "ihave", "iwant", "sync")
 RESPONSES = ("ack", "msgs", "ids", "error")
 
 
@@ -54,7 +55,7 @@ def _kind(value) -> bool:
 
 def _check(frame_type: str, body: dict) -> bool:
     keys = set(body)
-    if frame_type in ("push", "msgs"):
+    if frame_type in ("push", "direct", "msgs"):
         return keys == {"msgs"} and _msgs(body["msgs"])
     if frame_type in ("ihave", "iwant", "ids"):
         return keys == {"ids"} and _ids(body["ids"], MAX_IDS) and (frame_type == "ids" or len(body["ids"]) > 0)

@@ -7,6 +7,12 @@ small, so they cost one hop per round trip; big payloads cross each link only wh
 A pull-based anti-entropy round (``sync``) every ``anti_entropy_interval_s`` and ``catch_up()`` repair what
 the random pushes missed and bring late joiners up to date.
 
+Kinds subscribed with ``direct=True`` (the per-round "ready" and "digest") skip the flood while the swarm is
+small (``direct_max_peers``): the publisher pushes to every peer it knows in a "direct" frame, whose receivers
+keep the message (for pulls) but do not pass it on. Each
+unary call through p2pd costs ~0.95 KB on the wire besides the message (benchmarks/control_ops.py), so at 4
+peers a flooded 0.75 KB message cost 9 pushes (~17 KB on the wire), a direct one 3 (~5 KB).
+
 Every inbound message goes through: frame size (before decoding), per-peer token buckets, frame schema,
 de-duplication (seen-cache), message size, kind subscribed, signature and PeerID, signing time, then the
 subscriber's handler, which accepts (True) or rejects. Only accepted messages are stored and forwarded.
@@ -73,6 +79,7 @@ class Gossip:
         cfg = self.config
         self._peers_fn = peers
         self._handlers: dict[str, Handler] = {}
+        self._direct: set[str] = set()  # kinds spread by one push per known peer (small swarms)
         self._counts: Counter[str] = Counter()
         self._drops: Counter[str] = Counter()
         self._seen = SeenCache(cfg.seen_max_entries, cfg.max_age_s + cfg.max_clock_skew_s + 60)
@@ -102,16 +109,22 @@ class Gossip:
         assert self._transport is not None
         return self._transport.peer_id
 
-    def subscribe(self, kind: str, handler: Handler) -> None:
+    def subscribe(self, kind: str, handler: Handler, direct: bool = False) -> None:
         """Deliver verified messages of ``kind`` to ``handler``; it returns True to accept (store, forward).
 
         Anything else, or an exception, rejects the message: it is neither stored nor forwarded.
         Messages of kinds nobody subscribed to are refused. One handler per kind (a new one replaces it).
+        ``direct``: spread it by one push to every known peer, not by a flood (``spread_targets``).
         """
         self._handlers[check_kind(kind)] = handler
+        if direct:
+            self._direct.add(kind)
+        else:
+            self._direct.discard(kind)
 
     def unsubscribe(self, kind: str) -> None:
         self._handlers.pop(kind, None)
+        self._direct.discard(kind)
 
     def publish(self, kind: str, body: dict, timeout_s: float | None = None) -> str:
         """Sign ``body`` (``time`` added if absent), deliver it here, then spread it; returns the msg_id (hex).
@@ -122,10 +135,19 @@ class Gossip:
         self._deliver_local(msg)
         return run_sync(self._accept_local(msg), timeout_s or self.config.rpc_timeout_s, "publishing")
 
-    def catch_up(self, kind: str | None = None, n_peers: int = 2, timeout_s: float | None = None) -> int:
-        """Ask ``n_peers`` random known peers for their recent ids, pull what is missing; returns #delivered."""
+    def catch_up(
+        self,
+        kind: str | None = None,
+        n_peers: int = 2,
+        timeout_s: float | None = None,
+        peers: Iterable[str] | None = None,
+        limit: int | None = None,
+    ) -> int:
+        """Ask ``n_peers`` random known peers (or the given ``peers``, at most ``n_peers`` of them) for their
+        recent ids (the newest ``limit``), pull what is missing; returns how many were delivered."""
         timeout_s = timeout_s or 3 * self.config.rpc_timeout_s
-        return run_sync(self.acatch_up(kind, n_peers, timeout_s), timeout_s + 1, "catching up")
+        chosen = None if peers is None else list(peers)
+        return run_sync(self.acatch_up(kind, n_peers, timeout_s, chosen, limit), timeout_s + 1, "catching up")
 
     def recent(self, kind: str | None = None) -> list[GossipMessage]:
         """Accepted messages still in the recent store, oldest first."""
@@ -164,12 +186,23 @@ class Gossip:
         await self._loop.run_in_executor(self._deliver, self._deliver_local, msg)
         return await self._accept_local(msg)
 
-    async def acatch_up(self, kind: str | None = None, n_peers: int = 2, timeout_s: float = 15.0) -> int:
+    async def acatch_up(
+        self,
+        kind: str | None = None,
+        n_peers: int = 2,
+        timeout_s: float = 15.0,
+        peers: list[str] | None = None,
+        limit: int | None = None,
+    ) -> int:
         if kind is not None:
             check_kind(kind)
-        peers = await self._known_peers()
-        chosen = random.sample(peers, min(n_peers, len(peers)))
-        results = await asyncio.gather(*(self._sync_from(p, kind, wait=True) for p in chosen))
+        if peers is None:
+            peers = await self._known_peers()
+            chosen = random.sample(peers, min(n_peers, len(peers)))
+        else:
+            me = self._transport.peer_id
+            chosen = [p for p in dict.fromkeys(peers) if p != me and self._transport.parse_peer(p)][:n_peers]
+        results = await asyncio.gather(*(self._sync_from(p, kind, wait=True, limit=limit) for p in chosen))
         futures = [f for fs in results for f in fs]
         if not futures:
             return 0
@@ -242,9 +275,9 @@ class Gossip:
 
     async def _ingest_loop(self) -> None:
         while True:
-            data, source, future = await self._inbox.get()
+            data, source, future, relay = await self._inbox.get()
             try:
-                result: GossipMessage | Refused = await self._ingest(data, source)
+                result: GossipMessage | Refused = await self._ingest(data, source, relay)
             except Refused as refused:
                 result = refused
                 self._drop(refused.reason)
@@ -255,16 +288,18 @@ class Gossip:
             if future is not None and not future.done():
                 future.set_result(result)
 
-    def _enqueue(self, data: bytes, source: str, want_result: bool = False) -> asyncio.Future | None:
+    def _enqueue(
+        self, data: bytes, source: str, want_result: bool = False, relay: bool = True
+    ) -> asyncio.Future | None:
         future = asyncio.get_running_loop().create_future() if want_result else None
         try:
-            self._inbox.put_nowait((data, source, future))
+            self._inbox.put_nowait((data, source, future, relay))
         except asyncio.QueueFull:
             self._drop("inbox_full")
             return None
         return future
 
-    async def _ingest(self, data: bytes, source: str | None) -> GossipMessage:
+    async def _ingest(self, data: bytes, source: str | None, relay: bool = True) -> GossipMessage:
         cfg = self.config
         if len(data) > cfg.max_message_bytes:
             raise Refused("oversized")
@@ -282,21 +317,21 @@ class Gossip:
         if verdict is not True:
             raise Refused("handler_error" if verdict is None else "rejected")
         self._counts["delivered"] += 1
-        await self._stored_and_forwarded(mid, msg)
+        await self._stored_and_forwarded(mid, msg, relay)
         return msg
 
-    async def _stored_and_forwarded(self, mid: bytes, msg: GossipMessage) -> None:
-        cfg = self.config
+    async def _stored_and_forwarded(self, mid: bytes, msg: GossipMessage, relay: bool = True) -> None:
         self._store.add(mid, msg)
-        targets = [p for p in await self._known_peers() if p not in (msg.source, msg.signer)]
+        known = await self._known_peers()
+        targets = [p for p in known if p not in (msg.source, msg.signer)]
         random.shuffle(targets)
-        eager = len(msg.data) <= cfg.eager_push_max_bytes
-        for i, peer in enumerate(targets[: cfg.fanout + (cfg.lazy_fanout if eager else 0)]):
-            outbox = self._outbox(peer)
-            if eager and i < cfg.fanout:
-                outbox.put_push(msg.data)
-            else:
-                outbox.put_ihave(mid)
+        small_swarm = len(known) <= self.config.direct_max_peers
+        direct = relay and msg.source is None and msg.kind in self._direct and small_swarm
+        pushes, ihaves = spread_targets(targets, msg, direct, relay, self.config)
+        for peer in pushes:
+            self._outbox(peer).put_push(msg.data, relay=not direct)
+        for peer in ihaves:
+            self._outbox(peer).put_ihave(mid)
 
     # ---------------------------------------------------------------- the request handler
 
@@ -314,12 +349,12 @@ class Gossip:
             self._drop("malformed")
             return frames.encode("error", {"reason": "malformed"})
         self._note_peer(remote)
-        if frame.type == "push":
+        if frame.type in ("push", "direct"):
             for m in frame.body["msgs"]:  # and one token per message (bytes were charged with the frame)
                 if not self._limiter.allow(remote, 1, 0):
                     self._drop("rate_limited")
                 else:
-                    self._enqueue(m, remote)
+                    self._enqueue(m, remote, relay=frame.type == "push")
             return frames.encode("ack", {})
         if frame.type == "ihave":
             self._want(frame.body["ids"], remote)
@@ -396,11 +431,12 @@ class Gossip:
                     self._pulling[other] += len(mids)
                     self._spawn(self._fetch(other, mids))
 
-    async def _sync_from(self, peer: str, kind: str | None, wait: bool = False) -> list[asyncio.Future]:
-        """Ask ``peer`` for its recent ids and pull the ones we lack (awaited when ``wait``)."""
-        answer = await self._call(
-            peer, frames.encode("sync", {"kind": kind, "limit": self.config.max_sync_ids}), ("ids", "error")
-        )
+    async def _sync_from(
+        self, peer: str, kind: str | None, wait: bool = False, limit: int | None = None
+    ) -> list[asyncio.Future]:
+        """Ask ``peer`` for its (``limit``) recent ids and pull the ones we lack (awaited when ``wait``)."""
+        limit = max(1, min(limit or self.config.max_sync_ids, self.config.max_sync_ids, frames.MAX_IDS))
+        answer = await self._call(peer, frames.encode("sync", {"kind": kind, "limit": limit}), ("ids", "error"))
         if answer is None or answer.type != "ids":
             return []
         if not wait:
@@ -422,7 +458,7 @@ class Gossip:
             try:
                 peers = await self._known_peers()
                 if peers:
-                    await self._sync_from(random.choice(peers), None)
+                    await self._sync_from(random.choice(peers), None, limit=self.config.anti_entropy_max_ids)
             except Exception as e:
                 logger.debug(f"gossip anti-entropy round failed: {type(e).__name__}: {e}")
 
@@ -495,6 +531,26 @@ class Gossip:
 
 
 _NO_MSGS = frames.encode("msgs", {"msgs": []})
+
+
+def spread_targets(
+    targets: list[str], msg: GossipMessage, direct: bool, relay: bool, cfg: GossipConfig
+) -> tuple[list[str], list[str]]:
+    """Whom to push ``msg`` to and whom to announce it to (IHAVE), from the shuffled ``targets`` (known peers less
+    its source and signer).
+
+    ``relay=False`` (it came in a "direct" frame): nobody. ``direct`` (a small message this peer publishes, of a
+    kind subscribed ``direct``, in a swarm of at most ``cfg.direct_max_peers``): a push to every target, in a
+    "direct" frame. Otherwise the flood: a small message is pushed to ``fanout`` targets and announced to
+    ``lazy_fanout`` more, a large one announced to ``fanout``."""
+    if not relay:
+        return [], []
+    eager = len(msg.data) <= cfg.eager_push_max_bytes
+    if direct and eager:
+        return list(targets), []
+    if eager:
+        return targets[: cfg.fanout], targets[cfg.fanout : cfg.fanout + cfg.lazy_fanout]
+    return [], targets[: cfg.fanout]
 
 
 def _call_handler(handler: Handler, msg: GossipMessage) -> bool | None:

@@ -1,6 +1,13 @@
-"""State offers: after each commit a peer serves its state (θ_global + outer momentum, one safetensors package)
-and announces it under ``p2pmodel/{run}/state``; a late joiner, or a peer that lost the commit step's majority,
-downloads the state it needs from a peer offering it and verifies it before use."""
+"""State offers: after each commit a peer serves its state (θ_global + outer momentum, one safetensors package); a
+late joiner, or a peer that lost the commit step's majority, downloads the state it needs from a peer offering
+it and verifies it before use.
+
+Where offers are found: the package of a round is packed before its commit step (``prepare``) and its blob id
+rides on the peer's "digest" message (node/commit.py), so a peer that must re-sync asks the peers that voted for
+the winner, and a late joiner pulls the latest "digest" messages from two peers. The DHT key
+``p2pmodel/{run}/state`` is the fallback, written every third of the offer's lifetime (and after a commit step
+that needed its own fallback; node/swarm_link.py), not every round: a store there costs ~28 KB on the wire at 4
+peers."""
 
 from __future__ import annotations
 
@@ -13,38 +20,66 @@ from p2pmodel.core.errors import IntegrityError, P2PModelError
 from p2pmodel.core.ids import is_hex64, sha256_hex
 from p2pmodel.node.state_package import pack_state, package_limit, unpack_state
 from p2pmodel.swarm.blobs import fetch_blob
-from p2pmodel.swarm.keys import OFFER_KIND, offers_key
+from p2pmodel.swarm.keys import DIGEST_KIND, OFFER_KIND, offers_key
 from p2pmodel.swarm.records import get_signed, publish_signed
 
 log = logging.getLogger("p2pmodel.swarm")
 KEEP_PACKAGES = 3
+PULL_IDS = 64  # newest "digest" ids a late joiner asks a peer for
 
 
 class StateOffers:
     """The packages this peer serves (its last few commits) and the download path for the states it needs."""
 
-    def __init__(self, dht, identity, peer, ttl_s: float, download_timeout_s: float):
+    def __init__(self, dht, identity, peer, ttl_s: float, download_timeout_s: float, votes=None):
+        """``votes``: the run's CommitStep (its "digest" messages are offers, its gossip pulls them), or None."""
         self.dht, self.identity, self.peer = dht, identity, peer
         self.ttl_s, self.download_timeout_s = ttl_s, download_timeout_s
+        self.votes = votes
         self.packages: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._packed: dict[tuple[int, str], tuple[str, int]] = {}  # (round, digest) -> (blob id, size), recent
+        self.announced_at: float | None = None  # time.monotonic() of the last offer stored in the DHT
 
-    def offer(self, round_: int, in_background: Callable[[Callable[[], object]], object] = lambda job: job()) -> None:
-        """Pack the state just committed and keep it for serving (now), announce it (``in_background``)."""
+    def prepare(self, round_: int) -> dict:
+        """Pack the state this peer holds for ``round_`` (before its commit step) and serve it; → {"blob", "size"}."""
         peer = self.peer
         blob = pack_state(peer.names, peer.global_params, peer.outer.state_dict()["momentum_buffers"], round_)
         blob_id = sha256_hex(blob)
         self.packages[blob_id] = blob
+        self.packages.move_to_end(blob_id)
         while len(self.packages) > KEEP_PACKAGES:
             self.packages.popitem(last=False)
+        self._packed[(round_, peer.digest)] = (blob_id, len(blob))
+        for old in list(self._packed)[:-KEEP_PACKAGES]:
+            del self._packed[old]
+        return {"blob": blob_id, "size": len(blob)}
+
+    def offer(
+        self,
+        round_: int,
+        in_background: Callable[[Callable[[], object]], object] = lambda job: job(),
+        announce: bool = True,
+    ) -> None:
+        """Serve the state just committed (packed by ``prepare`` unless it changed since: a re-sync) and, if
+        ``announce``, store the offer in the DHT (``in_background``)."""
+        peer = self.peer
+        packed = self._packed.get((round_, peer.digest))
+        if packed is None or packed[0] not in self.packages:
+            self.prepare(round_)
+            packed = self._packed[(round_, peer.digest)]
+        if not announce:
+            return
+        blob_id, size = packed
         body = {
             "peer_id": self.identity.peer_id,
             "round": round_,
             "digest": peer.digest,
             "blob": blob_id,
-            "size": len(blob),
+            "size": size,
             "time": time.time(),
         }
         key = offers_key(peer.run_id)
+        self.announced_at = time.monotonic()
         in_background(lambda: publish_signed(self.dht, self.identity, key, OFFER_KIND, body, self.ttl_s))
 
     def offers(self) -> dict[str, dict]:
@@ -52,12 +87,19 @@ class StateOffers:
         found = get_signed(self.dht, offers_key(self.peer.run_id), OFFER_KIND)
         return {pid: o for pid, o in found.items() if pid != self.identity.peer_id and valid_offer(o)}
 
-    def resync(self, round_: int, digest: str) -> bool:
-        """Download round ``round_``'s state ``digest`` from a peer offering it; verified before use."""
+    def resync(self, round_: int, digest: str, offers: dict[str, dict] | None = None) -> bool:
+        """Download round ``round_``'s state ``digest`` from a peer offering it; verified before use. ``offers``
+        ({peer_id: offer}) are tried first (those of the commit step's votes by default), then the DHT's."""
         deadline = time.monotonic() + self.download_timeout_s
         tried: set[str] = {self.identity.peer_id}
+        if offers is None:
+            offers = self.votes.offers(round_, digest) if self.votes is not None else {}
+        first = {p: o for p, o in offers.items() if valid_offer(o) and o["round"] == round_ and o["digest"] == digest}
         while time.monotonic() < deadline:
-            offers = {p: o for p, o in self.offers().items() if o["round"] == round_ and o["digest"] == digest}
+            if first:
+                offers, first = first, {}
+            else:
+                offers = {p: o for p, o in self.offers().items() if o["round"] == round_ and o["digest"] == digest}
             shapes = {n: tuple(t.shape) for n, t in self.peer.global_state().items()}
             got = download_state(self.dht, offers, shapes, digest, round_, deadline - time.monotonic(), tried)
             if got is not None:
@@ -71,15 +113,36 @@ class StateOffers:
 
     def catch_up(self) -> bool:
         """If the swarm is ahead of this peer, adopt its latest committed state (verified)."""
-        picked = most_offered(list(self.offers().values()))
+        known = self.known_offers()
+        picked = most_offered(list(known.values()))
         if picked is None or picked[0] <= self.peer.round:
             return False
         latest, digest = picked
         log.info("swarm is at round %d (this peer: %d): downloading state %s", latest, self.peer.round, digest[:12])
-        if self.resync(latest, digest):
+        chosen = {p: o for p, o in known.items() if (o["round"], o["digest"]) == (latest, digest)}
+        if self.resync(latest, digest, chosen):
             self.peer.round = latest
             return True
         return False
+
+    def known_offers(self) -> dict[str, dict]:
+        """Each other peer's newest offer: the "digest" messages pulled from two peers (what they committed last)
+        and the DHT's offers (written every few minutes), the later round of the two per peer."""
+        found: dict[str, dict] = {}
+        try:
+            found.update(self.offers())
+        except Exception as e:  # the gossip side may still answer
+            log.debug("reading state offers failed: %s", e)
+        if self.votes is not None and self.votes.gossip is not None:
+            try:
+                self.votes.gossip.catch_up(DIGEST_KIND, 2, limit=PULL_IDS)
+            except Exception as e:  # the DHT's offers are the fallback
+                log.debug("pulling the latest digests failed: %s", e)
+            for o in self.votes.box.latest():
+                pid = o["peer_id"]
+                if pid != self.identity.peer_id and valid_offer(o) and o["round"] > found.get(pid, {}).get("round", 0):
+                    found[pid] = o
+        return found
 
 
 def download_state(

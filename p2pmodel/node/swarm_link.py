@@ -29,7 +29,7 @@ from hivemind.utils.logging import use_hivemind_log_handler
 from p2pmodel.compress import make_codec
 from p2pmodel.core.errors import P2PModelError
 from p2pmodel.eval.digest import canonical_bytes
-from p2pmodel.gossip import Gossip
+from p2pmodel.gossip import Gossip, GossipConfig
 from p2pmodel.node.commit import Agreement, CommitStep
 from p2pmodel.node.exchange import ExchangeOutcome
 from p2pmodel.node.pace import Pace
@@ -45,9 +45,12 @@ from p2pmodel.sync import DeterministicAverager
 
 log = logging.getLogger("p2pmodel.swarm")
 CLOSE_GRACE = 1 / 3  # of sync.matchmaking_time_s: joins the group well inside the window
-PACE_POLL_S = 10.0  # DHT fallback for a lost "ready" gossip push (each poll ~5 KB on the wire)
+PACE_POLL_S = 60.0  # DHT fallback for a "ready" whose push failed (each poll ~5 KB on the wire)
 MAX_ADDRS = 32  # a peer record carries at most this many (swarm/records.py)
-PEER_LIST_CACHE_S = 30.0  # gossip's view of who is online (each refresh ~17 KB on the wire at 4 peers)
+PEER_LIST_CACHE_S = 300.0  # gossip's view of who is online (each refresh ~22 KB on the wire at 4 peers); gossip
+# also targets the peers that talked to it lately, and the round engine checks connections itself
+PEER_LIST_FRESH_S = 30.0  # ... refreshed this often instead after a change (or the start) until it holds for
+PEER_LIST_SETTLE_S = 120.0  # this long: "ready" and "digest" are pushed to the listed peers only (no flood)
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ class SwarmLink:
         self._publisher = Publisher()
         self.commit_hooks: list = []  # called with (round, members) after each commit (releases)
         self._peer_cache: tuple[float, list[str]] = (0.0, [])
+        self._peers_changed_at = time.monotonic()  # the DHT's peer list changed (or this peer started) then
         self._last_members: list[str] = []  # the last commit step's voters and the participants it did not wait for
         self.dht = serialize_calls(
             start_dht(
@@ -97,15 +101,22 @@ class SwarmLink:
             wildcards = s.host_maddrs or list(DEFAULT_HOST_MADDRS)
             self.maddrs = announced if s.announce_maddrs else expand_wildcards(wildcards, announced)[:MAX_ADDRS]
             self._start_averaging(cfg, s)  # before any thread touches the DHT: the averager process is forked
-            self.offers = StateOffers(self.dht, identity, peer, s.record_ttl_s * 10, cfg.sync.download_timeout_s)
-            self.providers = [self.offers.packages.get, self._stored_state]  # blob id → bytes, first hit wins
-            self.blobs = BlobServer(self.dht, self._provide)
-            self.gossip = Gossip(self.dht, identity, peers=self.peer_ids)
+            # anti-entropy (a sync call ~1 KB + 32 bytes per id) repairs lost pushes; the commit step pulls itself
+            quiet = GossipConfig(anti_entropy_interval_s=60.0, anti_entropy_max_ids=64)
+            self.gossip = Gossip(self.dht, identity, peers=self.peer_ids, config=quiet)
             ready_ttl = cfg.sync.allreduce_timeout_s + 60
             self.pace = Pace(
                 self.dht, self.gossip, identity, self.run_id, self._round, PACE_POLL_S, ready_ttl, self._in_background
             )
-            self.commit = CommitStep(self.dht, identity, self.run_id, s.record_ttl_s * 10)
+            self.commit = CommitStep(self.dht, identity, self.run_id, s.record_ttl_s * 10, self.gossip, self._round)
+            self.offers = StateOffers(
+                self.dht, identity, peer, s.record_ttl_s * 10, cfg.sync.download_timeout_s, votes=self.commit
+            )
+            self.providers = [self.offers.packages.get, self._stored_state]  # blob id → bytes, first hit wins
+            self.blobs = BlobServer(self.dht, self._provide)
+            self._fell_back = False  # the last commit step needed the DHT: offer our state there too
+            self._run_published_at: float | None = None  # time.monotonic() of the last run record
+            self._committed_once = False  # this process committed a round (its records were stored since)
             self.refresher = RecordRefresher(self.dht, identity, self._record, s.record_ttl_s)
         except BaseException:
             self.close()
@@ -151,17 +162,30 @@ class SwarmLink:
 
     # --- who is online ------------------------------------------------------------------------------
     def peer_ids(self, max_age_s: float = PEER_LIST_CACHE_S) -> list[str]:
-        """Live peers of this run (DHT records, less those that announced leaving), cached up to ``max_age_s``."""
+        """Live peers of this run (DHT records, cached up to ``max_age_s``, and the peers that announced ready or
+        joining for the rounds at hand), less those that announced leaving."""
         at, ids = self._peer_cache
-        if time.monotonic() - at >= (max_age_s if ids else min(max_age_s, 5.0)):  # alone: look again soon
+        now = time.monotonic()
+        if not ids:  # alone: look again soon
+            period = min(max_age_s, 5.0)
+        elif now - self._peers_changed_at < PEER_LIST_SETTLE_S:  # it changed lately: more may be coming
+            period = min(max_age_s, PEER_LIST_FRESH_S)
+        else:
+            period = max_age_s
+        if now - at >= period:
             try:
                 records = list_peer_records(self.dht, self.run_id, max_age_s=self.cfg.swarm.record_ttl_s)
-                ids = [r["peer_id"] for r in records if r["peer_id"] != self.identity.peer_id]
+                fresh = [r["peer_id"] for r in records if r["peer_id"] != self.identity.peer_id]
+                if set(fresh) != set(ids):
+                    self._peers_changed_at = now
+                ids = fresh
             except Exception as e:  # keep the last known list
                 log.debug("peer list refresh failed: %s", e)
             self._peer_cache = (time.monotonic(), ids)
-        gone = self.pace.left() if hasattr(self, "pace") else frozenset()
-        return [p for p in ids if p not in gone]
+        if not hasattr(self, "pace"):
+            return ids
+        gone, heard = self.pace.left(), self.pace.heard_from()
+        return [p for p in ids if p not in gone] + sorted(heard - gone - set(ids))
 
     def expected_group(self, round_: int) -> set[str]:
         """Who should average in ``round_``: the last round's peers still connected and not gone, those that
@@ -258,14 +282,18 @@ class SwarmLink:
         sync = self.cfg.sync
         # a group that formed later may still be averaging: give it a matchmaking window, requests and a stall
         deadline_s = sync.matchmaking_time_s + 2 * sync.request_timeout_s + 2 * sync.chunk_timeout_s
+        offer = self.offers.prepare(round_)  # our vote names the package we serve: a re-sync needs no DHT lookup
+        fallbacks = self.commit.fallbacks
         agreement = self.commit.agree(
             round_,
             self.peer.digest,
             participants=lambda: self.participants(round_, outcome),
-            eligible=lambda: self.peer_ids(max_age_s=0),
+            eligible=self.peer_ids,  # cached: a participant new since then is in participants() (ready or group)
             deadline_s=deadline_s,
             former=self.pace.left,  # a peer that stopped right after its commit voted for this round too
+            offer=offer,
         )
+        self._fell_back = self.commit.fallbacks > fallbacks
         # the next round expects the peers not waited for too (the commit step ends once a majority agrees; a
         # peer behind by a re-sync is still in the swarm) and those that just joined, even if they came too late
         # for this round's group: the connection check drops the crashed ones
@@ -285,11 +313,22 @@ class SwarmLink:
         return agreement
 
     def after_commit(self, round_: int, samples_per_s: float, members: list[str]) -> None:
-        """Serve the committed state to late joiners and refresh our peer record."""
-        self.offers.offer(round_, self._in_background)
+        """Serve the committed state (our "digest" message announced it); offer it in the DHT only every third of
+        the offer's lifetime, or when the commit step needed the DHT. The peer record (round, digest) is stored at
+        once after this process's first commit (``swarm peers`` and joinability checks see a committed round),
+        later at its refresher's period; the run record and history (two DHT stores, ~50 KB) after the first
+        commit, on release rounds and every third of their lifetime."""
+        offers = self.offers
+        due = offers.announced_at is None or time.monotonic() - offers.announced_at >= offers.ttl_s / 3
+        offers.offer(round_, self._in_background, announce=due or self._fell_back)
         self.committed = Committed(round_, self.peer.digest, samples_per_s)
-        self.refresher.refresh_now()
-        if round_ % self.cfg.versioning.release_every == 0:  # each publish is two DHT stores (~50 KB on the wire)
+        first, self._committed_once = not self._committed_once, True
+        if first:
+            self.refresher.refresh_now()
+        published = self._run_published_at
+        stale = published is None or time.monotonic() - published >= self.cfg.swarm.record_ttl_s * 10 / 3
+        if first or stale or round_ % self.cfg.versioning.release_every == 0:
+            self._run_published_at = time.monotonic()
             self._in_background(self.publish_run)
         for hook in self.commit_hooks:
             hook(round_, members)
@@ -309,6 +348,7 @@ class SwarmLink:
         from p2pmodel.node import run_registry
 
         p, ttl = self.peer, self.cfg.swarm.record_ttl_s * 10
+        self._run_published_at = time.monotonic()
         run_registry.publish_run(self.dht, self.identity, self.cfg, self.run_id, p.corpus.fingerprint, p.history, ttl)
 
     def _record(self) -> dict:

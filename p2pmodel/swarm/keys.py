@@ -4,14 +4,18 @@ DHT layout (one key per topic, one subkey per signer; readers check signer == su
 
     p2pmodel/runs                        run registry: one "run_record" per peer (light clients find runs here)
     p2pmodel/{run}/peers                 "peer_record": who is in the run (swarm/records.py)
-    p2pmodel/{run}/digest/{round}        "digest_record": the state a peer committed (the commit step's vote)
-    p2pmodel/{run}/ready/{round}         "ready": a peer finished its inner phase (DHT fallback of the gossip push)
-    p2pmodel/{run}/state                 "state_offer": the last committed state a peer serves, by blob id
+    p2pmodel/{run}/digest/{round}        "digest_record": the commit step's vote (DHT fallback of the "digest" push)
+    p2pmodel/{run}/ready/{round}         "ready": a peer finished its inner phase (stored only when the push failed)
+    p2pmodel/{run}/state                 "state_offer": a recent committed state a peer serves, by blob id (for
+                                         late joiners; republished every few minutes, not every round)
     p2pmodel/{run}/history               "history": recent (round, val loss) pairs, for plots
     p2pmodel/{run}/tags                  "tag_index": the tags a peer holds and their certificates' blob ids
     p2pmodel/{run}/proposals             "proposal": a signed request for a MINOR/MAJOR next release
 
-Gossip kinds (signed messages pushed to every peer of the run): "ready", "join", "leave", "vote", "tag".
+Gossip kinds (signed messages pushed to every peer of the run): "ready", "join", "leave", "vote", "tag", and
+"digest": the commit step's vote {run_id, round, digest, blob, size}, which is also an offer of that round's
+state package (blob id, size) to a peer that must re-sync or catch up. "ready" and "digest" go out once per
+round: they are pushed straight to every peer, not flooded (``Gossip.subscribe(direct=True)``).
 """
 
 RUNS_KEY = "p2pmodel/runs"
@@ -19,6 +23,7 @@ RUNS_KEY = "p2pmodel/runs"
 RUN_KIND = "run_record"
 PEER_RECORD_KIND = "peer_record"
 DIGEST_RECORD_KIND = "digest_record"
+DIGEST_KIND = "digest"
 READY_KIND = "ready"
 JOIN_KIND = "join"
 LEAVE_KIND = "leave"

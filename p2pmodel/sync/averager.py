@@ -12,7 +12,8 @@ What changes against ``hivemind.averaging.DecentralizedAverager``:
   commit step's majority digest resolves (DESIGN.md "Commit step"). Never "keep your own";
 - optional sender-side error feedback: ``residuals[i] = local - decoded(bytes we sent)`` in float32, and
   the full local value on spans zeroed by a failed reducer (nothing of it got through);
-- the leader search queries the DHT at most every 0.5 s instead of in a tight loop (``matchmaking.py``);
+- the leader search queries the DHT at most every 0.5 s instead of in a tight loop, and a declaration is left
+  to expire instead of being withdrawn by a second DHT store (``matchmaking.py``);
 - ``step(weight, timeout)`` returns an ``AveragingResult`` and never raises for network failures.
 
 Notes for callers: hivemind names RPC handlers after the averager's class, so every peer of a swarm must
@@ -44,7 +45,7 @@ from hivemind.utils.timed_storage import get_dht_time
 
 from p2pmodel.core.lifeline import arm_child
 from p2pmodel.sync.allreduce import DeterministicAllReduceRunner
-from p2pmodel.sync.matchmaking import space_leader_search
+from p2pmodel.sync.matchmaking import keep_declarations, space_leader_search
 from p2pmodel.sync.result import AveragingResult, RoundReport
 
 __all__ = ["AveragingResult", "DeterministicAllReduceRunner", "DeterministicAverager"]
@@ -227,6 +228,7 @@ class DeterministicAverager(DecentralizedAverager):
 
     async def _step(self, **kwargs):  # runs in the averager's process, where _matchmaking lives
         space_leader_search(self._matchmaking.potential_leaders)
+        keep_declarations(self._matchmaking.potential_leaders)
         return await super()._step(**kwargs)
 
     async def _aggregate_with_group(self, group_info: GroupInfo, min_vector_size: int, **kwargs) -> RoundReport:

@@ -58,3 +58,151 @@ def test_the_digests_of_peers_that_left_after_committing_still_count(step):
         5, B, participants=lambda: set(), eligible=lambda: set(), deadline_s=0.2, former=lambda: {"p1", "p3"}
     )
     assert agreement.winner == A and sorted(agreement.committed_by) == ["me", "p1", "p3"]
+
+
+# --- digests by gossip, the DHT as the fallback ------------------------------------------------------------------
+
+RUN = "r"
+C = "c" * 64
+
+
+def _body(round_, digest=A, blob=C, size=10, **extra):
+    return {"run_id": RUN, "round": round_, "digest": digest, "blob": blob, "size": size, "time": 1.0, **extra}
+
+
+def test_digest_messages_are_checked_field_by_field():
+    assert commit.valid_digest_message(_body(3), RUN)
+    assert commit.valid_digest_message(_body(3, blob="", size=0), RUN)  # a vote without a package
+    bad = [
+        _body(3, extra=1),
+        {k: v for k, v in _body(3).items() if k != "blob"},
+        {**_body(3), "run_id": "other"},
+        _body(0),
+        _body(True),
+        _body(2**63),
+        _body(3, digest=""),
+        _body(3, digest="A" * 64),
+        _body(3, blob="x"),
+        _body(3, size=-1),
+        _body(3, size=1.5),
+        "not a map",
+    ]
+    assert not any(commit.valid_digest_message(b, RUN) for b in bad)
+
+
+def test_the_box_keeps_rounds_near_the_commit_and_each_signers_latest_offer():
+    box = commit.DigestBox(window=2)
+    kept = [r for r in range(1, 50) if box.add("p1", _body(r), committed=10)]
+    assert kept == [9, 10, 11, 12]  # a signed message for any round cannot grow the map
+    assert box.digests(11) == {"p1": A} and box.digests(20) == {}
+    assert box.latest() == [{"peer_id": "p1", "round": 49, "digest": A, "blob": C, "size": 10}]  # for a joiner
+    box.add("p1", _body(5), committed=10)  # an older one does not replace the newest
+    assert box.latest()[0]["round"] == 49
+    box.add("p2", _body(11, digest=B), committed=10)
+    box.add("p3", _body(11, blob=""), committed=10)
+    assert box.offers(11, A) == {"p1": {"peer_id": "p1", "round": 11, "digest": A, "blob": C, "size": 10}}
+    assert box.offers(11, B).keys() == {"p2"}
+    box.add("p1", _body(13), committed=12)  # a later commit drops what is now too old
+    assert box.digests(9) == {} and box.digests(10) == {}
+
+
+def test_the_box_is_bounded_per_round_and_in_signers(monkeypatch):
+    monkeypatch.setattr(commit, "MAX_PER_ROUND", 3)
+    monkeypatch.setattr(commit, "MAX_LATEST", 5)
+    box = commit.DigestBox()
+    for i in range(10):
+        box.add(f"p{i}", _body(1), committed=0)
+    assert len(box.digests(1)) == 3 and len(box.latest()) == 5
+    box.add("p0", _body(1, digest=B), committed=0)  # a known signer may still correct itself
+    assert box.digests(1)["p0"] == B
+
+
+class FakeGossip:
+    """Delivers our own publish to the subscribed handler; records pulls; ``fail`` makes publish raise."""
+
+    def __init__(self, me="me"):
+        self.me, self.handlers, self.pulls, self.fail = me, {}, [], False
+
+    def subscribe(self, kind, handler, direct=False):
+        assert direct
+        self.handlers[kind] = handler
+
+    def unsubscribe(self, kind):
+        self.handlers.pop(kind, None)
+
+    def deliver(self, signer, body):
+        return self.handlers[commit.DIGEST_KIND](SimpleNamespace(signer=signer, body=body))
+
+    def publish(self, kind, body):
+        if self.fail:
+            from p2pmodel.core.errors import SwarmError
+
+            raise SwarmError("no peers")
+        self.deliver(self.me, {**body, "time": 1.0})
+
+    def catch_up(self, kind, n_peers, peers=None, limit=None):
+        self.pulls.append((kind, sorted(peers)))
+
+
+@pytest.fixture
+def gossip_step(monkeypatch):
+    stored, reads = [], []
+    in_dht: dict[str, str] = {}
+    monkeypatch.setattr(commit, "publish_digest", lambda dht, who, run, r, digest, ttl: stored.append((r, digest)))
+    monkeypatch.setattr(commit, "get_digests", lambda *a: reads.append(1) or dict(in_dht))
+    monkeypatch.setattr(commit, "LOCAL_POLL_S", 0.005)
+    monkeypatch.setattr(commit, "_in_thread", lambda job: job())  # run the fallback's jobs inline
+    g = FakeGossip()
+    cs = CommitStep(
+        None,
+        SimpleNamespace(peer_id="me"),
+        RUN,
+        60,
+        gossip=g,
+        committed=lambda: 4,
+        fallback_after_s=0.05,
+        dht_poll_s=0.02,
+    )
+    return cs, g, stored, reads, in_dht
+
+
+def test_pushed_digests_end_the_step_without_the_dht(gossip_step):
+    cs, g, stored, reads, _ = gossip_step
+    g.deliver("p1", _body(5))
+    g.deliver("p2", _body(5))
+    agreement = cs.agree(
+        5,
+        A,
+        participants=lambda: {"p1", "p2"},
+        eligible=lambda: {"p1", "p2"},
+        deadline_s=5,
+        offer={"blob": C, "size": 10},
+    )
+    assert agreement.winner == A and agreement.committed_by == ["me", "p1", "p2"] and not agreement.missing
+    assert stored == [] and reads == [] and cs.fallbacks == 0
+    assert cs.offers(5, A).keys() == {"me", "p1", "p2"}  # our vote named the package we serve
+
+
+def test_a_missing_digest_is_pulled_from_its_peer_then_read_from_the_dht(gossip_step):
+    cs, g, stored, reads, in_dht = gossip_step
+    g.deliver("p1", _body(5))
+    in_dht["p2"] = A  # p2's push never arrived; its record is in the DHT
+    agreement = cs.agree(5, A, participants=lambda: {"p1", "p2", "p3"}, eligible=set, deadline_s=0.5)
+    assert g.pulls and g.pulls[0] == (commit.DIGEST_KIND, ["p2", "p3"])  # asked the missing ones themselves
+    assert stored == [(5, A)] and reads and cs.fallbacks == 1  # and stored our own vote where they would look
+    assert agreement.committed_by == ["me", "p1", "p2"] and agreement.missing == ["p3"]
+
+
+def test_a_failed_push_goes_to_the_dht_at_once(gossip_step):
+    cs, g, stored, _, _ = gossip_step
+    g.fail = True
+    cs.agree(5, A, participants=set, eligible=set, deadline_s=1)
+    assert stored == [(5, A)]
+
+
+def test_digests_of_strangers_and_other_runs_are_refused(gossip_step):
+    cs, g, *_ = gossip_step
+    assert not g.deliver("p1", {**_body(5), "run_id": "other"})
+    assert not g.deliver("p1", _body(500))  # far from our commit: not stored, not forwarded
+    agreement = cs.agree(5, B, participants=set, eligible=set, deadline_s=0.1)
+    assert agreement.winner == B  # p1's round-500 message is not a vote for round 5

@@ -153,3 +153,23 @@ def test_config_bounds():
         with pytest.raises(ConfigError):
             GossipConfig(**bad)
     assert GossipConfig(anti_entropy_interval_s=0, lazy_fanout=0).lazy_fanout == 0
+
+
+@pytest.mark.timeout(10)
+def test_direct_kinds_go_once_to_every_peer_and_are_not_forwarded():
+    from types import SimpleNamespace
+
+    from p2pmodel.gossip.gossip import spread_targets
+
+    cfg = GossipConfig(fanout=2, lazy_fanout=1, eager_push_max_bytes=100)
+    peers = ["a", "b", "c", "d"]
+    small, big = SimpleNamespace(data=b"x" * 50), SimpleNamespace(data=b"x" * 500)
+    assert spread_targets(peers, small, True, True, cfg) == (peers, [])  # the publisher: one push to each
+    assert spread_targets(peers, small, False, False, cfg) == ([], [])  # a receiver of a "direct" frame: nobody
+    assert spread_targets(peers, small, False, True, cfg) == (["a", "b"], ["c"])  # otherwise the flood
+    assert spread_targets(peers, big, True, True, cfg) == ([], ["a", "b"])  # large messages are announced
+    assert frames.decode(frames.encode("direct", {"msgs": [b"m"]}), MAX, frames.REQUESTS).type == "direct"
+    with pytest.raises(ConfigError):
+        GossipConfig(direct_max_peers=-1)
+    with pytest.raises(ConfigError):
+        GossipConfig(anti_entropy_max_ids=0)

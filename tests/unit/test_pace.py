@@ -27,3 +27,15 @@ def test_closed_for_counts_from_the_first_mark():
     closes.mark(1, committed=0)  # a second "ready" for the same round does not restart the clock
     assert closes.closed_for(1) >= 0.05
     assert closes.closed_for(2) is None
+
+
+@pytest.mark.timeout(10)
+def test_announcers_are_the_peers_of_the_rounds_kept():
+    """Who is training now, from gossip alone (SwarmLink.peer_ids adds them to its cached DHT list)."""
+    closes = RoundCloses(rounds_ahead=2)
+    closes.mark(3, committed=2, peer="a")
+    closes.mark_joining(4, committed=2, peer="b")
+    closes.mark(9, committed=2, peer="stranger")  # far ahead: not kept, not counted
+    assert closes.announcers() == {"a", "b"}
+    closes.mark(5, committed=4, peer="c")  # after commits up to 4, rounds 3 and 4 are dropped
+    assert closes.announcers() == {"c"}

@@ -47,3 +47,57 @@ def test_package_limit_fits_a_full_package_and_little_more():
     shapes = {n: tuple(p.shape) for n, p in zip(names, params, strict=True)}
     full = pack_state(names, params, [torch.randn_like(p) for p in params], round_=2**40)
     assert len(full) <= package_limit(shapes) < len(full) + 8192
+
+
+class _Votes:
+    """A CommitStep stand-in: its box holds the "digest" messages gossip delivered, its gossip records pulls."""
+
+    def __init__(self, latest, by_round=None):
+        from types import SimpleNamespace
+
+        self.pulls = []
+        self.box = SimpleNamespace(latest=lambda: [dict(o) for o in latest])
+        self.gossip = SimpleNamespace(catch_up=lambda kind, n, limit=None: self.pulls.append(kind))
+        self._by_round = by_round or {}
+
+    def offers(self, round_, digest):
+        return {p: o for p, o in self._by_round.items() if (o["round"], o["digest"]) == (round_, digest)}
+
+
+def _offers(monkeypatch, votes, in_dht, peer_round=0):
+    from types import SimpleNamespace
+
+    from p2pmodel.node import state_offers
+
+    peer = SimpleNamespace(round=peer_round, run_id="r", global_state=lambda: {}, adopt=lambda *a: None)
+    so = state_offers.StateOffers(None, SimpleNamespace(peer_id="me"), peer, 600, 0.3, votes=votes)
+    monkeypatch.setattr(so, "offers", lambda: dict(in_dht))
+    tried = []
+
+    def download(dht, offers, shapes, digest, round_, timeout_s, seen):
+        tried.append(sorted(offers))
+        seen.update(offers)
+        pid = next(iter(offers), None)
+        return (pid, {}, []) if pid is not None else None
+
+    monkeypatch.setattr(state_offers, "download_state", download)
+    return so, peer, tried
+
+
+@pytest.mark.timeout(10)
+def test_a_joiner_takes_the_latest_digests_of_its_peers_over_older_dht_offers(monkeypatch):
+    """The DHT's offers are written every few minutes; the "digest" messages peers pushed last round are newer."""
+    votes = _Votes([_offer(9, A, "h1"), _offer(9, A, "h2"), _offer(9, A, "me")])
+    so, peer, tried = _offers(monkeypatch, votes, {"h1": _offer(4, B, "h1"), "h3": _offer(4, B, "h3")})
+    assert so.known_offers() == {"h1": _offer(9, A, "h1"), "h2": _offer(9, A, "h2"), "h3": _offer(4, B, "h3")}
+    assert votes.pulls == ["digest"]  # it asked peers for their latest digests first
+    assert so.catch_up() and peer.round == 9 and tried == [["h1", "h2"]]
+
+
+@pytest.mark.timeout(10)
+def test_a_resync_downloads_from_the_peers_that_voted_for_the_winner(monkeypatch):
+    votes = _Votes([], by_round={"h1": _offer(5, A, "h1"), "h2": _offer(5, B, "h2")})
+    so, _, tried = _offers(monkeypatch, votes, {})
+    assert so.resync(5, A) and tried == [["h1"]]  # no DHT lookup needed
+    so, _, tried = _offers(monkeypatch, _Votes([]), {"h3": _offer(5, A, "h3")})
+    assert so.resync(5, A) and tried == [["h3"]]  # no vote named a package: the DHT's offers
