@@ -266,7 +266,8 @@ class SwarmLink:
         if self._last_members:
             return False
         try:
-            return bool(set(get_digests(self.dht, self.run_id, round_)) - {self.identity.peer_id})
+            announced = set(self.commit.box.digests(round_)) or set(get_digests(self.dht, self.run_id, round_))
+            return bool(announced - {self.identity.peer_id})  # digests travel by gossip, the DHT is the fallback
         except Exception as e:  # no answer: try to average
             log.debug("digest check failed: %s", e)
             return False
