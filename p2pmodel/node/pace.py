@@ -182,6 +182,15 @@ class Pace:
     # --- what the others say ------------------------------------------------------------------------
     def _on_ready(self, msg) -> bool:
         """A gossiped "ready" of this run: that round closes here too (our own push is delivered locally)."""
+        return self._on_round_message(msg, self.closes.mark)
+
+    def _on_join(self, msg) -> bool:
+        """A gossiped "join": expect its signer in that round's group."""
+        return self._on_round_message(msg, self.closes.mark_joining)
+
+    def _on_round_message(self, msg, mark) -> bool:
+        """A "ready" or "join" {run_id, round}: its signer is back if it had left; ``mark`` keeps it (False: neither
+        kept nor forwarded)."""
         body = msg.body
         if body.get("run_id") != self.run_id or type(body.get("round")) is not int or body["round"] < 1:
             return False
@@ -189,18 +198,7 @@ class Pace:
             return True
         with self._left_lock:
             self._left.pop(msg.signer, None)  # back after a restart
-        return self.closes.mark(body["round"], self._committed(), msg.signer)  # False: neither kept nor forwarded
-
-    def _on_join(self, msg) -> bool:
-        """A gossiped "join": expect its signer in that round's group (it is back if it had left)."""
-        body = msg.body
-        if body.get("run_id") != self.run_id or type(body.get("round")) is not int or body["round"] < 1:
-            return False
-        if msg.signer == self.identity.peer_id:
-            return True
-        with self._left_lock:
-            self._left.pop(msg.signer, None)
-        return self.closes.mark_joining(body["round"], self._committed(), msg.signer)
+        return mark(body["round"], self._committed(), msg.signer)
 
     def _on_leave(self, msg) -> bool:
         body = msg.body
