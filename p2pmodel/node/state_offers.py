@@ -7,7 +7,13 @@ rides on the peer's "digest" message (node/commit.py), so a peer that must re-sy
 the winner, and a late joiner pulls the latest "digest" messages from two peers. The DHT key
 ``p2pmodel/{run}/state`` is the fallback, written every third of the offer's lifetime (and after a commit step
 that needed its own fallback; node/swarm_link.py), not every round: a store there costs ~28 KB on the wire at 4
-peers."""
+peers.
+
+Slow links: a download is cut when its peer sends nothing for ``STALL_S``, not at a fixed share of the deadline,
+and what arrived is kept (``swarm/blobs.Partial``): the next attempt, to that peer or another offering the same
+package, resumes where it stopped. A re-sync gives up ``download_timeout_s`` after it began if no byte arrived in
+the last ``STALL_S``, and in any case once the package could have come at ``MIN_RATE_BPS``: 6.7 MB of
+configs/tiny.toml state take 54 s at 1 Mbit/s, more than the 40 s share one of three offering peers used to get."""
 
 from __future__ import annotations
 
@@ -19,13 +25,15 @@ from collections.abc import Callable
 from p2pmodel.core.errors import IntegrityError, P2PModelError
 from p2pmodel.core.ids import is_hex64, sha256_hex
 from p2pmodel.node.state_package import pack_state, package_limit, unpack_state
-from p2pmodel.swarm.blobs import fetch_blob
+from p2pmodel.swarm.blobs import Partial, fetch_blob
 from p2pmodel.swarm.keys import DIGEST_KIND, OFFER_KIND, offers_key
 from p2pmodel.swarm.records import get_signed, publish_signed
 
 log = logging.getLogger("p2pmodel.swarm")
 KEEP_PACKAGES = 3
 PULL_IDS = 64  # newest "digest" ids a late joiner asks a peer for
+STALL_S = 20.0  # a peer that sent nothing for this long is left for the next one offering the package
+MIN_RATE_BPS = 32 << 10  # 256 kbit/s: below this a re-sync of a whole package gives up
 
 
 class StateOffers:
@@ -90,18 +98,21 @@ class StateOffers:
     def resync(self, round_: int, digest: str, offers: dict[str, dict] | None = None) -> bool:
         """Download round ``round_``'s state ``digest`` from a peer offering it; verified before use. ``offers``
         ({peer_id: offer}) are tried first (those of the commit step's votes by default), then the DHT's."""
-        deadline = time.monotonic() + self.download_timeout_s
+        start = time.monotonic()
+        shapes = {n: tuple(t.shape) for n, t in self.peer.global_state().items()}
+        soft = start + self.download_timeout_s
+        hard = soft + package_limit(shapes) / MIN_RATE_BPS
+        progress = Progress()
         tried: set[str] = {self.identity.peer_id}
         if offers is None:
             offers = self.votes.offers(round_, digest) if self.votes is not None else {}
         first = {p: o for p, o in offers.items() if valid_offer(o) and o["round"] == round_ and o["digest"] == digest}
-        while time.monotonic() < deadline:
+        while (now := time.monotonic()) < hard and (now < soft or now - progress.at < STALL_S):
             if first:
                 offers, first = first, {}
             else:
                 offers = {p: o for p, o in self.offers().items() if o["round"] == round_ and o["digest"] == digest}
-            shapes = {n: tuple(t.shape) for n, t in self.peer.global_state().items()}
-            got = download_state(self.dht, offers, shapes, digest, round_, deadline - time.monotonic(), tried)
+            got = download_state(self.dht, offers, shapes, digest, round_, hard - now, tried, progress)
             if got is not None:
                 pid, params, momentum = got
                 self.peer.adopt(params, momentum)
@@ -145,26 +156,64 @@ class StateOffers:
         return found
 
 
+class Progress:
+    """One re-sync's downloads: the received prefix of each package (by blob id) and when bytes last arrived."""
+
+    def __init__(self):
+        self.partials: dict[str, Partial] = {}
+        self.at = time.monotonic()
+
+    def partial(self, blob_id: str) -> Partial:
+        return self.partials.setdefault(blob_id, Partial(blob_id))
+
+    def received(self) -> int:
+        return sum(len(p.data) for p in self.partials.values())
+
+
 def download_state(
-    dht, offers: dict[str, dict], shapes: dict[str, tuple], digest: str, round_: int, timeout_s: float, tried: set[str]
+    dht,
+    offers: dict[str, dict],
+    shapes: dict[str, tuple],
+    digest: str,
+    round_: int,
+    timeout_s: float,
+    tried: set[str],
+    progress: Progress | None = None,
 ) -> tuple[str, dict, list] | None:
     """Try the state ``offers`` ({peer_id: offer}) in turn, skipping (and adding to) ``tried``: the first package
     whose bytes match the offer's blob id, whose params hash to ``digest`` and whose round is ``round_`` wins.
+    A peer cut off after sending part of a package stays untried (the next attempt resumes from ``progress``).
     → (peer_id, params by name, momentum), or None when none verified; every rejection is logged."""
     deadline = time.monotonic() + timeout_s
-    untried = [pid for pid in offers if pid not in tried]
-    for i, pid in enumerate(untried):
-        tried.add(pid)
+    progress = progress or Progress()
+    for pid in [pid for pid in offers if pid not in tried]:
+        if time.monotonic() >= deadline:
+            break
         offer = offers[pid]
-        share = (deadline - time.monotonic()) / (len(untried) - i)  # one stalling peer cannot use all the time
+        partial = progress.partial(offer["blob"])
+        before = len(partial.data)
         try:
-            blob = fetch_blob(dht, pid, offer["blob"], package_limit(shapes), timeout_s=max(1.0, share))
+            blob = fetch_blob(
+                dht,
+                pid,
+                offer["blob"],
+                package_limit(shapes),
+                timeout_s=max(1.0, deadline - time.monotonic()),
+                partial=partial,
+                stall_s=STALL_S,
+            )
             params, momentum, got_round = unpack_state(blob, shapes, digest)
             if got_round != round_:
                 raise IntegrityError(f"package is of round {got_round}, offer said {round_}")
         except P2PModelError as e:
-            log.warning("state download from %s rejected: %s", pid, e)
+            if len(partial.data) > before:
+                progress.at = time.monotonic()
+                log.info("state download from %s cut at %d bytes (resumable): %s", pid, len(partial.data), e)
+            else:
+                tried.add(pid)
+                log.warning("state download from %s rejected: %s", pid, e)
             continue
+        tried.add(pid)
         return pid, params, momentum
     return None
 

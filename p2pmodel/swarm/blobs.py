@@ -2,12 +2,17 @@
 
 Protocol ``/p2pmodel/blob/1`` on one libp2p stream; every frame is a 4-byte big-endian length + payload::
 
-    client -> server   pack({"digest": <64 hex>})
-    server -> client   pack({"size": n})  then data frames of at most chunk_bytes until n bytes were sent
-                       or pack({"error": "not found" | "busy" | ...})
+    client -> server   pack({"digest": <64 hex>, "offset": k})           (offset optional, default 0)
+    server -> client   pack({"size": n, "offset": k})  then data frames of at most chunk_bytes carrying bytes
+                       k..n-1, or pack({"error": "not found" | "busy" | ...})
 
 The fetcher trusts nothing: it refuses a size above its ``max_bytes`` before reading data, bounds every frame
 and the running total while streaming, and checks sha256 == digest before returning the bytes.
+
+Resuming: a blob is content-addressed, so a download cut off (a stalled peer, a broken connection, a deadline)
+keeps its prefix in a ``Partial`` and the next attempt, to the same peer or any other serving that digest, asks
+only for the rest. A slow uplink then costs time, not the whole transfer again. The prefix is not trusted
+either: the sha256 over all of it is checked once the last byte arrived, and a mismatch drops it.
 """
 
 from __future__ import annotations
@@ -32,12 +37,33 @@ DEFAULT_CHUNK_BYTES = 1 << 20
 MAX_CHUNK_BYTES = 8 << 20  # a fetcher refuses bigger frames whatever the server's chunk size
 _MAX_CONTROL_BYTES = 4096
 _REQUEST_TIMEOUT_S = 10.0
+_READ_BYTES = 64 << 10  # progress is observed (and a stall detected) at this granularity, not per 1 MiB frame
 
 Provider = Callable[[str], "bytes | None"]
 
 
 class BlobNotFound(SwarmError):
     """The peer does not have (or will not serve) a blob with that digest."""
+
+
+class Partial:
+    """The bytes of one blob received so far (from any peer) and their running sha256; see "Resuming" above."""
+
+    def __init__(self, digest: str):
+        self.digest = digest
+        self.size: int | None = None  # what the first server said; a server saying otherwise starts over
+        self.data = bytearray()
+        self._hasher = hashlib.sha256()
+
+    def add(self, chunk: bytes) -> None:
+        self.data += chunk
+        self._hasher.update(chunk)
+
+    def reset(self) -> None:
+        self.size, self.data, self._hasher = None, bytearray(), hashlib.sha256()
+
+    def hexdigest(self) -> str:
+        return self._hasher.hexdigest()
 
 
 async def _write_frame(writer: asyncio.StreamWriter, payload: bytes | memoryview) -> None:
@@ -99,7 +125,8 @@ class BlobServer:
             _MAX_CONTROL_BYTES,
         )
         digest = request.get("digest") if isinstance(request, dict) else None
-        if not is_hex64(digest):
+        offset = request.get("offset", 0) if isinstance(request, dict) else None
+        if not is_hex64(digest) or type(offset) is not int or offset < 0:
             await _write_frame(writer, wire.pack({"error": "bad request"}))
             return
         if self._slots.locked():
@@ -111,9 +138,12 @@ class BlobServer:
                 await _write_frame(writer, wire.pack({"error": "not found"}))
                 return
             view = memoryview(data)
-            await _write_frame(writer, wire.pack({"size": len(view)}))
-            for offset in range(0, len(view), self.chunk_bytes):
-                await _write_frame(writer, view[offset : offset + self.chunk_bytes])
+            if offset > len(view):
+                await _write_frame(writer, wire.pack({"error": "bad request"}))
+                return
+            await _write_frame(writer, wire.pack({"size": len(view), "offset": offset}))
+            for start in range(offset, len(view), self.chunk_bytes):
+                await _write_frame(writer, view[start : start + self.chunk_bytes])
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop serving (idempotent)."""
@@ -133,7 +163,13 @@ class BlobServer:
 
 
 async def afetch_blob(
-    p2p: hivemind.P2P, peer_id: str, digest: str, max_bytes: int, protocol: str = BLOB_PROTOCOL
+    p2p: hivemind.P2P,
+    peer_id: str,
+    digest: str,
+    max_bytes: int,
+    protocol: str = BLOB_PROTOCOL,
+    partial: Partial | None = None,
+    stall_s: float | None = None,
 ) -> bytes:
     """Async core of ``fetch_blob`` for callers already on an event loop with a P2P instance."""
     if not is_hex64(digest):
@@ -142,13 +178,21 @@ async def afetch_blob(
         remote = PeerID.from_base58(peer_id)
     except Exception:
         raise UsageError(f"not a peer id: {peer_id!r}") from None
+    if partial is None or partial.digest != digest:
+        partial = Partial(digest)
     try:
         _, reader, writer = await p2p.call_binary_stream_handler(remote, protocol)
     except Exception as e:
         raise SwarmError(f"cannot open a blob stream to {peer_id}: {' '.join(str(e).split())[:200]}") from None
+
+    async def read(n: int) -> bytes:
+        return await asyncio.wait_for(reader.readexactly(n), stall_s)
+
     try:
-        await _write_frame(writer, wire.pack({"digest": digest}))
-        header = wire.unpack(await _read_frame(reader, _MAX_CONTROL_BYTES), _MAX_CONTROL_BYTES)
+        offset = len(partial.data)
+        await _write_frame(writer, wire.pack({"digest": digest, "offset": offset} if offset else {"digest": digest}))
+        frame = await asyncio.wait_for(_read_frame(reader, _MAX_CONTROL_BYTES), stall_s)
+        header = wire.unpack(frame, _MAX_CONTROL_BYTES)
         if not isinstance(header, dict):
             raise WireError(f"malformed blob header from {peer_id}")
         if "error" in header:
@@ -160,24 +204,41 @@ async def afetch_blob(
             raise WireError(f"malformed blob header from {peer_id}")
         if size > max_bytes:
             raise WireError(f"blob {digest[:12]} from {peer_id} is {size} bytes, over the limit of {max_bytes}")
-        hasher, received = hashlib.sha256(), bytearray()  # one buffer: a stream of 1-byte frames costs no more
-        while len(received) < size:
-            chunk = await _read_frame(reader, min(MAX_CHUNK_BYTES, size - len(received)))
-            if not chunk:
+        said = header.get("offset", 0)
+        if type(said) is not int or said not in (0, offset):
+            raise WireError(f"blob {digest[:12]} from {peer_id} starts at {said!r}, not at {offset}")
+        if partial.size not in (None, size):
+            partial.reset()  # one of the two servers lies about the size; the digest check will tell which
+            raise WireError(f"blob {digest[:12]} from {peer_id} is {size} bytes, another peer said otherwise")
+        if said == 0 and offset:
+            partial.reset()  # a server that ignores offsets sends it all
+        partial.size = size
+        while len(partial.data) < size:
+            length = int.from_bytes(await read(4), "big")
+            if not length:
                 raise WireError(f"empty chunk in blob {digest[:12]} from {peer_id}")
-            hasher.update(chunk)
-            received += chunk
+            if length > min(MAX_CHUNK_BYTES, size - len(partial.data)):
+                raise WireError(f"a chunk of {length} bytes exceeds what is left of blob {digest[:12]} from {peer_id}")
+            while length:
+                piece = await read(min(length, _READ_BYTES))
+                partial.add(piece)
+                length -= len(piece)
+    except TimeoutError:
+        raise SwarmError(
+            f"peer {peer_id} sent nothing for {stall_s:g} s ({len(partial.data)} of blob {digest[:12]} received)"
+        ) from None
     except asyncio.IncompleteReadError:
         raise SwarmError(f"peer {peer_id} closed the stream before blob {digest[:12]} was complete") from None
     except ConnectionError as e:
         raise SwarmError(f"connection to {peer_id} broke during blob {digest[:12]}: {e}") from None
     finally:
         writer.close()
-    if hasher.hexdigest() != digest:
-        raise IntegrityError(
-            f"blob from {peer_id} does not match its digest {digest[:12]} (got {hasher.hexdigest()[:12]})"
-        )
-    return bytes(received)
+    got = partial.hexdigest()
+    data = bytes(partial.data)
+    partial.reset()
+    if got != digest:
+        raise IntegrityError(f"blob from {peer_id} does not match its digest {digest[:12]} (got {got[:12]})")
+    return data
 
 
 def fetch_blob(
@@ -187,16 +248,21 @@ def fetch_blob(
     max_bytes: int,
     timeout_s: float,
     protocol: str = BLOB_PROTOCOL,
+    partial: Partial | None = None,
+    stall_s: float | None = None,
 ) -> bytes:
     """Download the blob ``digest`` from ``peer_id`` through this process's replica of ``dht``'s P2P.
 
+    ``partial``: what earlier attempts received of this blob (any peer); it is resumed and, when this attempt is
+    cut off, keeps what arrived. ``stall_s``: give up this peer once it sent nothing for that long.
     Raises BlobNotFound (the peer lacks it), WireError (oversized or malformed stream), IntegrityError
-    (bytes do not hash to ``digest``) or SwarmError (unreachable peer, broken stream, past ``timeout_s``).
+    (bytes do not hash to ``digest``) or SwarmError (unreachable peer, broken or stalled stream, past
+    ``timeout_s``).
     """
 
     async def _fetch() -> bytes:
         p2p = await get_p2p(dht)
-        return await afetch_blob(p2p, peer_id, digest, max_bytes, protocol)
+        return await afetch_blob(p2p, peer_id, digest, max_bytes, protocol, partial, stall_s)
 
     async def _bounded() -> bytes:
         try:

@@ -58,26 +58,6 @@ PACE = [
     "sync.download_timeout_s=10",
 ]
 
-# Until p2pmodel/node/swarm_link.py passes cfg.swarm's relay settings to start_dht, the peers run the CLI with
-# them handed over here (explicit keyword arguments of SwarmLink win, so this is a no-op once it does).
-LAUNCH = """
-import sys
-import p2pmodel.node.swarm_link as sl
-_start, _init = sl.start_dht, sl.SwarmLink.__init__
-def init(self, cfg, *args, **kwargs):
-    s = cfg.swarm
-    relay = {"use_relay": s.use_relay, "use_auto_relay": s.use_auto_relay, "relays": s.relays}
-    sl.start_dht = lambda *a, **k: _start(*a, **{**relay, **k})
-    try:
-        _init(self, cfg, *args, **kwargs)
-    finally:
-        sl.start_dht = _start
-sl.SwarmLink.__init__ = init
-sys.argv[0] = "p2pmodel"
-from p2pmodel.cli.app import main
-main()
-"""
-
 
 def _run(*cmd: str, timeout_s: float = 10) -> str:
     return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=timeout_s).stdout
@@ -192,7 +172,7 @@ def lab(tmp_path):
 
 
 def _peer_argv(lab: Lab, host: str, boot: str, run_name: str, rounds: int, extra: list[str]) -> list[str]:
-    argv = [sys.executable, "-c", LAUNCH, "peer", "run", "--config", str(TINY), "--json"]
+    argv = [*cli_argv(), "peer", "run", "--config", str(TINY), "--json"]
     argv += ["--data-dir", str(lab.workdir / run_name / host), "--initial-peers", boot, "--max-rounds", str(rounds)]
     sets = [f'swarm.host_maddrs=["/ip4/{lab.ip(host)}/tcp/0"]', *FAST, *SMALL, *PACE, f"run_name={run_name}", *extra]
     for o in sets:
@@ -260,22 +240,24 @@ def test_inbound_blocked_peers_average_only_through_a_relay(lab):
         time.sleep(0.5)
     crossed = lab.eth0_bytes("pub") - before
     rounds = {p.name: p.rounds() for p in relayed}
+    # what each peer logged (its announced addresses, dial and averaging failures): the reason when a check fails
+    logs = "\n".join(f"--- {p.name}:\n{p.stderr_tail(60)}" for p in relayed)
     for p in relayed:
         p.stop()
     a, b = rounds["relay-a"], rounds["relay-b"]
-    assert [r["round"] for r in a] == [r["round"] for r in b] == list(range(1, ROUNDS + 1)), (a, b)
+    assert [r["round"] for r in a] == [r["round"] for r in b] == list(range(1, ROUNDS + 1)), f"{a}\n{b}\n{logs}"
     table = [
         (ra["round"], ra["group_size"], rb["group_size"], ra["digest"][:12], rb["digest"][:12])
         for ra, rb in zip(a, b, strict=True)
     ]
     print(json.dumps({"rounds (round, group a, group b, digest a, digest b)": table, "pub_eth0_bytes": crossed}))
-    assert [r["digest"] for r in a] == [r["digest"] for r in b], table
+    assert [r["digest"] for r in a] == [r["digest"] for r in b], f"{table}\n{logs}"
     # Most rounds are a group of both. Not every one: a round may go alone while the later of the two peers still
     # starts, or when the relay resets the circuit (p2pd caps a relayed connection at 128 KiB per direction and
     # 2 minutes; the next dial opens a new one). Either way both commit the same digest (a re-sync through
     # the relay).
     averaged = [r for r in table if r[1] == r[2] == 2]
-    assert len(averaged) >= AVERAGED, table
+    assert len(averaged) >= AVERAGED, f"{table}\n{logs}"
     assert not direct, "a and b had a direct TCP connection: the relay was not needed"
     # everything a and b exchanged crossed pub: at least the averaging payload of the averaged rounds
     assert crossed > sum(r["bytes_sent"] for r in a + b), crossed

@@ -98,3 +98,48 @@ def test_request_cut_short_is_logged_quietly_and_serving_goes_on(pair, caplog):
             time.sleep(0.05)
         assert "ended early: IncompleteReadError" in caplog.text, caplog.text
         assert fetch_blob(client_dht, peer_id_of(server_dht), DIGEST, len(BLOB), timeout_s=30, protocol="/test/cut/1")
+
+
+@pytest.mark.timeout(60)
+def test_a_stalled_download_resumes_from_another_server(pair):
+    """A server that stops sending halfway is left after ``stall_s``; what arrived is kept and the next server,
+    asked for the rest only, completes it; the sha256 covers the whole blob, the resumed prefix included."""
+    import asyncio
+
+    from p2pmodel.core import wire
+    from p2pmodel.swarm.blobs import Partial, _read_frame, _write_frame
+
+    server_dht, client_dht = pair
+    server_id = peer_id_of(server_dht)
+    asked: list[dict] = []
+
+    class Staller(BlobServer):  # sends the header and 3 MiB, then nothing
+        async def _handle(self, info, reader, writer):
+            asked.append(wire.unpack(await _read_frame(reader, 4096), 4096))
+            await _write_frame(writer, wire.pack({"size": len(BLOB), "offset": 0}))
+            await _write_frame(writer, BLOB[: 3 << 20])
+            await asyncio.sleep(30)
+            writer.close()
+
+    partial = Partial(DIGEST)
+    with Staller(server_dht, lambda d: None, protocol="/test/stall/1"):
+        t0 = time.monotonic()
+        with pytest.raises(SwarmError, match="sent nothing for 1 s"):
+            fetch_blob(client_dht, server_id, DIGEST, 2**30, 20, "/test/stall/1", partial=partial, stall_s=1)
+        assert time.monotonic() - t0 < 15  # left at the stall, not at the 20 s deadline
+    assert asked == [{"digest": DIGEST}]
+    assert bytes(partial.data) == BLOB[: 3 << 20]
+
+    with BlobServer(server_dht, {DIGEST: BLOB}.get, protocol="/test/resume/1"):
+        assert fetch_blob(client_dht, server_id, DIGEST, 2**30, 30, "/test/resume/1", partial=partial) == BLOB
+        assert len(partial.data) == 0  # handed over, nothing kept
+        # the real server honours the offset: a wrong prefix is not re-sent over, so the whole does not verify
+        wrong = Partial(DIGEST)
+        wrong.add(b"\0" * (5 << 20))
+        with pytest.raises(IntegrityError, match="does not match"):
+            fetch_blob(client_dht, server_id, DIGEST, 2**30, 30, "/test/resume/1", partial=wrong)
+        assert len(wrong.data) == 0  # dropped: the next attempt starts over
+        bad = Partial(DIGEST)
+        bad.add(b"\0" * (len(BLOB) + 1))
+        with pytest.raises(SwarmError, match="bad request"):  # an offset past the end: refused, not a crash
+            fetch_blob(client_dht, server_id, DIGEST, 2**30, 10, "/test/resume/1", partial=bad)

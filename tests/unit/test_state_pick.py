@@ -74,7 +74,7 @@ def _offers(monkeypatch, votes, in_dht, peer_round=0):
     monkeypatch.setattr(so, "offers", lambda: dict(in_dht))
     tried = []
 
-    def download(dht, offers, shapes, digest, round_, timeout_s, seen):
+    def download(dht, offers, shapes, digest, round_, timeout_s, seen, progress=None):
         tried.append(sorted(offers))
         seen.update(offers)
         pid = next(iter(offers), None)
@@ -101,3 +101,31 @@ def test_a_resync_downloads_from_the_peers_that_voted_for_the_winner(monkeypatch
     assert so.resync(5, A) and tried == [["h1"]]  # no DHT lookup needed
     so, _, tried = _offers(monkeypatch, _Votes([]), {"h3": _offer(5, A, "h3")})
     assert so.resync(5, A) and tried == [["h3"]]  # no vote named a package: the DHT's offers
+
+
+@pytest.mark.timeout(10)
+def test_a_download_cut_after_some_bytes_resumes_from_them_and_a_refusal_is_not_retried(monkeypatch):
+    from p2pmodel.core.errors import SwarmError
+    from p2pmodel.node import state_offers
+    from p2pmodel.swarm.blobs import BlobNotFound
+
+    calls = []
+
+    def fetch(dht, pid, blob, limit, timeout_s, partial, stall_s):
+        calls.append((pid, len(partial.data)))
+        if pid == "h2":
+            raise BlobNotFound("gone")
+        if len(calls) == 1:
+            partial.add(b"x" * 100)
+            raise SwarmError("sent nothing")
+        return b"package"
+
+    monkeypatch.setattr(state_offers, "fetch_blob", fetch)
+    monkeypatch.setattr(state_offers, "unpack_state", lambda blob, shapes, digest: ({}, [], 5))
+    offers = {"h1": _offer(5, A, "h1"), "h2": _offer(5, A, "h2")}
+    tried, progress = set(), state_offers.Progress()
+    assert state_offers.download_state(None, offers, {}, A, 5, 10.0, tried, progress) is None
+    assert tried == {"h2"} and progress.received() == 100  # h1 sent something: it may go on
+    got = state_offers.download_state(None, offers, {}, A, 5, 10.0, tried, progress)
+    assert got is not None and got[0] == "h1"
+    assert calls == [("h1", 0), ("h2", 100), ("h1", 100)]  # one package (same blob id): h2 was asked for the rest
