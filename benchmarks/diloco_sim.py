@@ -67,6 +67,12 @@ def main() -> None:
         help="overlap: the mean in flight lands after this many inner steps of the next phase, and the worker moves"
         " onto the real state (θ_local += θ_real - start) [H: it lands at the end of the phase]",
     )
+    ap.add_argument(
+        "--stand-in-scale",
+        type=float,
+        default=1.0,
+        help="overlap local: the next phase starts from the outer step peeked with this multiple of the own delta",
+    )
     args = ap.parse_args()
     if args.land_after is None:
         args.land_after = args.inner_steps
@@ -145,7 +151,7 @@ def diloco(cfg, corpus, args, val) -> dict:
             if pending is not None:
                 outer.step(pending)
             pending, last_mean = mean, pending
-            starts = [outer.peek(eager_proxy(d, last_mean, n, args.overlap)) for d in deltas]
+            starts = [outer.peek(eager_proxy(d, last_mean, n, args.overlap, args.stand_in_scale)) for d in deltas]
         if args.trace and (args.overlap == "none" or r > 0):
             trace.append(round(val(global_model), 4))
     out_overlap = args.overlap
@@ -154,18 +160,19 @@ def diloco(cfg, corpus, args, val) -> dict:
     out["mean_encoded"] = args.encode_mean
     out["overlap"] = out_overlap
     out["land_after"] = args.land_after if out_overlap != "none" else None
+    out["stand_in_scale"] = args.stand_in_scale if out_overlap == "local" else None
     out["payload_bytes_per_peer"] = int(rounds * 2 * (n - 1) / n * encoded)  # the all-reduce's share, as the daemon
     if args.trace:
         out["val_per_round"] = trace
     return out
 
 
-def eager_proxy(own, last_mean, n, how):
+def eager_proxy(own, last_mean, n, how, scale=1.0):
     """What a worker takes for the mean still in flight (see --overlap)."""
     if how == "naive":
         return [torch.zeros_like(d) for d in own]
     if how == "local" or last_mean is None:
-        return own
+        return [d * scale for d in own] if scale != 1.0 else own
     return [d / n + m * (1 - 1 / n) for d, m in zip(own, last_mean, strict=True)]
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -31,6 +32,10 @@ from p2pmodel.swarm.records import get_signed, publish_signed
 
 log = logging.getLogger("p2pmodel.swarm")
 KEEP_PACKAGES = 3
+# one more is kept while someone downloads it: a re-sync over a slow link (6.7 MB at 1 Mbit/s: 54 s, three rounds
+# of a fast swarm) that was cut resumes from the package it started, instead of finding it gone and starting over
+MAX_PACKAGES = KEEP_PACKAGES + 1
+ASKED_GRACE_S = 120.0
 PULL_IDS = 64  # newest "digest" ids a late joiner asks a peer for
 STALL_S = 20.0  # a peer that sent nothing for this long is left for the next one offering the package
 MIN_RATE_BPS = 32 << 10  # 256 kbit/s: below this a re-sync of a whole package gives up
@@ -44,7 +49,9 @@ class StateOffers:
         self.dht, self.identity, self.peer = dht, identity, peer
         self.ttl_s, self.download_timeout_s = ttl_s, download_timeout_s
         self.votes = votes
-        self.packages: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self.packages: collections.OrderedDict[str, bytes] = collections.OrderedDict()  # least recently used first
+        self._asked: dict[str, float] = {}  # blob id -> time.monotonic() a peer last asked for it
+        self._lock = threading.Lock()  # the blob server's worker threads read what the round thread writes
         self._packed: dict[tuple[int, str], tuple[str, int]] = {}  # (round, digest) -> (blob id, size), recent
         self.announced_at: float | None = None  # time.monotonic() of the last offer stored in the DHT
 
@@ -53,14 +60,33 @@ class StateOffers:
         peer = self.peer
         blob = pack_state(peer.names, peer.global_params, peer.outer.state_dict()["momentum_buffers"], round_)
         blob_id = sha256_hex(blob)
-        self.packages[blob_id] = blob
-        self.packages.move_to_end(blob_id)
-        while len(self.packages) > KEEP_PACKAGES:
-            self.packages.popitem(last=False)
+        with self._lock:
+            self.packages[blob_id] = blob
+            self.packages.move_to_end(blob_id)
+            self._evict()
         self._packed[(round_, peer.digest)] = (blob_id, len(blob))
         for old in list(self._packed)[:-KEEP_PACKAGES]:
             del self._packed[old]
         return {"blob": blob_id, "size": len(blob)}
+
+    def serve(self, blob_id: str) -> bytes | None:
+        """The package ``blob_id`` if this peer still holds it (the blob server's provider); asking keeps it."""
+        with self._lock:
+            blob = self.packages.get(blob_id)
+            if blob is not None:
+                self.packages.move_to_end(blob_id)
+                self._asked[blob_id] = time.monotonic()
+            return blob
+
+    def _evict(self) -> None:
+        """Down to KEEP_PACKAGES, least recently used first; up to MAX_PACKAGES while the oldest is being asked for."""
+        now = time.monotonic()
+        while len(self.packages) > KEEP_PACKAGES:
+            oldest = next(iter(self.packages))
+            if len(self.packages) <= MAX_PACKAGES and now - self._asked.get(oldest, -ASKED_GRACE_S) < ASKED_GRACE_S:
+                break
+            self.packages.popitem(last=False)
+            self._asked.pop(oldest, None)
 
     def offer(
         self,

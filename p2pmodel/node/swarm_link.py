@@ -112,7 +112,7 @@ class SwarmLink:
             self.offers = StateOffers(
                 self.dht, identity, peer, s.record_ttl_s * 10, cfg.sync.download_timeout_s, votes=self.commit
             )
-            self.providers = [self.offers.packages.get, self._stored_state]  # blob id → bytes, first hit wins
+            self.providers = [self.offers.serve, self._stored_state]  # blob id → bytes, first hit wins
             self.blobs = BlobServer(self.dht, self._provide)
             self._fell_back = False  # the last commit step needed the DHT: offer our state there too
             self._run_published_at: float | None = None  # time.monotonic() of the last run record

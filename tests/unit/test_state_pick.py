@@ -129,3 +129,27 @@ def test_a_download_cut_after_some_bytes_resumes_from_them_and_a_refusal_is_not_
     got = state_offers.download_state(None, offers, {}, A, 5, 10.0, tried, progress)
     assert got is not None and got[0] == "h1"
     assert calls == [("h1", 0), ("h2", 100), ("h1", 100)]  # one package (same blob id): h2 was asked for the rest
+
+
+@pytest.mark.timeout(10)
+def test_a_package_someone_downloads_outlives_the_newer_ones_up_to_one_extra():
+    from types import SimpleNamespace
+
+    from p2pmodel.node import state_offers
+
+    so = state_offers.StateOffers(None, SimpleNamespace(peer_id="me"), SimpleNamespace(), 600, 1.0)
+
+    def add(blob_id):  # what prepare() does with a newly packed state
+        so.packages[blob_id] = blob_id.encode()
+        so._evict()
+
+    for b in "abc":
+        add(b)
+    assert so.serve("a") == b"a" and so.serve("zz") is None
+    add("d")
+    add("e")
+    assert list(so.packages) == ["a", "d", "e"]  # b and c went; a was asked for, so it is the most recently used
+    add("f")
+    assert list(so.packages) == ["a", "d", "e", "f"]  # a is still being downloaded: one over KEEP_PACKAGES
+    add("g")
+    assert list(so.packages) == ["e", "f", "g"]  # never more than MAX_PACKAGES; then down to KEEP_PACKAGES
