@@ -23,6 +23,7 @@ def _last_json(stdout: str) -> dict:
     return json.loads(lines[-1])
 
 
+@pytest.mark.scenario  # a minute-long CLI walk-through: make test-scenarios (CI runs it too)
 @pytest.mark.timeout(300)
 def test_bootstrap_json_then_swarm_peers_lists_the_running_peers(tmp_path):
     # FAST_SAME_RUN leaves the lineage alone, so configs/tiny.toml names the same run_id

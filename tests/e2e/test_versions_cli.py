@@ -101,6 +101,7 @@ def test_swarm_tags_listed_by_a_separate_process(swarm):
     assert seen["run_name"] == "tiny" and len(seen["run_id"]) == 16
 
 
+@pytest.mark.scenario  # a minute-long CLI walk-through: make test-scenarios (CI runs it too)
 @pytest.mark.timeout(300)
 def test_pull_show_diff_plot(swarm, tmp_path):
     import torch
@@ -173,6 +174,7 @@ def test_cli_errors_are_one_line_with_exit_codes(swarm, tmp_path):
     assert bad.returncode == 2 and "invalid multiaddr" in one_error_line(bad)
 
 
+@pytest.mark.scenario  # a minute-long CLI walk-through: make test-scenarios (CI runs it too)
 @pytest.mark.timeout(240)
 def test_allow_counts_only_the_listed_voters(swarm, tmp_path):
     """``--allow`` restricts whose votes count: the electorate's own keys keep both tags, a stranger's key (or too
