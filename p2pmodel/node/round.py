@@ -15,9 +15,14 @@ Donchev, 2025), arranged so that every peer still commits the same bits:
   Measured without a network (benchmarks/diloco_sim.py, 4 peers × 300 steps of configs/tiny.toml, H = 50, int4,
   seed 0; val loss after the same 6 commits): blocking 2.152; mean landing mid-phase (25 steps) and shifted:
   own Δ as stand-in 2.216, the paper's mixture (own Δ / M + the last mean for the others) 2.272; never
-  shifted (the stand-in kept for the whole phase): own Δ 2.254, mixture 2.620. So the stand-in is own Δ, and
-  the one-phase delay costs ~3 % of loss at equal steps on a run this short (the paper: +0.4-0.75 % at 1B
-  parameters over far more outer steps); what it buys is the exchange's time when the link is slow.
+  shifted (the stand-in kept for the whole phase): own Δ 2.254, mixture 2.620; own Δ × 0.5 2.231, × 1.5 2.344,
+  no stand-in (start from θ_{r-1}) 2.338. So the stand-in is own Δ.
+  What the delay costs, at equal steps: +3.0 % val loss after 6 rounds (2.216 vs 2.152) and +8.1 % after 20
+  (1000 steps: 1.626 vs 1.504; the overlapped run's loss after 20 rounds is where blocking was after ~17), with
+  the mean landing half-way (land-after 25); landing after 5 steps, +0.7 % after 6 rounds. At equal wall time
+  it wins where the link is slow: when a blocking exchange costs half the inner phase, 20 overlapped rounds take
+  the time of ~13 blocking ones (blocking after 13: 1.746). The paper reports +0.4-0.75 % at 1B parameters.
+  So overlap is a setting for slow links, off by default.
 
 A peer that has no delta in flight for the round it commits (it just started, caught up or re-synced) trains
 that round's inner phase first, without overlap; a delta in flight when the peer stops is dropped (one inner
