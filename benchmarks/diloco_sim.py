@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--peers", type=int, default=4)
     ap.add_argument("--steps", type=int, default=300, help="inner steps per peer")
     ap.add_argument("--inner-steps", type=int, default=50, help="H (diloco)")
-    ap.add_argument("--codec", default="int4", choices=["none", "fp16", "int8", "int4"])
+    ap.add_argument("--codec", default="int4", choices=["none", "fp16", "int8", "int4", "sparse"])
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "tiny.toml")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override (dotted)")
     ap.add_argument("--trace", action="store_true", help="also report the val loss after every round")
