@@ -156,13 +156,15 @@ class TimedPeer(PeerProcess):
     """A PeerProcess that stamps each stdout JSON event with time.monotonic() on arrival (``times[i]`` belongs to
     ``events[i]``) and remembers every descendant PID it was seen with."""
 
-    def __init__(self, name: str, argv: list[str], log_path: Path, incarnation: int = 0):
+    def __init__(
+        self, name: str, argv: list[str], log_path: Path, incarnation: int = 0, env: dict[str, str] | None = None
+    ):
         self.times: list[float] = []
         self.cpu: list[float] = []  # CPU seconds of the process tree when each event arrived (tree_cpu_s)
         self.incarnation = incarnation
         self.seen: dict[int, tuple[int, str]] = {}
         self.started_at = time.monotonic()
-        super().__init__(name, argv, log_path)
+        super().__init__(name, argv, log_path, env)
 
     def _read(self) -> None:
         for line in self.proc.stdout:
@@ -239,11 +241,11 @@ class Harness(LocalSwarm):
     def all_processes(self) -> list[TimedPeer]:
         return list(self.incarnations) + ([self.bootstrap] if isinstance(self.bootstrap, TimedPeer) else [])
 
-    def _spawn(self, name: str, argv: list[str]) -> TimedPeer:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> TimedPeer:
         if name == "bootstrap":
-            return TimedPeer(name, argv, self.workdir / "bootstrap.log")
+            return TimedPeer(name, argv, self.workdir / "bootstrap.log", env=env)
         k = sum(1 for p in self.incarnations if p.name == name)
-        p = TimedPeer(name, argv, self.workdir / f"{name}.{k}.log", incarnation=k)
+        p = TimedPeer(name, argv, self.workdir / f"{name}.{k}.log", incarnation=k, env=env)
         self.incarnations.append(p)  # LocalSwarm.start_peer keeps the current incarnation in self.peers
         return p
 

@@ -153,11 +153,23 @@ class SyncConfig(_Section):
         description="Average round r's delta in the background during round r+1's inner steps; apply it one round"
         " late (eager update). Every peer of a run must agree.",
     )
+    mode: Literal["allreduce", "broadcast"] = Field(
+        "allreduce",
+        description="allreduce: hivemind's butterfly all-reduce (trusted swarms); broadcast: every peer fetches every"
+        " other's signed update and aggregates them itself (open swarms; with sync.aggregator).",
+    )
+    aggregator: Literal["mean", "trimmed_mean", "centered_clip"] = Field(
+        "trimmed_mean", description="broadcast: how the updates are combined (mean is not robust to a bad peer)."
+    )
+
+
+_SHARED_SYNC = {"outer_lr", "outer_momentum", "nesterov", "overlap"}
+_BROADCAST_SYNC = {"mode", "aggregator"}
 
 
 class CompressConfig(_Section):
-    codec: Literal["none", "fp16", "int8", "int4"] = Field(
-        "int4", description="Codec for pseudo-gradients on the wire."
+    codec: Literal["none", "fp16", "int8", "int4", "sparse"] = Field(
+        "int4", description="Codec for pseudo-gradients on the wire (sparse: top 2 %, 2-bit; broadcast mode only)."
     )
     block_size: int = Field(64, ge=8, le=1 << 20, description="Elements per quantization block.")
     error_feedback: bool = Field(True, description="Keep the quantization residual and add it next round.")
@@ -211,6 +223,14 @@ class Config(_Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
 
+    @model_validator(mode="after")
+    def _exchange_fits(self):
+        if self.compress.codec == "sparse" and self.sync.mode != "broadcast":
+            raise ValueError("compress.codec = 'sparse' needs sync.mode = 'broadcast' (an all-reduce sums dense parts)")
+        if self.sync.overlap and self.sync.mode != "allreduce":
+            raise ValueError("sync.overlap works with sync.mode = 'allreduce' only (for now)")
+        return self
+
     def lineage_spec(self) -> dict:
         """What defines a run: peers that differ here must not average or vote together.
 
@@ -218,7 +238,8 @@ class Config(_Section):
         position, (round - 1) * H + step), the codec (peers decode each other's bytes) and the outer optimizer
         (every peer applies the same outer step to the same mean, so all commit the same bits) and whether the
         exchange overlaps the next inner phase (a blocking peer would wait a whole inner phase for an overlapped
-        one's commit every round). Local, free to
+        one's commit every round), and with ``sync.mode = "broadcast"`` the mode and aggregator (every peer
+        computes the aggregate itself; an all-reduce run's spec, and id, stay what they were). Local, free to
         differ: inner optimizer and batch (weighted by samples), group sizes and timings, device, logging."""
         # local paths differ between machines: the content they point at is what defines the run (the
         # validation set's fingerprint covers data and tokenizer; the HF config file is hashed here)
@@ -231,7 +252,9 @@ class Config(_Section):
             "data": self.data.model_dump(exclude={"paths", "tokenizer_path"}),
             "eval": self.eval.model_dump(),
             "train": {"seed": self.train.seed, "inner_steps": self.train.inner_steps},
-            "sync": self.sync.model_dump(include={"outer_lr", "outer_momentum", "nesterov", "overlap"}),
+            "sync": self.sync.model_dump(
+                include=_SHARED_SYNC | (_BROADCAST_SYNC if self.sync.mode != "allreduce" else set())
+            ),
             "compress": self.compress.model_dump(),
         }
 

@@ -19,6 +19,7 @@ class ExchangeOutcome:
     reason: str = ""  # why the peer ended alone, when it did
     bytes_sent: int = 0
     bytes_received: int = 0
+    refused: dict[str, str] = field(default_factory=dict)  # broadcast: peers whose update was not used, and why
 
 
 class Exchange(Protocol):

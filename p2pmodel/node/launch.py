@@ -20,10 +20,13 @@ def cli_argv() -> list[str]:
 class PeerProcess:
     """One ``p2pmodel peer run --json`` child; its stdout JSON events are collected by a reader thread."""
 
-    def __init__(self, name: str, argv: list[str], log_path: Path):
+    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None):
         self.name, self.events, self.log_path = name, [], log_path
         self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log, start_new_session=True)
+        environ = None if env is None else {**os.environ, **env}
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=self._log, start_new_session=True, env=environ
+        )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -120,7 +123,9 @@ class LocalSwarm:
         self.maddr = ev["maddrs"][0]
         return self.maddr
 
-    def start_peer(self, name: str, max_rounds: int | None = None, extra: list[str] = ()) -> PeerProcess:
+    def start_peer(
+        self, name: str, max_rounds: int | None = None, extra: list[str] = (), env: dict[str, str] | None = None
+    ) -> PeerProcess:
         argv = cli_argv() + [
             "peer",
             "run",
@@ -138,15 +143,15 @@ class LocalSwarm:
             argv += ["--max-rounds", str(max_rounds)]
         for o in self.overrides + list(extra):
             argv += ["--set", o]
-        p = self.peers[name] = self._spawn(name, argv)
+        p = self.peers[name] = self._spawn(name, argv, env)
         return p
 
     def data_dir(self, name: str) -> Path:
         return self.workdir / name
 
-    def _spawn(self, name: str, argv: list[str]) -> PeerProcess:
-        """Start one process (benchmarks override this to record more about it)."""
-        return PeerProcess(name, argv, self.workdir / f"{name}.log")
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> PeerProcess:
+        """Start one process (benchmarks override this to record more about it); ``env`` adds variables."""
+        return PeerProcess(name, argv, self.workdir / f"{name}.log", env)
 
     def stop(self) -> None:
         for p in list(self.peers.values()):

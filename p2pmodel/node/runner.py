@@ -157,6 +157,7 @@ async def _serve(
                                 "inner_s": round(result.stats.seconds, 3),
                                 "round_s": round(result.seconds, 3),
                                 "exchange_wait_s": round(result.wait_s, 3),
+                                "refused": result.outcome.refused,  # broadcast: updates not used, and why
                             },
                         )
                     )
@@ -185,7 +186,8 @@ def _swarm_processes(exchange: SwarmLink) -> dict[str, int | None]:
     except Exception as e:  # the DHT is already gone: the watch sees that
         log.debug("p2pd pid unknown: %s", e)
         p2pd = None
-    return {"p2pd": p2pd, "the DHT process": exchange.dht.pid, "the averager process": exchange.averager.pid}
+    averager = getattr(exchange, "averager", None)  # broadcast mode starts none
+    return {"p2pd": p2pd, "the DHT process": exchange.dht.pid, "the averager process": averager and averager.pid}
 
 
 async def _close_swarm(exchange: SwarmLink, p2pd: int | None, timeout_s: float = 6.0) -> None:

@@ -31,6 +31,9 @@ class PeerStatus:
         self.c_sent = Counter("p2pmodel_bytes_sent", "Averaging payload bytes sent", registry=r)
         self.c_recv = Counter("p2pmodel_bytes_received", "Averaging payload bytes received", registry=r)
         self.c_rounds = Counter("p2pmodel_rounds", "Committed rounds by outcome", ["outcome"], registry=r)
+        self.c_refused = Counter(
+            "p2pmodel_refused_updates", "Updates of other peers refused (broadcast mode)", ["peer"], registry=r
+        )
         self.g_sps = Gauge("p2pmodel_samples_per_second", "Inner-loop throughput", registry=r)
         self.g_wait = Gauge(
             "p2pmodel_exchange_wait_seconds",
@@ -55,6 +58,8 @@ class PeerStatus:
         self.c_sent.inc(o.bytes_sent)
         self.c_recv.inc(o.bytes_received)
         self.c_rounds.labels("averaged" if o.averaged else "alone").inc()
+        for peer_id in o.refused:
+            self.c_refused.labels(peer_id).inc()
         self.g_sps.set(res.stats.samples / max(res.stats.seconds, 1e-9))
         self.g_wait.set(res.wait_s)
         self.update(
@@ -75,6 +80,7 @@ class PeerStatus:
                 "members": o.members,
                 "reason": o.reason,  # why this peer was left out of a group, when it was
                 "exchange_wait_s": round(res.wait_s, 3),
+                "refused": o.refused,  # broadcast mode: peers whose update was not used, and why
             },
         )
 

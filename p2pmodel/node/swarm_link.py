@@ -30,11 +30,12 @@ from p2pmodel.compress import make_codec
 from p2pmodel.core.errors import P2PModelError
 from p2pmodel.eval.digest import canonical_bytes
 from p2pmodel.gossip import Gossip, GossipConfig
+from p2pmodel.node.broadcast import Broadcast
 from p2pmodel.node.commit import Agreement, CommitStep
 from p2pmodel.node.exchange import ExchangeOutcome
 from p2pmodel.node.pace import Pace
 from p2pmodel.node.state_offers import StateOffers
-from p2pmodel.swarm.blobs import BlobServer
+from p2pmodel.swarm.blobs import BlobServer, fetch_blob
 from p2pmodel.swarm.connections import connected_peers
 from p2pmodel.swarm.listen import expand_wildcards
 from p2pmodel.swarm.node import DEFAULT_HOST_MADDRS, start_dht, stop_dht, visible_maddrs
@@ -100,7 +101,8 @@ class SwarmLink:
             announced = visible_maddrs(self.dht)  # libp2p names loopback and the default route's interface only
             wildcards = s.host_maddrs or list(DEFAULT_HOST_MADDRS)
             self.maddrs = announced if s.announce_maddrs else expand_wildcards(wildcards, announced)[:MAX_ADDRS]
-            self._start_averaging(cfg, s)  # before any thread touches the DHT: the averager process is forked
+            if cfg.sync.mode == "allreduce":
+                self._start_averaging(cfg, s)  # before any thread touches the DHT: the averager process is forked
             # anti-entropy (a sync call ~1 KB + 32 bytes per id) repairs lost pushes; the commit step pulls itself
             quiet = GossipConfig(anti_entropy_interval_s=60.0, anti_entropy_max_ids=64)
             self.gossip = Gossip(self.dht, identity, peers=self.peer_ids, config=quiet)
@@ -113,6 +115,18 @@ class SwarmLink:
                 self.dht, identity, peer, s.record_ttl_s * 10, cfg.sync.download_timeout_s, votes=self.commit
             )
             self.providers = [self.offers.serve, self._stored_state]  # blob id → bytes, first hit wins
+            if cfg.sync.mode == "broadcast":
+                self.broadcast = Broadcast(
+                    self.gossip,
+                    identity,
+                    self.run_id,
+                    self.codec,
+                    [tuple(p.shape) for p in peer.global_params],
+                    fetch=lambda pid, blob, limit, t: fetch_blob(self.dht, pid, blob, limit, timeout_s=t),
+                    method=cfg.sync.aggregator,
+                    committed=self._round,
+                )
+                self.providers.append(self.broadcast.serve)
             self.blobs = BlobServer(self.dht, self._provide)
             self._fell_back = False  # the last commit step needed the DHT: offer our state there too
             self._run_published_at: float | None = None  # time.monotonic() of the last run record
@@ -221,10 +235,12 @@ class SwarmLink:
     def average(self, round_: int, delta: list[torch.Tensor], weight: float) -> ExchangeOutcome:
         self.pace.announce_ready(round_)
         sent = [d + r for d, r in zip(delta, self.residuals, strict=True)] if self.residuals else delta
+        expected = self.expected_group(round_)
+        if self.cfg.sync.mode == "broadcast":
+            return self._broadcast(round_, sent, int(weight), expected)
         with self.averager.get_tensors() as tensors:
             for t, d in zip(tensors, sent, strict=True):
                 t.copy_(d)
-        expected = self.expected_group(round_)
         if len(expected) < 2:
             return self._alone(sent, "no other peer online")
         if self._too_late(round_):
@@ -253,6 +269,27 @@ class SwarmLink:
             reason="" if res.complete else f"reducers failed: {len(res.failed_reducers)}",
             bytes_sent=moved,
             bytes_received=moved,
+        )
+
+    def _broadcast(self, round_: int, sent: list[torch.Tensor], samples: int, expected: set[str]) -> ExchangeOutcome:
+        """The broadcast exchange (node/broadcast.py): what this peer aggregated from the updates it fetched."""
+        sync = self.cfg.sync
+        others = expected - {self.identity.peer_id}
+        wait_s, fetch_s = sync.matchmaking_time_s, sync.allreduce_timeout_s
+        res = self.broadcast.exchange(round_, sent, max(1, samples), others, wait_s, fetch_s)
+        if self.residuals:  # what this round's codec dropped goes into the next round's update
+            for r, s, o in zip(self.residuals, sent, res.own, strict=True):
+                r.copy_(s - o)
+        refused = res.refused
+        return ExchangeOutcome(
+            mean_delta=res.mean,
+            group_size=len(res.members),
+            members=res.members,
+            averaged=len(res.members) >= 2,
+            reason="; ".join(f"{p[:12]}: {why}" for p, why in refused.items()) if refused else "",
+            bytes_sent=res.bytes_sent,
+            bytes_received=res.bytes_received,
+            refused=refused,
         )
 
     def _too_late(self, round_: int) -> bool:
@@ -364,6 +401,7 @@ class SwarmLink:
             ("pace", "close"),
             ("gossip", "close"),
             ("refresher", "stop"),
+            ("broadcast", "close"),
             ("blobs", "close"),
             ("averager", "shutdown"),
         )

@@ -31,6 +31,7 @@ OFFER_KIND = "state_offer"
 HISTORY_KIND = "history"
 TAG_INDEX_KIND = "tag_index"
 PROPOSAL_KIND = "proposal"
+UPDATE_KIND = "update"  # broadcast mode: a peer's delta of a round, as a blob id (node/broadcast.py)
 
 
 def run_key(run_id: str, what: str, round_: int | None = None) -> str:

@@ -168,6 +168,24 @@ def test_cross_field_rules(tmp_path):
     assert "train" in _one_line(e) and "grad_accum_steps" in str(e.value)
 
 
+def test_broadcast_settings_fit_together_and_only_broadcast_runs_carry_them_in_their_spec():
+    with pytest.raises(ConfigError) as e:
+        load_config(CONFIGS / "tiny.toml", ["compress.codec=sparse"])
+    assert "sync.mode = 'broadcast'" in _one_line(e)
+    with pytest.raises(ConfigError) as e:
+        load_config(CONFIGS / "tiny.toml", ["sync.mode=broadcast", "sync.overlap=true"])
+    assert "sync.overlap" in _one_line(e)
+    allreduce = load_config(CONFIGS / "tiny.toml").lineage_spec()
+    assert "mode" not in allreduce["sync"] and "aggregator" not in allreduce["sync"]  # existing run ids unchanged
+    assert load_config(CONFIGS / "tiny.toml", ["sync.aggregator=mean"]).lineage_spec() == allreduce
+    trimmed = load_config(CONFIGS / "tiny.toml", ["sync.mode=broadcast", "compress.codec=sparse"]).lineage_spec()
+    clip = load_config(
+        CONFIGS / "tiny.toml", ["sync.mode=broadcast", "compress.codec=sparse", "sync.aggregator=centered_clip"]
+    ).lineage_spec()
+    assert trimmed["sync"]["mode"] == "broadcast" and trimmed["sync"]["aggregator"] == "trimmed_mean"
+    assert clip != trimmed  # every peer computes the aggregate: they must agree on how
+
+
 def test_bad_value_in_file_names_file_and_field(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text("[eval]\nbatches = -1\n")

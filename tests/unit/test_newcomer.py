@@ -97,13 +97,15 @@ def test_config_errors_name_their_source_and_the_closest_field(tmp_path, overrid
 
 
 def test_status_counts_the_peer_itself_like_swarm_peers():
+    from p2pmodel.node.exchange import ExchangeOutcome
+
     status = PeerStatus("me", "run")
     res = SimpleNamespace(
         round=3,
         report=SimpleNamespace(val_loss=2.0),
         stats=SimpleNamespace(loss=2.1, samples=80, seconds=1.0),
-        outcome=SimpleNamespace(
-            averaged=True, group_size=2, members=["me", "you"], reason="", bytes_sent=10, bytes_received=10
+        outcome=ExchangeOutcome(
+            [], averaged=True, group_size=2, members=["me", "you"], bytes_sent=10, bytes_received=10
         ),
         wait_s=0.25,
     )
