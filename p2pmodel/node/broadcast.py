@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from p2pmodel.aggregate import Contribution, Verdict, aggregate, screen
+from p2pmodel.aggregate import Contribution, Verdict, aggregate, norm, screen
 from p2pmodel.compress import Codec, CodecError
 from p2pmodel.core import wire
 from p2pmodel.core.errors import P2PModelError, UsageError, WireError
@@ -44,7 +44,9 @@ POLL_S = 0.05
 
 # Test-only (tests/, benchmarks): this peer forges its update. Never set by any config; the peer says so loudly.
 ATTACK_ENV = "P2PMODEL_TEST_ATTACK"
-ATTACKS = ("flip4", "scale100", "silent")  # sign flip x 4, x 100, announce an update and never serve it
+# sign flip x 4; x 100; Gaussian noise of the update's own norm; the previous round's update again; an update
+# announced and never served
+ATTACKS = ("flip4", "scale100", "noise", "replay", "silent")
 
 Fetch = Callable[[str, str, int, float], bytes]  # (peer_id, blob id, max bytes, timeout s) -> bytes
 
@@ -180,8 +182,8 @@ class Broadcast:
         """Publish this peer's update of ``round_`` (``sent``: the compensated delta), wait up to ``wait_s`` for
         the updates of the ``expected`` peers, fetch every announced one (``fetch_s`` in all) and aggregate."""
         me = self.identity.peer_id
-        if self.attack in ("flip4", "scale100"):
-            sent = [t * (-4.0 if self.attack == "flip4" else 100.0) for t in sent]
+        if self.attack is not None:
+            sent = self._forge(sent)
         blob = pack_update(self.run_id, round_, self.codec, sent)
         own = unpack_update(blob, self.run_id, round_, self.codec, self.shapes)
         blob_id = sha256_hex(blob)
@@ -220,6 +222,18 @@ class Broadcast:
         mean = aggregate(accepted, self.method) if accepted else [t.clone() for t in own]
         members = sorted(c.peer_id for c in accepted)
         return BroadcastResult(mean, own, members, verdicts, len(blob) * max(0, len(members) - 1), received)
+
+    def _forge(self, sent: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The test-only attacks (ATTACKS)."""
+        if self.attack in ("flip4", "scale100"):
+            return [t * (-4.0 if self.attack == "flip4" else 100.0) for t in sent]
+        if self.attack == "noise":
+            size = norm(sent) / max(1, sum(t.numel() for t in sent)) ** 0.5
+            return [torch.randn(t.shape) * size for t in sent]
+        if self.attack == "replay":
+            previous, self._previous = getattr(self, "_previous", None), [t.clone() for t in sent]
+            return previous if previous is not None else list(sent)
+        return list(sent)
 
     def _fetch_one(self, peer: str, body: dict, round_: int, timeout_s: float) -> tuple[list[torch.Tensor], int]:
         blob = self.fetch(peer, body["blob"], min(body["size"], self.limit), timeout_s)

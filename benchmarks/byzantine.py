@@ -1,0 +1,117 @@
+"""Byzantine: one forged update among four peers, per aggregator, against clean runs; one JSON object on stdout.
+
+Issue 14's attack benchmark. Every run is a fresh swarm on 127.0.0.1 (bootstrap + ``peer run --json``), broadcast
+mode with the sparse codec (``sync.mode=broadcast compress.codec=sparse``), configs/tiny.toml plus
+_swarm_harness.FAST_ROUNDS (H = 20, 2 eval batches) and ``--rounds`` R rounds:
+  clean   ``--honest`` (3) honest peers, no attacker, per aggregator: the baseline
+  attack  the same honest peers plus one peer started with P2PMODEL_TEST_ATTACK=<attack> (node/broadcast.py: the
+          option exists for tests and this benchmark only; the peer logs "TEST ATTACK"), per attack and aggregator
+Attacks (``--attacks``): flip4 (sign flip x 4), scale100 (x 100), noise (Gaussian of the update's own norm),
+replay (the previous round's update again), silent (announced, never served).
+Aggregators (``--aggregators``): mean (not robust), trimmed_mean, centered_clip.
+Per run: the honest peers' val loss after round R (one state: ``val_loss``; they must agree), whether every
+round had one digest across all peers (``one_digest``), the rounds in which the honest peers refused the
+attacker's update and why (``refused``). Per attack and aggregator: ``vs_clean`` = its val loss / the clean run's
+of the same aggregator (1.0 = the attack did nothing). Runs are sequential (2 cores), the order as listed.
+
+Run: python benchmarks/byzantine.py [--rounds 6] [--attacks flip4,scale100] [--aggregators mean,trimmed_mean]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _swarm_harness import FAST_ROUNDS, TINY, Harness, bench_workdir, digest_table, load, progress  # noqa: E402
+
+from p2pmodel.node.broadcast import ATTACK_ENV, ATTACKS  # noqa: E402
+
+AGGREGATORS = ("mean", "trimmed_mean", "centered_clip")
+BROADCAST = ["sync.mode=broadcast", "compress.codec=sparse"]
+
+
+def run(workdir: Path, aggregator: str, attack: str | None, honest: int, rounds: int, timeout_s: float) -> dict:
+    overrides = [*FAST_ROUNDS, *BROADCAST, f"sync.aggregator={aggregator}", f"run_name=byz-{workdir.name}"]
+    started = time.monotonic()
+    with Harness(workdir, TINY, overrides) as swarm:
+        swarm.start_bootstrap()
+        peers = [swarm.start_peer(f"honest{i}", max_rounds=rounds) for i in range(honest)]
+        bad = swarm.start_peer("attacker", max_rounds=rounds, env={ATTACK_ENV: attack}) if attack else None
+        everyone = [*peers, *([bad] if bad else [])]
+        deadline = time.monotonic() + timeout_s
+        for p in everyone:
+            p.proc.wait(max(1.0, deadline - time.monotonic()))
+        codes = {p.name: p.proc.poll() for p in everyone}
+        swarm.stop()
+    finals = {p.name: p.last for p in peers}
+    losses = {n: e.get("val_loss") for n, e in finals.items() if e and e.get("event") == "summary"}
+    table = digest_table(everyone)
+    bad_id = bad.rounds()[0]["peer_id"] if bad and bad.rounds() else None
+    refused: dict[int, list[str]] = {}
+    for p in peers:
+        for e in p.rounds():
+            why = (e.get("refused") or {}).get(bad_id) if bad_id else None
+            if why:
+                refused.setdefault(e["round"], []).append(why[:60])
+    values = set(losses.values())
+    return {
+        "aggregator": aggregator,
+        "attack": attack,
+        "exit_codes": codes,
+        "rounds_committed": sorted(table),
+        "one_digest": all(len(set(d.values())) == 1 for d in table.values()) and len(table) == rounds,
+        "val_loss": values.pop() if len(values) == 1 else None,
+        "honest_val_losses": losses,
+        "refused": {r: sorted(set(w)) for r, w in sorted(refused.items())},
+        "wall_s": round(time.monotonic() - started, 1),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--honest", type=int, default=3, help="honest peers (an attack run adds one attacker)")
+    ap.add_argument("--attacks", default=",".join(a for a in ATTACKS if a != "silent"))
+    ap.add_argument("--aggregators", default=",".join(AGGREGATORS))
+    ap.add_argument("--timeout-s", type=float, default=None, help="limit per run [90 + 30 s per round]")
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    attacks = [a for a in args.attacks.split(",") if a]
+    aggregators = [a for a in args.aggregators.split(",") if a]
+    unknown = [a for a in attacks if a not in ATTACKS] + [a for a in aggregators if a not in AGGREGATORS]
+    if unknown or args.rounds < 1 or args.honest < 2:
+        print(f"error: unknown attack/aggregator {unknown} or bad --rounds/--honest", file=sys.stderr)
+        raise SystemExit(2)
+    timeout_s = args.timeout_s or 90 + 30 * args.rounds
+    out = {"benchmark": "byzantine", "rounds": args.rounds, "honest": args.honest, "load_avg_start": load()}
+    results = []
+    with bench_workdir(args.workdir, args.keep, "byzantine") as workdir:
+        for aggregator in aggregators:
+            for attack in [None, *attacks]:
+                name = f"{aggregator}-{attack or 'clean'}"
+                progress(f"{name}: {args.honest} honest peer(s){' + 1 attacker' if attack else ''}")
+                res = run(workdir / name, aggregator, attack, args.honest, args.rounds, timeout_s)
+                progress(f"{name}: val_loss {res['val_loss']}, one digest {res['one_digest']}")
+                results.append(res)
+    clean = {r["aggregator"]: r["val_loss"] for r in results if r["attack"] is None}
+    for r in results:
+        base = clean.get(r["aggregator"])
+        ok = r["val_loss"] is not None and base and math.isfinite(r["val_loss"])
+        r["vs_clean"] = round(r["val_loss"] / base, 4) if ok else None
+    out["runs"] = results
+    out["summary"] = {
+        f"{r['aggregator']}/{r['attack'] or 'clean'}": {"val_loss": r["val_loss"], "vs_clean": r["vs_clean"]}
+        for r in results
+    }
+    out["load_avg_end"] = load()
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
