@@ -103,6 +103,22 @@ download timeouts at 1.5 Mbit/s, then "cannot serve blob: not found"), 4 of 5 ro
 without a slow peer (another invocation, 1.5 Mbit/s): 3 peers at 0.89-0.90 utilisation, no exchange wait, round wall
 16-17 s against 21 s blocking, the fourth forked in round 5 the same way; val loss 2.311 against blocking's 2.216
 (one seed).
+After resumable re-syncs (later the same day, 09:59-10:24 UTC, load average 0.4-5: the session's own unit tests
+ran alongside): ``--peers 4 --rounds 6 --cpu 0.4 --rate-mbit 1 --arms blocking,overlap --seeds 0,1,2``
+  arm/seed    utilisation (per peer)   steps vs solo        val loss (vs blocking)  round wall  digests  re-syncs
+  blocking/0  0.59-0.61                0.656-0.659          2.154                    23.8 s      agree    0
+  blocking/1  0.59-0.62                0.661-0.665          2.165                    24.5 s      agree    0
+  blocking/2  0.59-0.61                0.673-0.684          2.153                    23.3 s      agree    0
+  overlap/0   0.88-0.89 (one 0.51)     0.945-0.953 (0.555)  2.197 (1.020)            16.5 s      agree    3
+  overlap/1   0.08-0.36                0.09-0.42            2.356 (1.088)            62.9 s      split    9 (timed out)
+  overlap/2   0.89-0.90                0.904-0.907          2.377 (1.104)            17.6 s      agree    0
+  The blocking exchange costs 0.62-0.65 of the inner phase (>= 0.5: the issue's setting). Overlapped, no peer waits
+  for its exchange (exchange_wait_s 0), but in seeds 0 and 1 partial all-reduces (a chunk late by more than
+  sync.chunk_timeout_s = 5 s: at 0.4 cores the inner steps and the averager share the CPU quota) sent peers into
+  6.7 MB re-syncs over 1 Mbit/s. Those now complete (downloads cut by a closed stream resumed from another peer:
+  "cut at 1900544 bytes (resumable)", then "re-synced round 3"), but take ~2 minutes, and the swarm is rounds ahead
+  by then: in seed 1 two peers chased the swarm until the arm timed out. The loss cost of the one-phase delay is
+  2-10 % here (the mean lands late in a 1 Mbit/s phase), against 3 % simulated with the mean landing half-way.
 Scale (--cpu 0 --rate-mbit 0 --no-solo, H = 20, eval.batches=2, data.max_corpus_bytes=2000000, 5 rounds):
   peers  round wall (median, min-max)  wire bytes/peer (total; per round)  payload/round  digests  RSS (sum)
   4      12.3 s (12.0-14.9)            11.7 MB; 2.42 MB                    1.43 MB        agree    2.3 GB
