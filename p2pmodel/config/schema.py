@@ -159,7 +159,9 @@ class SyncConfig(_Section):
         " other's signed update and aggregates them itself (open swarms; with sync.aggregator).",
     )
     aggregator: Literal["mean", "trimmed_mean", "centered_clip"] = Field(
-        "trimmed_mean", description="broadcast: how the updates are combined (mean is not robust to a bad peer)."
+        "centered_clip",
+        description="broadcast: how the updates are combined (mean is not robust to a bad peer; trimmed_mean is"
+        " coordinate-wise and zeroes most of what sparse updates carry).",
     )
 
 

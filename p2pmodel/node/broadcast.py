@@ -182,10 +182,13 @@ class Broadcast:
         """Publish this peer's update of ``round_`` (``sent``: the compensated delta), wait up to ``wait_s`` for
         the updates of the ``expected`` peers, fetch every announced one (``fetch_s`` in all) and aggregate."""
         me = self.identity.peer_id
+        honest = sent
         if self.attack is not None:
             sent = self._forge(sent)
         blob = pack_update(self.run_id, round_, self.codec, sent)
         own = unpack_update(blob, self.run_id, round_, self.codec, self.shapes)
+        # error feedback follows the update this peer would have sent: an attacker's forgery does not compound
+        reference = own if sent is honest else self._decoded(honest, round_)
         blob_id = sha256_hex(blob)
         with self._served_lock:
             if self.attack != "silent":
@@ -221,7 +224,11 @@ class Broadcast:
                 log.warning("round %d: update of %s refused: %s", round_, v.peer_id, v.reason)
         mean = aggregate(accepted, self.method) if accepted else [t.clone() for t in own]
         members = sorted(c.peer_id for c in accepted)
-        return BroadcastResult(mean, own, members, verdicts, len(blob) * max(0, len(members) - 1), received)
+        return BroadcastResult(mean, reference, members, verdicts, len(blob) * max(0, len(members) - 1), received)
+
+    def _decoded(self, tensors: Sequence[torch.Tensor], round_: int) -> list[torch.Tensor]:
+        blob = pack_update(self.run_id, round_, self.codec, tensors)
+        return unpack_update(blob, self.run_id, round_, self.codec, self.shapes)
 
     def _forge(self, sent: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """The test-only attacks (ATTACKS)."""

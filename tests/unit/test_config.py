@@ -178,11 +178,11 @@ def test_broadcast_settings_fit_together_and_only_broadcast_runs_carry_them_in_t
     allreduce = load_config(CONFIGS / "tiny.toml").lineage_spec()
     assert "mode" not in allreduce["sync"] and "aggregator" not in allreduce["sync"]  # existing run ids unchanged
     assert load_config(CONFIGS / "tiny.toml", ["sync.aggregator=mean"]).lineage_spec() == allreduce
-    trimmed = load_config(CONFIGS / "tiny.toml", ["sync.mode=broadcast", "compress.codec=sparse"]).lineage_spec()
-    clip = load_config(
-        CONFIGS / "tiny.toml", ["sync.mode=broadcast", "compress.codec=sparse", "sync.aggregator=centered_clip"]
+    clip = load_config(CONFIGS / "tiny.toml", ["sync.mode=broadcast", "compress.codec=sparse"]).lineage_spec()
+    trimmed = load_config(
+        CONFIGS / "tiny.toml", ["sync.mode=broadcast", "compress.codec=sparse", "sync.aggregator=trimmed_mean"]
     ).lineage_spec()
-    assert trimmed["sync"]["mode"] == "broadcast" and trimmed["sync"]["aggregator"] == "trimmed_mean"
+    assert clip["sync"]["mode"] == "broadcast" and clip["sync"]["aggregator"] == "centered_clip"
     assert clip != trimmed  # every peer computes the aggregate: they must agree on how
 
 
