@@ -17,6 +17,11 @@ Centered clipping (Karimireddy, He, Jaggi, "Learning from History for Byzantine 
 BTARD's CenteredClip): start at the coordinate-wise median v and repeat ``v ← v + mean_i clip(x_i − v, τ)``
 where clip scales a vector down to norm τ; τ is ``clip_factor`` × the median distance of the contributions to the
 start, so it follows the round's own scale. An attacker moves v by at most τ / n per iteration.
+
+Which one: centered clipping works on whole vectors, so it suits sparse updates (compress/sparse.py), where each
+peer sends another 2 % of the coordinates; a coordinate-wise trimmed mean drops, per coordinate, the values only
+one or two peers sent, i.e. most of a sparse update (benchmarks/byzantine.py, 3 peers, sparse codec, no attacker:
+val loss 3.053 against 2.722 for the mean and 2.673 for centered clipping). The trimmed mean is for dense codecs.
 """
 
 from __future__ import annotations
