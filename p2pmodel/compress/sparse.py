@@ -76,16 +76,16 @@ class SparseTopKCodec(Codec):
     def compress(self, tensor: torch.Tensor, info: CompressionInfo, allow_inplace: bool = False) -> runtime_pb2.Tensor:
         tensor, dtype_name = check_input(self, tensor)
         flat = tensor.reshape(-1).to(torch.float32)
-        scales, offsets, codes = [], [], []
-        for i, k in enumerate(self._ks(flat.numel())):
-            piece = flat[i * self.chunk : (i + 1) * self.chunk]
-            idx = torch.sort(torch.topk(piece.abs(), k, sorted=False).indices).values
-            kept = piece[idx]
-            scale = kept.abs().max() / _LEVEL
-            divisor = scale if float(scale) > 0 else torch.ones(())
-            scales.append(scale.reshape(1))
-            offsets.append(idx.to(torch.int32))
-            codes.append(torch.round(kept / divisor + _LEVEL).clamp_(0, 3).to(torch.uint8))
+        ks = self._ks(flat.numel())
+        n_full = flat.numel() // self.chunk
+        batches = []  # the full chunks as one (n_full, chunk) batch, then the shorter last one: no per-chunk loop
+        if n_full:
+            batches.append(_select(flat[: n_full * self.chunk].view(n_full, self.chunk), ks[0]))
+        if len(ks) > n_full:
+            batches.append(_select(flat[n_full * self.chunk :].view(1, -1), ks[-1]))
+        scales = [b[0] for b in batches]
+        offsets = [b[1].reshape(-1) for b in batches]
+        codes = [b[2].reshape(-1) for b in batches]
         header = HEADER.pack(MAGIC, FORMAT_VERSION, self.codec_id, self.density_units, self.chunk)
         parts = [header]
         if scales:
@@ -132,6 +132,15 @@ class SparseTopKCodec(Codec):
 
     def estimate_compression_ratio(self, info: CompressionInfo) -> float:
         return (self.density * (16 + 2) + 32.0 / self.chunk) / 32.0
+
+
+def _select(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row (a chunk): its k largest magnitudes → (scale = absmax / 1.5, sorted offsets, 2-bit codes)."""
+    idx = torch.sort(torch.topk(rows.abs(), k, dim=1, sorted=False).indices, dim=1).values
+    kept = torch.gather(rows, 1, idx)
+    scales = kept.abs().amax(dim=1) / _LEVEL
+    divisor = torch.where(scales > 0, scales, torch.ones_like(scales)).unsqueeze(1)
+    return scales, idx.to(torch.int32), torch.round(kept / divisor + _LEVEL).clamp_(0, 3).to(torch.uint8)
 
 
 def _pack2(codes: list[torch.Tensor]) -> bytes:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import threading
 import time
@@ -53,7 +54,7 @@ Fetch = Callable[[str, str, int, float], bytes]  # (peer_id, blob id, max bytes,
 
 def update_limit(shapes: Sequence[tuple[int, ...]]) -> int:
     """The most bytes an update of these shapes may take: fp32 values plus each tensor's framing."""
-    return sum(4 * max(1, _numel(s)) + 4096 for s in shapes) + 4096
+    return sum(4 * max(1, math.prod(s)) + 4096 for s in shapes) + 4096
 
 
 def pack_update(run_id: str, round_: int, codec: Codec, tensors: Sequence[torch.Tensor]) -> bytes:
@@ -251,10 +252,3 @@ class Broadcast:
     def close(self) -> None:
         self.gossip.unsubscribe(UPDATE_KIND)
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
