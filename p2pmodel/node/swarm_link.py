@@ -249,7 +249,12 @@ class SwarmLink:
         timeout = self.cfg.sync.matchmaking_time_s + 2 * self.cfg.sync.request_timeout_s
         log.info("round %d: averaging (expecting %d peers)", round_, len(expected))
         res = self.averager.step(
-            weight=weight, timeout=timeout, gather=base, expected_size=len(expected), round_=round_
+            weight=weight,
+            timeout=timeout,
+            gather=base,
+            expected_size=len(expected),
+            round_=round_,
+            give_up=lambda: self._committed_by_others(round_),
         )
         mixed = res.succeeded and any(v != base for v in res.gathered.values())
         if not res.succeeded or mixed or res.group_size < 2:
@@ -291,6 +296,11 @@ class SwarmLink:
             bytes_received=res.bytes_received,
             refused=refused,
         )
+
+    def _committed_by_others(self, round_: int) -> bool:
+        """Another peer announced its round-``round_`` digest: its group averaged already, so one still looking
+        for a group (a restarted peer whose "join" came after the group formed) will not find one this round."""
+        return bool(set(self.commit.box.digests(round_)) - {self.identity.peer_id})
 
     def _too_late(self, round_: int) -> bool:
         """Whether the others have averaged ``round_`` without us already, so that matchmaking could only time out

@@ -31,12 +31,13 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from hivemind.averaging import DecentralizedAverager
 from hivemind.averaging.allreduce import AveragingMode
+from hivemind.averaging.control import AveragingStage, StepControl
 from hivemind.averaging.group_info import GroupInfo
 from hivemind.compression import CompressionBase, NoCompression
 from hivemind.dht import DHT
@@ -52,6 +53,13 @@ __all__ = ["AveragingResult", "DeterministicAllReduceRunner", "DeterministicAver
 
 logger = get_logger(__name__)
 _HOST_GRACE_S = 10.0  # extra host-side wait beyond timeout + allreduce_timeout before giving up on the child
+_POLL_S = 0.1  # how often step() asks its give_up callback while looking for a group
+_NO_GROUP_YET = (AveragingStage.IDLE, AveragingStage.LOOKING_FOR_GROUP)
+GAVE_UP = "gave up looking for a group"
+
+
+class _GaveUp(Exception):
+    pass
 
 
 ROUND_KEY_BITS = 20  # rounds further apart than 2**20 never meet in matchmaking anyway (records expire)
@@ -182,6 +190,7 @@ class DeterministicAverager(DecentralizedAverager):
         gather: Any = None,
         expected_size: int | None = None,
         round_: int | None = None,
+        give_up: Callable[[], bool] | None = None,
     ) -> AveragingResult:
         """Find a group within ``timeout`` s and average with it, weighted by ``weight`` (samples processed).
 
@@ -191,6 +200,11 @@ class DeterministicAverager(DecentralizedAverager):
         ``round_``: only peers averaging the same round meet (it becomes the matchmaking group key, which
         hivemind's leaders check on every join request). Without it a peer still looking for a group of round
         r joined the others' group of round r + 1, and the whole group failed its gather check.
+
+        ``give_up``: polled every ``_POLL_S`` while this peer is still looking for a group; True ends the search
+        at once (e.g. the others already committed the round: their group formed without us, and waiting out
+        the matchmaking timeout would only delay our commit). Never consulted once a group is found: leaving a
+        formed group would fail the others' all-reduce.
 
         Blocks at most ``timeout + allreduce_timeout`` (+ a small grace). Never raises for a network failure:
         returns ``AveragingResult(succeeded=False, reason=...)`` with the tensors untouched. (If the host-side
@@ -211,7 +225,11 @@ class DeterministicAverager(DecentralizedAverager):
         control = None
         try:
             control = super().step(gather=gather, weight=float(weight), timeout=timeout, wait=False)
-            report = control.result(timeout=timeout + self._allreduce_timeout + _HOST_GRACE_S)
+            report = self._wait(control, started + timeout + self._allreduce_timeout + _HOST_GRACE_S, give_up)
+        except _GaveUp:
+            control.cancel()
+            self._zero_residuals()
+            return AveragingResult.failure(GAVE_UP, weight=weight, elapsed_s=time.monotonic() - started)
         except Exception as e:  # a failed round is data: no group, timeout, peers gone
             if control is not None and not control.done():
                 control.cancel()
@@ -219,6 +237,21 @@ class DeterministicAverager(DecentralizedAverager):
             reason = "no group found" if "could not find a group" in str(e) else f"{type(e).__name__}: {e}"
             return AveragingResult.failure(reason, weight=weight, elapsed_s=time.monotonic() - started)
         return AveragingResult.from_report(report, weight=weight, elapsed_s=time.monotonic() - started)
+
+    @staticmethod
+    def _wait(control: StepControl, deadline: float, give_up: Callable[[], bool] | None) -> RoundReport:
+        """``control``'s report; ``_GaveUp`` if ``give_up()`` turns True while no group is found yet."""
+        if give_up is None:
+            return control.result(timeout=max(0.0, deadline - time.monotonic()))
+        while True:
+            try:
+                return control.result(timeout=max(0.0, min(_POLL_S, deadline - time.monotonic())))
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise
+            # give_up() first, the stage second: a stage read after the verdict still says "no group yet"
+            if give_up() and control.stage in _NO_GROUP_YET:
+                raise _GaveUp
 
     async def _expect_group(self, size: int | None, group_bits: str | None) -> None:  # in the averager process
         """Assemble at ``size``; look for a group under the key of ``group_bits`` (hivemind's bucket bits)."""

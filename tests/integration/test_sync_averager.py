@@ -18,6 +18,7 @@ from hivemind.compression import Float16Compression, NoCompression
 
 from p2pmodel.sync import AveragingResult, DeterministicAverager
 from p2pmodel.sync.allreduce import DeterministicAllReduceRunner
+from p2pmodel.sync.averager import GAVE_UP
 
 SHAPES = [(300, 512), (1001,), (96, 700)]  # ~222k floats, several parts per reducer at 64 KiB parts
 PART_SIZE_BYTES = 2**16
@@ -219,6 +220,36 @@ def test_peers_of_different_rounds_never_meet_and_no_group_is_a_failure_result(d
             assert all(not r.any() for r in averager.residuals)
         together = step_all(averagers, weights, timeout=10.0, round_=7)
         assert all(r.succeeded and r.group_size == 2 for r in together)
+        assert digest(held(averagers[0])) == digest(held(averagers[1]))
+    finally:
+        shutdown_all(averagers)
+
+
+@pytest.mark.timeout(60)
+def test_give_up_ends_the_search_for_a_group_and_the_next_round_still_meets(dhts):
+    """A peer looking for a group in vain (its partner is in another round) stops as soon as ``give_up`` says so,
+    long before its matchmaking timeout, tensors untouched; the averager that gave up meets its partner in the next
+    round."""
+    inputs, weights = make_inputs(2, seed=5)
+    averagers = start_averagers(dhts[:2], inputs, error_feedback=True)
+    try:
+        flag = threading.Event()
+        timer = threading.Timer(1.0, flag.set)
+        timer.start()
+        lone = averagers[0].step(weights[0], timeout=20.0, round_=3, give_up=flag.is_set)
+        timer.cancel()
+        assert not lone.succeeded and lone.reason == GAVE_UP, lone
+        assert lone.elapsed_s < 10.0, lone  # half the 20 s matchmaking timeout: it did not wait it out
+        assert digest(held(averagers[0])) == digest(inputs[0])
+        assert all(not r.any() for r in averagers[0].residuals)
+
+        with ThreadPoolExecutor(2) as pool:
+            steps = [
+                pool.submit(a.step, w, timeout=10.0, round_=4, expected_size=2, give_up=lambda: False)
+                for a, w in zip(averagers, weights, strict=True)
+            ]
+            together = [f.result() for f in steps]
+        assert all(r.succeeded and r.group_size == 2 for r in together), together
         assert digest(held(averagers[0])) == digest(held(averagers[1]))
     finally:
         shutdown_all(averagers)
