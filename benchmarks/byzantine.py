@@ -7,8 +7,10 @@ _swarm_harness.FAST_ROUNDS (H = 20, 2 eval batches) and ``--rounds`` R rounds:
   attack  the same honest peers plus one peer started with P2PMODEL_TEST_ATTACK=<attack> (node/broadcast.py: the
           option exists for tests and this benchmark only; the peer logs "TEST ATTACK"), per attack and aggregator
 Attacks (``--attacks``): flip4 (sign flip x 4), scale100 (x 100), noise (Gaussian of the update's own norm),
-replay (the previous round's update again), silent (announced, never served).
-Aggregators (``--aggregators``): mean (not robust), trimmed_mean, centered_clip.
+replay (the previous round's update again), silent (announced, never served), nan (a NaN forged into the bytes),
+alie ("a little is enough": the honest mean minus one honest standard deviation, per coordinate).
+Aggregators (``--aggregators``): mean_unscreened (plain mean, no norm bound: no defence but decoding), mean (not
+robust, behind the norm screen every aggregator has), trimmed_mean, centered_clip.
 Per run: the honest peers' val loss after round R (one state: ``val_loss``; they must agree), whether every
 round had one digest across all peers (``one_digest``), the rounds in which the honest peers refused the
 attacker's update and why (``refused``). Per attack and aggregator: ``vs_clean`` = its val loss / the clean run's
@@ -42,12 +44,18 @@ from _swarm_harness import FAST_ROUNDS, TINY, Harness, bench_workdir, digest_tab
 
 from p2pmodel.node.broadcast import ATTACK_ENV, ATTACKS  # noqa: E402
 
-AGGREGATORS = ("mean", "trimmed_mean", "centered_clip")
+# label -> overrides; mean_unscreened is the plain mean without the norm bound: what one bad peer does undefended
+AGGREGATORS = {
+    "mean_unscreened": ["sync.aggregator=mean", "sync.max_norm_ratio=0"],
+    "mean": ["sync.aggregator=mean"],
+    "trimmed_mean": ["sync.aggregator=trimmed_mean"],
+    "centered_clip": ["sync.aggregator=centered_clip"],
+}
 BROADCAST = ["sync.mode=broadcast", "compress.codec=sparse"]
 
 
 def run(workdir: Path, aggregator: str, attack: str | None, honest: int, rounds: int, timeout_s: float) -> dict:
-    overrides = [*FAST_ROUNDS, *BROADCAST, f"sync.aggregator={aggregator}", f"run_name=byz-{workdir.name}"]
+    overrides = [*FAST_ROUNDS, *BROADCAST, *AGGREGATORS[aggregator], f"run_name=byz-{workdir.name}"]
     started = time.monotonic()
     with Harness(workdir, TINY, overrides) as swarm:
         swarm.start_bootstrap()
@@ -87,7 +95,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--honest", type=int, default=3, help="honest peers (an attack run adds one attacker)")
-    ap.add_argument("--attacks", default=",".join(a for a in ATTACKS if a != "silent"))
+    ap.add_argument("--attacks", default=",".join(ATTACKS))
     ap.add_argument("--aggregators", default=",".join(AGGREGATORS))
     ap.add_argument("--timeout-s", type=float, default=None, help="limit per run [90 + 30 s per round]")
     ap.add_argument("--workdir", type=Path, default=None)

@@ -82,7 +82,8 @@ def screen(
     contributions: Sequence[Contribution], shapes: Sequence[tuple[int, ...]], norm_factor: float = 4.0
 ) -> tuple[list[Contribution], list[Verdict]]:
     """Refuse what no aggregator should see: wrong shapes or dtypes, non-finite values, a non-positive sample
-    count, and (with three or more left) a norm above ``norm_factor`` × the median norm of the finite ones.
+    count, and (with three or more left) a norm above ``norm_factor`` × the median norm of the finite ones (0: no
+    norm bound).
     → (accepted contributions sorted by peer id, one verdict per contribution in that order)."""
     verdicts: dict[str, Verdict] = {}
     finite: list[tuple[Contribution, float]] = []
@@ -94,7 +95,7 @@ def screen(
         n = norm(c.tensors)
         finite.append((c, n))
         verdicts[c.peer_id] = Verdict(c.peer_id, True, norm=n)
-    if len(finite) >= 3:
+    if len(finite) >= 3 and norm_factor > 0:
         bound = norm_factor * _median([n for _, n in finite])
         for c, n in finite:
             if n > bound:

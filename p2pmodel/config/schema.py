@@ -163,10 +163,17 @@ class SyncConfig(_Section):
         description="broadcast: how the updates are combined (mean is not robust to a bad peer; trimmed_mean is"
         " coordinate-wise and zeroes most of what sparse updates carry).",
     )
+    max_norm_ratio: float = Field(
+        4.0,
+        ge=0,
+        le=1e6,
+        description="broadcast: refuse an update whose norm exceeds this many times the round's median (with 3 or"
+        " more updates); 0: no norm bound. Malformed and non-finite updates are refused whatever this says.",
+    )
 
 
 _SHARED_SYNC = {"outer_lr", "outer_momentum", "nesterov", "overlap"}
-_BROADCAST_SYNC = {"mode", "aggregator"}
+_BROADCAST_SYNC = {"mode", "aggregator", "max_norm_ratio"}
 
 
 class CompressConfig(_Section):

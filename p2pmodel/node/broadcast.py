@@ -21,6 +21,7 @@ import collections
 import logging
 import math
 import os
+import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,9 +29,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
+from hivemind.proto import runtime_pb2
 
 from p2pmodel.aggregate import Contribution, Verdict, aggregate, norm, screen
 from p2pmodel.compress import Codec, CodecError
+from p2pmodel.compress.base import HEADER, MAGIC
 from p2pmodel.core import wire
 from p2pmodel.core.errors import P2PModelError, UsageError, WireError
 from p2pmodel.core.ids import is_hex64, sha256_hex
@@ -46,8 +49,11 @@ POLL_S = 0.05
 # Test-only (tests/, benchmarks): this peer forges its update. Never set by any config; the peer says so loudly.
 ATTACK_ENV = "P2PMODEL_TEST_ATTACK"
 # sign flip x 4; x 100; Gaussian noise of the update's own norm; the previous round's update again; an update
-# announced and never served
-ATTACKS = ("flip4", "scale100", "noise", "replay", "silent")
+# announced and never served; a NaN where the codec keeps its first float (no codec encodes one: the bytes are
+# forged); "a little is enough" (1902.06156): per coordinate, the honest mean minus ALIE_Z honest standard
+# deviations, from the others' updates of the round, fetched before this peer publishes its own
+ATTACKS = ("flip4", "scale100", "noise", "replay", "silent", "nan", "alie")
+ALIE_Z = 1.0  # the paper's z_max for n = 4, f = 1 is 0 (the mean itself): a fixed z = 1 is the usual benchmark
 
 Fetch = Callable[[str, str, int, float], bytes]  # (peer_id, blob id, max bytes, timeout s) -> bytes
 
@@ -152,10 +158,12 @@ class Broadcast:
         fetch: Fetch,
         method: str,
         committed: Callable[[], int],
+        max_norm_ratio: float = 4.0,
     ):
         self.gossip, self.identity, self.run_id, self.codec = gossip, identity, run_id, codec
         self.shapes = [tuple(s) for s in shapes]
         self.fetch, self.method, self._committed = fetch, method, committed
+        self.max_norm_ratio = max_norm_ratio
         self.limit = update_limit(self.shapes)
         self.box = UpdateBox()
         self._served: collections.OrderedDict[str, bytes] = collections.OrderedDict()
@@ -184,10 +192,16 @@ class Broadcast:
         the updates of the ``expected`` peers, fetch every announced one (``fetch_s`` in all) and aggregate."""
         me = self.identity.peer_id
         honest = sent
-        if self.attack is not None:
+        if self.attack == "alie":
+            sent = self._alie(round_, sent, expected, wait_s / 2, fetch_s)
+        elif self.attack is not None:
             sent = self._forge(sent)
         blob = pack_update(self.run_id, round_, self.codec, sent)
-        own = unpack_update(blob, self.run_id, round_, self.codec, self.shapes)
+        if self.attack == "nan":
+            blob = self._nan_blob(round_, sent)
+            own = self._decoded(honest, round_)
+        else:
+            own = unpack_update(blob, self.run_id, round_, self.codec, self.shapes)
         # error feedback follows the update this peer would have sent: an attacker's forgery does not compound
         reference = own if sent is honest else self._decoded(honest, round_)
         blob_id = sha256_hex(blob)
@@ -218,7 +232,7 @@ class Broadcast:
                 continue
             received += size
             contributions.append(Contribution(peer, tensors, announced[peer]["samples"]))
-        accepted, screened = screen(contributions, self.shapes)
+        accepted, screened = screen(contributions, self.shapes, self.max_norm_ratio)
         verdicts = sorted(verdicts + screened, key=lambda v: v.peer_id)
         for v in verdicts:
             if not v.accepted:
@@ -242,6 +256,41 @@ class Broadcast:
             previous, self._previous = getattr(self, "_previous", None), [t.clone() for t in sent]
             return previous if previous is not None else list(sent)
         return list(sent)
+
+    def _nan_blob(self, round_: int, sent: Sequence[torch.Tensor]) -> bytes:
+        """The ``nan`` attack: ``sent`` encoded, then a NaN written over the first tensor's first float (its first
+        scale, after the codec header; the first value for the float codecs)."""
+        first = runtime_pb2.Tensor.FromString(self.codec.encode(sent[0]))
+        buffer = bytearray(first.buffer)
+        at = HEADER.size if buffer[:4] == MAGIC else 0
+        buffer[at : at + 4] = struct.pack("<f", float("nan"))
+        first.buffer = bytes(buffer)
+        tensors = [first.SerializeToString(), *(self.codec.encode(t) for t in sent[1:])]
+        return wire.pack({"run_id": self.run_id, "round": round_, "tensors": tensors})
+
+    def _alie(
+        self, round_: int, sent: Sequence[torch.Tensor], expected: set[str], wait_s: float, fetch_s: float
+    ) -> list[torch.Tensor]:
+        """The ``alie`` attack: the honest updates of the round (the others' as announced, this peer's own) →
+        per coordinate mean − ALIE_Z × standard deviation. Without any other update yet: this peer's own."""
+        deadline = time.monotonic() + wait_s
+        others = expected - {self.identity.peer_id}
+        while time.monotonic() < deadline and not others <= set(self.box.get(round_)):
+            time.sleep(POLL_S)
+        updates = [list(sent)]
+        for peer, body in sorted(self.box.get(round_).items()):
+            if peer != self.identity.peer_id:
+                try:
+                    updates.append(self._fetch_one(peer, body, round_, fetch_s)[0])
+                except Exception as e:
+                    log.debug("alie: no update from %s: %s", peer, e)
+        if len(updates) < 2:
+            return list(sent)
+        out = []
+        for parts in zip(*updates, strict=True):
+            stacked = torch.stack(parts)
+            out.append(stacked.mean(0) - ALIE_Z * stacked.std(0))
+        return out
 
     def _fetch_one(self, peer: str, body: dict, round_: int, timeout_s: float) -> tuple[list[torch.Tensor], int]:
         blob = self.fetch(peer, body["blob"], min(body["size"], self.limit), timeout_s)

@@ -125,6 +125,7 @@ class SwarmLink:
                     fetch=lambda pid, blob, limit, t: fetch_blob(self.dht, pid, blob, limit, timeout_s=t),
                     method=cfg.sync.aggregator,
                     committed=self._round,
+                    max_norm_ratio=cfg.sync.max_norm_ratio,
                 )
                 self.providers.append(self.broadcast.serve)
             self.blobs = BlobServer(self.dht, self._provide)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,8 @@ import pytest
 import torch
 from hivemind.compression import Float16Compression, NoCompression
 
+from p2pmodel.compress import make_codec
+from p2pmodel.compress.base import HEADER
 from p2pmodel.sync import AveragingResult, DeterministicAverager
 from p2pmodel.sync.allreduce import DeterministicAllReduceRunner
 from p2pmodel.sync.averager import GAVE_UP
@@ -165,6 +168,46 @@ class _DiesAfterMatchmaking(DeterministicAllReduceRunner):
     async def run(self):
         os._exit(1)
         yield  # an async generator, like the runner it replaces
+
+
+class _SendsNaN(DeterministicAllReduceRunner):
+    """A reducer that answers every sender with forged bytes: a NaN over the first scale of each averaged part
+    (no codec of ours encodes one; the bytes are what a hostile peer writes)."""
+
+    async def _encode_result(self, part_index, averaged_part):
+        message = await super()._encode_result(part_index, averaged_part)
+        forged = type(message)()
+        forged.CopyFrom(message)
+        buffer = bytearray(forged.buffer)
+        buffer[HEADER.size : HEADER.size + 4] = struct.pack("<f", float("nan"))
+        forged.buffer = bytes(buffer)
+        return forged
+
+
+@pytest.mark.timeout(60)
+def test_a_reducer_sending_nan_is_a_failed_reducer_and_no_nan_reaches_the_others(dhts):
+    """All-reduce mode's half of "NaN never reaches any peer's state": the codec refuses the NaN at decoding, the
+    reducer's span is zeroed for both survivors alike (one digest), every value they hold is finite."""
+    inputs, weights = make_inputs(3, seed=13)
+    prefix = f"nan{uuid.uuid4().hex[:8]}"
+    codec = make_codec("int4")
+    survivors = start_averagers(dhts[:2], inputs[:2], prefix=prefix, group_size=3, codec=codec)
+    (forger,) = start_averagers(dhts[2:3], inputs[2:], prefix=prefix, group_size=3, runner=_SendsNaN, codec=codec)
+    thread = threading.Thread(target=forger.step, args=(weights[2], 12.0), daemon=True)
+    try:
+        thread.start()
+        results = step_all(survivors, weights[:2], timeout=12.0)
+        assert all(r.succeeded and r.group_size == 3 for r in results), results
+        assert [r.failed_reducers for r in results] == [(str(forger.peer_id),)] * 2
+        outputs = [held(a) for a in survivors]
+        assert digest(outputs[0]) == digest(outputs[1])
+        assert all(bool(torch.isfinite(t).all()) for t in outputs[0])
+        assert any(bool((t != 0).any()) for t in outputs[0])  # the honest reducers' spans were averaged
+    finally:
+        shutdown_all(survivors)
+        thread.join(30)
+        if forger.is_alive():
+            forger.shutdown()
 
 
 @pytest.mark.timeout(60)
