@@ -136,8 +136,9 @@ def show(
     allow: list[str] = ALLOW,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
-    """The full certificate of VERSION, every vote's signature checked."""
+    """The full certificate of VERSION, every vote's signature checked, and who contributed since its parent."""
     from p2pmodel.swarm.signed import open_signed
+    from p2pmodel.versioning.tag import contributors
     from p2pmodel.versioning.votes import VOTE_KIND
 
     _version(version)
@@ -163,6 +164,9 @@ def show(
         "vote_details": votes,
         "verified": True,
     }
+    credited, attested = contributors(cert)
+    out["contributors"] = [{"peer": p, "samples": n} for p, n in credited]
+    out["contributors_attested_by"] = attested  # how many of the tag's votes record exactly this list
     if as_json:
         emit_json(out)
     else:
@@ -199,6 +203,13 @@ def _certificate_lines(c: dict) -> list[str]:
         mark = "✓" if v["verdict"] == "accept" else "✗"
         lines.append(f"    {mark} {v['voter']}  {v['verdict']}  {_utc(v['time'])}  {_metrics(v['metrics'])}")
     lines += [f"    · {p}  no vote in the tag" for p in c["electorate_peers"] if p not in voted]
+    since = f"since {c['parent']}" if c["parent"] else "since the start"
+    if c["contributors"]:
+        lines.append(f"  contributors {since} (as {c['contributors_attested_by']} of {c['votes']} votes record them):")
+        width = max(len(str(x["samples"])) for x in c["contributors"])
+        lines += [f"    {x['samples']:>{width}} samples  {x['peer']}" for x in c["contributors"]]
+    else:
+        lines.append(f"  contributors {since}: not recorded in this tag's votes")
     return lines
 
 

@@ -94,6 +94,7 @@ class BroadcastResult:
     mean: list[torch.Tensor]
     own: list[torch.Tensor]  # this peer's update as published (decoded): the error-feedback reference
     members: list[str]  # the peers whose updates were used, sorted
+    samples: dict[str, int] = field(default_factory=dict)  # those peers' announced sample counts
     verdicts: list[Verdict] = field(default_factory=list)
     bytes_sent: int = 0
     bytes_received: int = 0
@@ -239,7 +240,9 @@ class Broadcast:
                 log.warning("round %d: update of %s refused: %s", round_, v.peer_id, v.reason)
         mean = aggregate(accepted, self.method) if accepted else [t.clone() for t in own]
         members = sorted(c.peer_id for c in accepted)
-        return BroadcastResult(mean, reference, members, verdicts, len(blob) * max(0, len(members) - 1), received)
+        samples = {c.peer_id: c.samples for c in accepted}
+        sent_bytes = len(blob) * max(0, len(members) - 1)
+        return BroadcastResult(mean, reference, members, samples, verdicts, sent_bytes, received)
 
     def _decoded(self, tensors: Sequence[torch.Tensor], round_: int) -> list[torch.Tensor]:
         blob = pack_update(self.run_id, round_, self.codec, tensors)

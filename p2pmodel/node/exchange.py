@@ -20,6 +20,9 @@ class ExchangeOutcome:
     bytes_sent: int = 0
     bytes_received: int = 0
     refused: dict[str, str] = field(default_factory=dict)  # broadcast: peers whose update was not used, and why
+    # whose updates the committed state used, with the samples each claimed; {} when not known (the commit step
+    # adopted another peer's state, or there is no swarm)
+    contributions: dict[str, int] = field(default_factory=dict)
 
 
 class Exchange(Protocol):
@@ -32,8 +35,8 @@ class Exchange(Protocol):
     def agree(self, round_: int, outcome: ExchangeOutcome) -> Agreement:
         """Commit step: make this peer hold the state most of the round's participants hold."""
 
-    def after_commit(self, round_: int, samples_per_s: float, members: list[str]) -> None:
-        """The round is durable here: serve it, announce it."""
+    def after_commit(self, round_: int, samples_per_s: float, outcome: ExchangeOutcome) -> None:
+        """The round is durable here: serve it, announce it, record who contributed."""
 
 
 class SoloExchange:
@@ -45,7 +48,7 @@ class SoloExchange:
     def agree(self, round_: int, outcome: ExchangeOutcome) -> Agreement:
         return Agreement(winner="")
 
-    def after_commit(self, round_: int, samples_per_s: float, members: list[str]) -> None:
+    def after_commit(self, round_: int, samples_per_s: float, outcome: ExchangeOutcome) -> None:
         pass
 
     def average(self, round_: int, delta: list[torch.Tensor], weight: float) -> ExchangeOutcome:

@@ -12,6 +12,7 @@ from pathlib import Path
 from p2pmodel.core.errors import P2PModelError
 from p2pmodel.core.ids import sha256_hex
 from p2pmodel.eval.suite import judge, metrics_of
+from p2pmodel.node.contributions import ContributionLog
 from p2pmodel.swarm.keys import PROPOSAL_KIND, TAG_INDEX_KIND, proposals_key, tags_key
 from p2pmodel.swarm.records import get_signed, publish_signed
 from p2pmodel.versioning.atomic import atomic_write
@@ -34,6 +35,7 @@ class Releases:
         self.reopen_rounds = 2 * v.release_every  # an untagged acceptance stops blocking its slot after this
         self.box = VoteBox(peer.run_id, allowlist=allow, reopen_after_rounds=self.reopen_rounds)
         self.ledger = Ledger(Path(data_dir) / "ledger.bin", allowlist=allow, major_fraction=v.major_fraction)
+        self.contributions = ContributionLog(Path(data_dir) / "contributions.json")
         self.electorates: dict[int, list[str]] = {}
         self.last_round: int | None = None  # the last round this peer committed (None until the first commit)
         self._committed: dict[int, str] = {}  # release round -> the digest this peer committed (recent ones)
@@ -54,9 +56,13 @@ class Releases:
         link.providers.append(self.certs.get)
 
     # --- voting ----------------------------------------------------------------------------------------
-    def on_commit(self, round_: int, members: list[str]) -> None:
-        """After committing ``round_``: vote on it if it is a release candidate and we are in its electorate."""
+    def on_commit(self, round_: int, members: list[str], contributions: dict[str, int] | None = None) -> None:
+        """After committing ``round_``: record who contributed to it; vote on it if it is a release candidate and
+        we are in its electorate."""
         peer = self.peer
+        with self._lock:
+            latest = self.ledger.latest()
+        self.contributions.record(round_, contributions or {}, covered=latest["round"] if latest else 0)
         release = round_ % self.cfg.versioning.release_every == 0
         voting = release and self.link.identity.peer_id in members
         with self._lock:
@@ -115,6 +121,7 @@ class Releases:
             voter=self.link.identity.peer_id,
             electorate=members,
             time=time.time(),
+            contributors=self.contributions.tally(parent["round"] if parent else 0, round_),
         )
         log.info(
             "round %d candidate %s: voting %s for %s%s",

@@ -78,8 +78,10 @@ def _commit(peer, exchange: Exchange, round_: int, outcome: ExchangeOutcome, sam
     the round committed: ``round_``, or the swarm's later round when the commit step had to catch up to it."""
     peer.outer.step(outcome.mean_delta)  # θ_global ← OuterOpt(θ_global, mean Δ)
     peer.load_global_into_local()
-    peer.digest = peer.global_digest()
+    peer.digest = ours = peer.global_digest()
     agreement = exchange.agree(round_, outcome)  # commit step: the digest most peers hold wins; else re-sync
+    if peer.digest != ours:  # adopted another state: which updates it used is the others' record, not ours
+        outcome.contributions = {}
     committed = max(round_, peer.round)  # peer.round moves only on a catch-up
     peer.samples_total += samples
     peer.counters["bytes_sent"] += outcome.bytes_sent
@@ -108,7 +110,7 @@ def run_round(
     outcome = exchange.average(round_, delta, weight=float(stats.samples))  # weighted mean Δ of the group
     wait_s = time.perf_counter() - waited
     round_, agreement, report = _commit(peer, exchange, round_, outcome, stats.samples)
-    exchange.after_commit(round_, stats.samples / max(stats.seconds, 1e-9), outcome.members)  # serve it
+    exchange.after_commit(round_, stats.samples / max(stats.seconds, 1e-9), outcome)  # serve it
     return RoundResult(round_, stats, outcome, report, agreement, time.perf_counter() - started, wait_s)
 
 
@@ -191,7 +193,7 @@ def run_overlapped_round(
     peer.in_flight = InFlight(round_ + 1, next_delta, ahead.samples) if committed == round_ else None
     round_ = committed
     stats = _merged([*phases, ahead])
-    exchange.after_commit(round_, stats.samples / max(stats.seconds, 1e-9), outcome.members)
+    exchange.after_commit(round_, stats.samples / max(stats.seconds, 1e-9), outcome)
     return RoundResult(round_, stats, outcome, report, agreement, time.perf_counter() - started, wait_s)
 
 

@@ -158,6 +158,7 @@ async def _serve(
                                 "round_s": round(result.seconds, 3),
                                 "exchange_wait_s": round(result.wait_s, 3),
                                 "refused": result.outcome.refused,  # broadcast: updates not used, and why
+                                "contributions": result.outcome.contributions,  # peer -> samples ({}: unknown)
                             },
                         )
                     )

@@ -79,7 +79,7 @@ class SwarmLink:
         self.committed = Committed(peer.round, peer.digest)
         # fire-and-forget DHT stores (ready fallback, state offers, run records), in order, off the round's path
         self._publisher = Publisher()
-        self.commit_hooks: list = []  # called with (round, members) after each commit (releases)
+        self.commit_hooks: list = []  # called with (round, members, contributions) after each commit (releases)
         self._peer_cache: tuple[float, list[str]] = (0.0, [])
         self._peers_changed_at = time.monotonic()  # the DHT's peer list changed (or this peer started) then
         self._last_members: list[str] = []  # the last commit step's voters and the participants it did not wait for
@@ -243,23 +243,24 @@ class SwarmLink:
             for t, d in zip(tensors, sent, strict=True):
                 t.copy_(d)
         if len(expected) < 2:
-            return self._alone(sent, "no other peer online")
+            return self._alone(sent, weight, "no other peer online")
         if self._too_late(round_):
-            return self._alone(sent, "the round's group formed before this peer was ready")
+            return self._alone(sent, weight, "the round's group formed before this peer was ready")
         base = {"round": round_, "base": self.peer.digest}
         timeout = self.cfg.sync.matchmaking_time_s + 2 * self.cfg.sync.request_timeout_s
         log.info("round %d: averaging (expecting %d peers)", round_, len(expected))
         res = self.averager.step(
             weight=weight,
             timeout=timeout,
-            gather=base,
+            gather={**base, "samples": int(weight)},
             expected_size=len(expected),
             round_=round_,
             give_up=lambda: self._committed_by_others(round_),
         )
-        mixed = res.succeeded and any(v != base for v in res.gathered.values())
+        mixed = res.succeeded and not all(_same_base(v, base) for v in res.gathered.values())
         if not res.succeeded or mixed or res.group_size < 2:
-            return self._alone(sent, "group of another round or state" if mixed else (res.reason or "alone"))
+            why = "group of another round or state" if mixed else (res.reason or "alone")
+            return self._alone(sent, weight, why)
         with self.averager.get_tensors() as tensors:
             mean = [t.clone() for t in tensors]
         if self.residuals:
@@ -275,6 +276,7 @@ class SwarmLink:
             reason="" if res.complete else f"reducers failed: {len(res.failed_reducers)}",
             bytes_sent=moved,
             bytes_received=moved,
+            contributions={peer: _claimed_samples(v) for peer, v in sorted(res.gathered.items())},
         )
 
     def _broadcast(self, round_: int, sent: list[torch.Tensor], samples: int, expected: set[str]) -> ExchangeOutcome:
@@ -296,6 +298,7 @@ class SwarmLink:
             bytes_sent=res.bytes_sent,
             bytes_received=res.bytes_received,
             refused=refused,
+            contributions=res.samples,
         )
 
     def _committed_by_others(self, round_: int) -> bool:
@@ -320,11 +323,11 @@ class SwarmLink:
             log.debug("digest check failed: %s", e)
             return False
 
-    def _alone(self, sent: list[torch.Tensor], reason: str) -> ExchangeOutcome:
+    def _alone(self, sent: list[torch.Tensor], weight: float, reason: str) -> ExchangeOutcome:
         if self.residuals:  # our full compensated delta is applied: nothing left over
             for r in self.residuals:
                 r.zero_()
-        return ExchangeOutcome(mean_delta=sent, reason=reason)
+        return ExchangeOutcome(mean_delta=sent, reason=reason, contributions={self.identity.peer_id: int(weight)})
 
     def agree(self, round_: int, outcome: ExchangeOutcome) -> Agreement:
         """The commit step: the digest most of the round's participants hold wins; re-sync if it is not ours."""
@@ -361,7 +364,7 @@ class SwarmLink:
                 log.warning("round %d: caught up to the swarm's round %d instead", round_, self.peer.round)
         return agreement
 
-    def after_commit(self, round_: int, samples_per_s: float, members: list[str]) -> None:
+    def after_commit(self, round_: int, samples_per_s: float, outcome: ExchangeOutcome) -> None:
         """Serve the committed state (our "digest" message announced it); offer it in the DHT only every third of
         the offer's lifetime, or when the commit step needed the DHT. The peer record (round, digest) is stored at
         once after this process's first commit (``swarm peers`` and joinability checks see a committed round),
@@ -380,7 +383,7 @@ class SwarmLink:
             self._run_published_at = time.monotonic()
             self._in_background(self.publish_run)
         for hook in self.commit_hooks:
-            hook(round_, members)
+            hook(round_, outcome.members, outcome.contributions)
 
     def catch_up(self) -> bool:
         """Late join: adopt the swarm's latest committed state (verified) if it is ahead of this peer; then tell
@@ -455,3 +458,14 @@ class Publisher:
 
 def _info(t: torch.Tensor) -> CompressionInfo:
     return CompressionInfo.from_tensor(t)
+
+
+def _same_base(gathered: object, base: dict) -> bool:
+    """A group member's gathered data (hostile: any msgpack value) names our round and base state."""
+    return isinstance(gathered, dict) and all(gathered.get(k) == v for k, v in base.items())
+
+
+def _claimed_samples(gathered: dict) -> int:
+    """The samples a member claimed in its gathered data (0 if it claimed none or nonsense: it is a record)."""
+    n = gathered.get("samples")
+    return n if type(n) is int and 0 <= n < 2**40 else 0

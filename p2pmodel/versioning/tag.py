@@ -259,6 +259,28 @@ def verify_tag(
         raise _bad("metrics are not the median of the votes")
 
 
+def contributors(cert: dict) -> tuple[list[list], int]:
+    """Who contributed to the rounds since the parent tag, as the tag's votes record it: the [[peer, samples], ...]
+    list carried by the most accepting votes (ties: the larger total of samples, then the smaller encoding), and
+    how many votes carry exactly that list. ([], 0) when no vote carries one. Each voter signed its own list (the
+    rounds it committed itself): a voter that joined late or re-synced in between lists less, and is not counted.
+    Call on a verified tag."""
+    lists: Counter[bytes] = Counter()
+    for data in cert["votes"]:
+        body, _ = open_signed(data, VOTE_KIND, MAX_VOTE_BYTES)
+        if "contributors" in body:
+            lists[canonical_pack(body["contributors"])] += 1
+    if not lists:
+        return [], 0
+
+    def rank(item: tuple[bytes, int]) -> tuple:
+        packed, count = item
+        return (-count, -sum(n for _, n in wire.unpack(packed, MAX_VOTE_BYTES)), packed)
+
+    best, count = min(lists.items(), key=rank)
+    return [list(e) for e in wire.unpack(best, MAX_VOTE_BYTES)], count
+
+
 def encode_tag(cert: dict) -> bytes:
     """Canonical msgpack bytes of a certificate."""
     return canonical_pack(cert)

@@ -9,7 +9,9 @@ A vote travels as ``sign_message(identity, VOTE_KIND, body)`` (swarm/signed.py);
      "metrics": {name: finite float}                        -- the voter's eval of the candidate
      "verdict": "accept" | "reject", "bump": "patch" | "minor" | "major"
      "voter": PeerID (must equal the signer), "electorate": electorate_hash(members of that round)
-     "time": unix seconds}
+     "time": unix seconds
+     "contributors": [[PeerID, samples], ...]              -- optional: the voter's record of whose updates the
+                                                               rounds since the parent used (sorted, unique)}
 
 ``check_vote_body`` is the schema gate every received vote passes before anything looks at it; counting
 happens only in ``quorum.VoteBox`` and ``tag.verify_tag``.
@@ -27,11 +29,12 @@ from p2pmodel.versioning.semver import Version, next_version
 VOTE_KIND = "vote"
 BUMPS = ("patch", "minor", "major")
 VERDICTS = ("accept", "reject")
-MAX_VOTE_BYTES = 8 << 10  # a signed vote with 32 metrics of 64-char names and an RSA-4096 key is < 5 KiB
+MAX_VOTE_BYTES = 24 << 10  # 32 metrics of 64-char names, 256 contributors and an RSA-4096 key: < 20 KiB
 MAX_METRICS = 32
 MAX_METRIC_NAME = 64
 MAX_ID_CHARS = 128  # run ids, PeerIDs
 MAX_ELECTORATE = 1024
+MAX_CONTRIBUTORS = 256  # per vote; a voter that recorded more lists those with the most samples
 
 VOTE_FIELDS = (
     "bump",
@@ -48,6 +51,7 @@ VOTE_FIELDS = (
     "version",
     "voter",
 )
+OPTIONAL_VOTE_FIELDS = ("contributors",)
 
 
 class VoteError(WireError, ValueError):
@@ -77,6 +81,16 @@ def electorate_hash(members: list[str]) -> str:
     return sha256_hex(canonical_pack(sorted(set(members))))
 
 
+def is_contributor_list(v: object) -> bool:
+    """[[PeerID, samples], ...] sorted by PeerID without repeats, at most MAX_CONTRIBUTORS."""
+    return (
+        isinstance(v, list)
+        and len(v) <= MAX_CONTRIBUTORS
+        and all(isinstance(e, list) and len(e) == 2 and is_id(e[0]) and is_count(e[1]) for e in v)
+        and all(a[0] < b[0] for a, b in zip(v, v[1:], strict=False))
+    )
+
+
 def _fail(field: str, value: object) -> VoteError:
     return VoteError(f"vote field {field!r} is invalid: {value!r:.80}")
 
@@ -104,9 +118,11 @@ def _canonical_version(body: dict, field: str) -> Version:
 
 def check_vote_body(body: dict) -> dict:
     """Return ``body`` if it is exactly a valid vote body; else VoteError (a WireError) naming the field."""
-    if not isinstance(body, dict) or set(body) != set(VOTE_FIELDS):
+    if not isinstance(body, dict) or not set(VOTE_FIELDS) <= set(body) <= {*VOTE_FIELDS, *OPTIONAL_VOTE_FIELDS}:
         got = sorted(map(str, body))[:20] if isinstance(body, dict) else type(body).__name__
-        raise VoteError(f"vote has fields {got}, expected {list(VOTE_FIELDS)}")
+        raise VoteError(f"vote has fields {got}, expected {list(VOTE_FIELDS)} (and optionally contributors)")
+    if "contributors" in body and not is_contributor_list(body["contributors"]):
+        raise _fail("contributors", body["contributors"])
     checks = {
         "run_id": is_id,
         "round": is_count,
@@ -158,6 +174,7 @@ def make_vote(
     voter: str,
     electorate: list[str],
     time: float,
+    contributors: list[list] | None = None,
 ) -> dict:
     """Build and validate a vote body (sign it with ``sign_message(identity, VOTE_KIND, body)``).
 
@@ -192,4 +209,6 @@ def make_vote(
         "electorate": members,
         "time": float(time) if isinstance(time, (int, float)) and not isinstance(time, bool) else time,
     }
+    if contributors is not None:
+        body["contributors"] = [list(e) for e in contributors]
     return check_vote_body(body)

@@ -90,12 +90,12 @@ def swarm(tmp_path_factory):
             seen = listed(maddr)
             if seen and set(WANT) <= {v["version"] for v in seen["versions"]}:
                 break
-        yield maddr, seen, root
+        yield maddr, seen, root, peers
 
 
 @pytest.mark.timeout(420)  # includes the module swarm's start (~2-3 min on 2 busy cores)
 def test_swarm_tags_listed_by_a_separate_process(swarm):
-    maddr, seen, _ = swarm
+    maddr, seen, *_ = swarm
     assert seen is not None, "versions list never succeeded"
     check_tags(seen["versions"])
     assert seen["run_name"] == "tiny" and len(seen["run_id"]) == 16
@@ -111,7 +111,7 @@ def test_pull_show_diff_plot(swarm, tmp_path):
     from p2pmodel.eval import state_digest
     from p2pmodel.models import build_model
 
-    maddr, seen, _ = swarm
+    maddr, seen, _, swarm_peers = swarm
     tags = check_tags(seen["versions"])
     dirs = {v: tmp_path / v for v in WANT}
     png = tmp_path / "plot" / "versions.png"
@@ -146,6 +146,17 @@ def test_pull_show_diff_plot(swarm, tmp_path):
     assert len(shown["vote_details"]) == shown["votes"] >= 2 and len(shown["electorate_peers"]) == 3
     assert all(v["signature"] == "valid" and v["verdict"] == "accept" for v in shown["vote_details"])
     assert {v["voter"] for v in shown["vote_details"]} <= set(shown["electorate_peers"])
+    # the authorship record: the contributors of rounds 1-2 as the votes record them, checked against the
+    # contributions each peer's round events reported (those that committed both rounds with a record of them)
+    credited = {c["peer"]: c["samples"] for c in shown["contributors"]}
+    assert credited and all(n > 0 for n in credited.values()), shown["contributors"]
+    assert set(credited) <= set(shown["electorate_peers"]), shown["contributors"]
+    tallies = []
+    for p in swarm_peers:
+        records = [e.get("contributions") for e in p.rounds() if e["round"] in (1, 2)]
+        if len(records) == 2 and all(records):
+            tallies.append({peer: sum(r.get(peer, 0) for r in records) for peer in set().union(*records)})
+    assert tallies.count(credited) >= shown["contributors_attested_by"] >= 2, (credited, tallies)
 
     diff = cli("versions", "diff", str(dirs["v0.1.0"]), str(dirs["v0.1.1"]), "--json", timeout_s=60)
     assert diff.returncode == 0, diff.stderr[-2000:]
@@ -161,7 +172,7 @@ def test_pull_show_diff_plot(swarm, tmp_path):
 
 @pytest.mark.timeout(240)
 def test_cli_errors_are_one_line_with_exit_codes(swarm, tmp_path):
-    maddr, _, _ = swarm
+    maddr, *_ = swarm
     dead_peer = "/ip4/127.0.0.1/tcp/1/p2p/" + maddr.rsplit("/p2p/", 1)[1]  # a real PeerID, nobody listening
     with ThreadPoolExecutor(3) as pool:
         unknown = pool.submit(cli, "versions", "show", "v9.9.9", "--initial-peers", maddr)
@@ -181,7 +192,7 @@ def test_allow_counts_only_the_listed_voters(swarm, tmp_path):
     few of the voters for a quorum) leaves none (in ``plot`` too), and a malformed PeerID is a usage error."""
     from p2pmodel.swarm.identity import Identity
 
-    maddr, _, _ = swarm
+    maddr, *_ = swarm
     shown = cli("versions", "show", "v0.1.0", "--initial-peers", maddr, "--json")
     assert shown.returncode == 0, shown.stderr[-2000:]
     electorate = json.loads(shown.stdout)["electorate_peers"]

@@ -79,7 +79,7 @@ class PeerView:
     def agree(self, round_: int, outcome) -> Agreement:
         return Agreement(winner=self.pair.peers[self.name].digest)
 
-    def after_commit(self, round_: int, samples_per_s: float, members) -> None:
+    def after_commit(self, round_: int, samples_per_s: float, outcome) -> None:
         pass
 
 
