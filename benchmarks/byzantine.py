@@ -51,11 +51,14 @@ AGGREGATORS = {
     "trimmed_mean": ["sync.aggregator=trimmed_mean"],
     "centered_clip": ["sync.aggregator=centered_clip"],
 }
-BROADCAST = ["sync.mode=broadcast", "compress.codec=sparse"]
+CODECS = ("sparse", "int4", "int8", "none")
 
 
-def run(workdir: Path, aggregator: str, attack: str | None, honest: int, rounds: int, timeout_s: float) -> dict:
-    overrides = [*FAST_ROUNDS, *BROADCAST, *AGGREGATORS[aggregator], f"run_name=byz-{workdir.name}"]
+def run(
+    workdir: Path, aggregator: str, attack: str | None, honest: int, rounds: int, timeout_s: float, codec: str
+) -> dict:
+    broadcast = ["sync.mode=broadcast", f"compress.codec={codec}"]
+    overrides = [*FAST_ROUNDS, *broadcast, *AGGREGATORS[aggregator], f"run_name=byz-{workdir.name}"]
     started = time.monotonic()
     with Harness(workdir, TINY, overrides) as swarm:
         swarm.start_bootstrap()
@@ -95,6 +98,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--honest", type=int, default=3, help="honest peers (an attack run adds one attacker)")
+    ap.add_argument("--codec", default="sparse", choices=CODECS, help="the updates' codec")
     ap.add_argument("--attacks", default=",".join(ATTACKS))
     ap.add_argument("--aggregators", default=",".join(AGGREGATORS))
     ap.add_argument("--timeout-s", type=float, default=None, help="limit per run [90 + 30 s per round]")
@@ -108,14 +112,15 @@ def main() -> None:
         print(f"error: unknown attack/aggregator {unknown} or bad --rounds/--honest", file=sys.stderr)
         raise SystemExit(2)
     timeout_s = args.timeout_s or 90 + 30 * args.rounds
-    out = {"benchmark": "byzantine", "rounds": args.rounds, "honest": args.honest, "load_avg_start": load()}
+    out = {"benchmark": "byzantine", "rounds": args.rounds, "honest": args.honest, "codec": args.codec}
+    out["load_avg_start"] = load()
     results = []
     with bench_workdir(args.workdir, args.keep, "byzantine") as workdir:
         for aggregator in aggregators:
             for attack in [None, *attacks]:
                 name = f"{aggregator}-{attack or 'clean'}"
                 progress(f"{name}: {args.honest} honest peer(s){' + 1 attacker' if attack else ''}")
-                res = run(workdir / name, aggregator, attack, args.honest, args.rounds, timeout_s)
+                res = run(workdir / name, aggregator, attack, args.honest, args.rounds, timeout_s, args.codec)
                 progress(f"{name}: val_loss {res['val_loss']}, one digest {res['one_digest']}")
                 results.append(res)
     clean = {r["aggregator"]: r["val_loss"] for r in results if r["attack"] is None}

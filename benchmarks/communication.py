@@ -333,6 +333,8 @@ def run_p2pmodel(ns: Netns, args, work: Path, deadline: float) -> dict:
             "--set",
             "logging.level=warning",
         ]
+        if args.codec == "sparse":  # each peer fetches every other's update and aggregates (issue 14)
+            cmd += ["--set", "sync.mode=broadcast"]
         for o in args.overrides:
             cmd += ["--set", o]
         for m in maddrs:
@@ -361,6 +363,8 @@ def run_ideal(args) -> dict:
     not wire bytes, so it gets no byte ratio."""
     cmd = [sys.executable, str(SIM), "--method", "diloco", "--peers", str(args.peers), "--steps", str(args.steps)]
     cmd += ["--inner-steps", str(args.inner_steps), "--codec", args.codec, "--config", str(args.config)]
+    if args.codec == "sparse":  # broadcast: every peer aggregates the decoded updates; nothing is re-encoded
+        cmd += ["--exact-mean"]
     for o in args.overrides:
         cmd += ["--set", o]
     t0 = time.monotonic()
@@ -424,7 +428,12 @@ def main() -> None:
     ap.add_argument("--peers", type=int, default=4)
     ap.add_argument("--steps", type=int, default=300, help="inner steps (optimizer steps) per peer")
     ap.add_argument("--inner-steps", type=int, default=50, help="H: steps between averaging rounds")
-    ap.add_argument("--codec", default="int4", choices=["none", "fp16", "int8", "int4"], help="p2pmodel's codec")
+    ap.add_argument(
+        "--codec",
+        default="int4",
+        choices=["none", "fp16", "int8", "int4", "sparse"],
+        help="p2pmodel's codec (sparse: broadcast mode, sync.mode=broadcast)",
+    )
     ap.add_argument("--modes", default="ddp,hivemind,p2pmodel", help=f"comma-separated, from {','.join(ALL_MODES)}")
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "tiny.toml")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override for every mode")
