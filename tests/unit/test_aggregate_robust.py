@@ -102,6 +102,10 @@ def test_screen_refuses_broken_and_oversized_contributions_with_reasons():
     assert by_peer["x-nosamples"].reason == "no samples"
     assert "x median" in by_peer["x-huge"].reason and not by_peer["x-huge"].accepted
     assert all(by_peer[c.peer_id].accepted for c in honest)
+    # sync.max_norm_ratio = 0: no norm bound, the rest of the screen unchanged
+    accepted, verdicts = screen(inputs, SHAPES, norm_factor=0)
+    assert sorted(c.peer_id for c in accepted) == sorted([c.peer_id for c in honest] + ["x-huge"])
+    assert {v.peer_id for v in verdicts if not v.accepted} == {"x-nan", "x-shape", "x-dtype", "x-nosamples"}
 
 
 @pytest.mark.timeout(10)
