@@ -3,8 +3,6 @@ every certificate is verified (signatures, quorum, parent chain) before it is sh
 
 import contextlib
 import json
-import shutil
-import statistics
 import tempfile
 from pathlib import Path
 
@@ -12,9 +10,11 @@ import typer
 from rich.table import Table
 
 from p2pmodel.cli.output import default_is, emit_json, print_table
+from p2pmodel.cli.versions_files import creatable as _creatable
+from p2pmodel.cli.versions_files import diff, merge
+from p2pmodel.cli.versions_files import new_dir as _new_dir
 from p2pmodel.core.errors import SwarmError, UsageError
 from p2pmodel.core.logging import setup_logging
-from p2pmodel.core.paths import writable_dir
 
 app = typer.Typer(help="List, verify, download and compare tagged versions.", no_args_is_help=True)
 PEERS = typer.Option(..., "--initial-peers", help="Multiaddr of any swarm member (repeatable).")
@@ -254,104 +254,6 @@ def pull(
         typer.echo(f"{cert['version']} ({cert['digest'][:12]}) written to {out}")
 
 
-def _creatable(path: Path, what: str) -> None:
-    """UsageError unless ``path`` is a writable directory or could be created as one; creates nothing, so a
-    command that fails later (unknown version, unreachable swarm) leaves no empty directory behind."""
-    if path.exists():
-        if not path.is_dir():
-            raise UsageError(f"cannot use {what} {path}: not a directory")
-        writable_dir(path, what)
-        return
-    top = path.absolute()
-    while not top.parent.exists():
-        top = top.parent
-    try:  # the one reliable test (read-only file systems, /proc, root ignoring modes): make it, take it back
-        top.mkdir()
-        top.rmdir()
-    except OSError as e:
-        raise UsageError(f"cannot use {what} {path}: {e.strerror or e}") from None
-
-
-@contextlib.contextmanager
-def _new_dir(path: Path, what: str):
-    """Create ``path`` (parents too) for the writes inside; if they fail, remove what was created here."""
-    created = path.absolute()
-    while not created.parent.exists():
-        created = created.parent
-    created = None if path.exists() else created
-    writable_dir(path, what)
-    try:
-        yield path
-    except BaseException:
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
-        raise
-
-
-def _load_dir(path: Path) -> tuple[str, dict]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from p2pmodel.eval.digest import state_digest
-
-    try:
-        manifest = json.loads((path / "manifest.json").read_text())
-        version, digest = manifest["version"], manifest["digest"]
-        state = load_file(path / "model.safetensors")
-    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
-        raise UsageError(f"{path} is not a readable `versions pull` directory ({type(e).__name__}: {e})") from None
-    if state_digest(state) != digest:
-        raise UsageError(f"{path}: weights do not match the manifest's digest")
-    return str(version), state
-
-
-@app.command()
-def diff(a: Path, b: Path, as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
-    """Per-tensor change statistics between two pulled versions (directories written by `versions pull`)."""
-    for p in (a, b):
-        if not (p / "manifest.json").is_file():
-            raise UsageError(f"{p} is not a directory written by `p2pmodel versions pull`")
-    va, sa = _load_dir(a)
-    vb, sb = _load_dir(b)
-    if set(sa) != set(sb) or any(sa[n].shape != sb[n].shape for n in sa):
-        raise UsageError(f"{va} and {vb} have different parameter schemas (a MAJOR change)")
-    rows = []
-    for name in sorted(sa):
-        d = sb[name].float() - sa[name].float()
-        base = sa[name].float().norm().item()
-        rows.append(
-            {
-                "tensor": name,
-                "shape": list(sa[name].shape),
-                "l2_change": d.norm().item(),
-                "relative_change": d.norm().item() / base if base else float("inf"),
-                "max_abs_change": d.abs().max().item() if d.numel() else 0.0,
-                "changed_fraction": (d != 0).float().mean().item() if d.numel() else 0.0,
-            }
-        )
-    summary = {
-        "from": va,
-        "to": vb,
-        "tensors": rows,
-        "median_relative_change": statistics.median(r["relative_change"] for r in rows) if rows else 0.0,
-    }
-    if as_json:
-        emit_json(summary)
-        return
-    table = Table(title=f"{va} → {vb}")
-    for col in ("tensor", "shape", "rel. change", "max |Δ|", "changed"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        table.add_row(
-            r["tensor"],
-            "×".join(map(str, r["shape"])),
-            f"{r['relative_change']:.4f}",
-            f"{r['max_abs_change']:.3g}",
-            f"{100 * r['changed_fraction']:.1f}%",
-        )
-    print_table(table)
-
-
 @app.command()
 def plot(
     initial_peers: list[str] = PEERS,
@@ -431,3 +333,7 @@ def propose(
         emit_json(body)
     else:
         typer.echo(f"proposed a {bump} release on top of {after or 'the genesis'} for run {rid}")
+
+
+app.command()(diff)
+app.command()(merge)
