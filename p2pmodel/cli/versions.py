@@ -1,4 +1,4 @@
-"""``p2pmodel versions list|show|pull|diff``: read the swarm's tags as a light client (no training, no GPU);
+"""``p2pmodel versions list|log|show|pull|plot|propose``: read the swarm's tags as a light client (no training, no GPU);
 every certificate is verified (signatures, quorum, parent chain) before it is shown or used."""
 
 import contextlib
@@ -105,6 +105,55 @@ def list_(
             c["parent"] or "-",
         )
     print_table(table)
+
+
+@app.command()
+def log(
+    initial_peers: list[str] = PEERS,
+    run_id: str = RUN,
+    allow: list[str] = ALLOW,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """The run's history, newest version first, like `git log --stat`: each version's rounds since its parent,
+    its validation loss and the change from the parent, its votes and who contributed (each tag verified)."""
+    from p2pmodel.versioning.tag import contributors
+
+    rid, run, certs = _tags(initial_peers, run_id, allow)
+    entries = []
+    for i, c in enumerate(certs):
+        parent = certs[i - 1] if i else None
+        loss, before = c["metrics"].get("val_loss"), parent["metrics"].get("val_loss") if parent else None
+        credited, attested = contributors(c)
+        entries.append(
+            {
+                **_summary(c),
+                "rounds": [parent["round"] + 1 if parent else 1, c["round"]],
+                "val_loss_change": loss - before if loss is not None and before is not None else None,
+                "contributors": [{"peer": p, "samples": n} for p, n in credited],
+                "contributors_attested_by": attested,
+            }
+        )
+    entries.reverse()
+    if as_json:
+        emit_json({"run_id": rid, "run_name": run.get("run_name"), "versions": entries})
+        return
+    if not entries:
+        typer.echo(f"run {rid} ({run.get('run_name')}): no version tagged yet")
+        return
+    for e in entries:
+        change = "" if e["val_loss_change"] is None else f" ({e['val_loss_change']:+.4f})"
+        typer.echo(f"{e['version']}  {e['digest']}")
+        typer.echo(f"  parent   {e['parent'] or '- (first version)'}")
+        typer.echo(f"  rounds   {e['rounds'][0]}-{e['rounds'][1]}    tagged {_utc(e['time'])}")
+        loss = e["metrics"].get("val_loss", float("nan"))
+        typer.echo(f"  val_loss {loss:.4f}{change}    votes {e['votes']}/{e['electorate']}")
+        total = sum(x["samples"] for x in e["contributors"])
+        if e["contributors"]:
+            who = f"{len(e['contributors'])} contributor(s), {total} samples"
+            typer.echo(f"  {who} (as {e['contributors_attested_by']} votes record them):")
+            for x in e["contributors"]:
+                typer.echo(f"    {x['samples']:>10}  {x['peer']}")
+        typer.echo("")
 
 
 def _version(text: str):

@@ -119,9 +119,10 @@ def test_pull_show_diff_plot(swarm, tmp_path):
     with ThreadPoolExecutor(4) as pool:  # independent light clients, side by side
         pulls = {v: pool.submit(cli, "versions", "pull", v, *peers, "-o", str(d), "--json") for v, d in dirs.items()}
         show = pool.submit(cli, "versions", "show", "v0.1.0", *peers, "--json")
+        log = pool.submit(cli, "versions", "log", *peers, "--json")
         plot = pool.submit(cli, "versions", "plot", *peers, "-o", str(png))
         pulls = {v: f.result() for v, f in pulls.items()}
-        show, plot = show.result(), plot.result()
+        show, plot, log = show.result(), plot.result(), log.result()
 
     cfg = load_config(TINY)
     for v, res in pulls.items():
@@ -157,6 +158,13 @@ def test_pull_show_diff_plot(swarm, tmp_path):
         if len(records) == 2 and all(records):
             tallies.append({peer: sum(r.get(peer, 0) for r in records) for peer in set().union(*records)})
     assert tallies.count(credited) >= shown["contributors_attested_by"] >= 2, (credited, tallies)
+
+    assert log.returncode == 0, log.stderr[-2000:]
+    history = json.loads(log.stdout)["versions"]  # newest first, each version's rounds since its parent
+    assert [v["version"] for v in history][-2:] == ["v0.1.1", "v0.1.0"], history
+    assert history[-1]["rounds"] == [1, 2] and history[-2]["rounds"] == [3, 4]
+    assert history[-1]["contributors"] == shown["contributors"] and history[-1]["val_loss_change"] is None
+    assert history[-2]["val_loss_change"] == history[-2]["metrics"]["val_loss"] - history[-1]["metrics"]["val_loss"]
 
     diff = cli("versions", "diff", str(dirs["v0.1.0"]), str(dirs["v0.1.1"]), "--json", timeout_s=60)
     assert diff.returncode == 0, diff.stderr[-2000:]
