@@ -17,6 +17,7 @@ from p2pmodel.core.errors import SwarmError, UsageError
 from p2pmodel.core.logging import setup_logging
 
 app = typer.Typer(help="List, verify, download and compare tagged versions.", no_args_is_help=True)
+MAX_HF_CONFIG_BYTES = 1 << 20
 PEERS = typer.Option(..., "--initial-peers", help="Multiaddr of any swarm member (repeatable).")
 RUN = typer.Option(None, "--run-id", help="Run to read. " + default_is("the only run online"))
 ALLOW = typer.Option(
@@ -275,7 +276,7 @@ def pull(
     from safetensors.torch import save
 
     from p2pmodel.eval.digest import state_digest
-    from p2pmodel.node.light import pull_state
+    from p2pmodel.node.light import pull_blob, pull_state
     from p2pmodel.versioning.atomic import atomic_write
 
     _version(version)
@@ -283,6 +284,10 @@ def pull(
     with _reading(initial_peers, run_id, allow) as (dht, rid, run, certs):
         cert = _find(certs, version)
         state = pull_state(dht, rid, cert)
+        model = run.get("model") if isinstance(run.get("model"), dict) else {}
+        hf = model.get("kind") == "hf"
+        if hf:  # its config, content-addressed by the sha256 the run record names; any peer of the run serves it
+            config_json = pull_blob(dht, rid, str(model.get("hf_config")), MAX_HF_CONFIG_BYTES, "the HF config")
     if state_digest(state) != cert["digest"]:  # pull_state verified the bytes; check the parse too
         raise UsageError("downloaded state does not match the tag's digest")
     manifest = {
@@ -293,9 +298,14 @@ def pull(
         "files": {"model.safetensors": "float32 parameters; sha256 of their canonical bytes = digest"},
     }
     with _new_dir(out, "--out"):  # created only now that there is something to write
-        atomic_write(
-            out / "model.safetensors", save(state, metadata={"digest": cert["digest"], "version": cert["version"]})
-        )
+        if hf:  # transformers' layout: AutoModelForCausalLM.from_pretrained(out) loads it
+            from p2pmodel.models.hf import export_pretrained
+
+            files = export_pretrained(config_json, state, int(model.get("seq_len") or 0), out)
+            manifest.update(format="hf", files={f: "written by transformers' save_pretrained" for f in files})
+        else:
+            meta = {"digest": cert["digest"], "version": cert["version"]}
+            atomic_write(out / "model.safetensors", save(state, metadata=meta))
         atomic_write(out / "manifest.json", json.dumps(manifest, indent=2, default=str).encode())
     if as_json:
         emit_json({"version": cert["version"], "digest": cert["digest"], "dir": str(out)})

@@ -57,7 +57,12 @@ def load_dir(path: Path) -> tuple[str, dict]:
     try:
         manifest = json.loads((path / "manifest.json").read_text())
         version, digest = manifest["version"], manifest["digest"]
-        state = load_file(path / "model.safetensors")
+        if manifest.get("format") == "hf":  # transformers' layout and names (versions pull of a model.kind = "hf")
+            from p2pmodel.models.hf import pretrained_state
+
+            state = pretrained_state(path)
+        else:
+            state = load_file(path / "model.safetensors")
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
         raise UsageError(f"{path} is not a readable `versions pull` directory ({type(e).__name__}: {e})") from None
     if state_digest(state) != digest:

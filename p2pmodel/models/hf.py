@@ -105,3 +105,36 @@ def build_hf_model(model_cfg) -> HFCausalLM:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"model.hf_config_path: no causal LM for {model_cfg.hf_config_path}: {first}") from None
     return HFCausalLM(lm.float(), model_cfg.seq_len)
+
+
+PREFIX = "lm."  # HFCausalLM's parameter names are the transformers model's, under its ``lm`` attribute
+
+
+def export_pretrained(config_json: bytes, state: dict[str, torch.Tensor], seq_len: int, out: Path) -> list[str]:
+    """Write ``state`` (this project's parameter names) into ``out`` as transformers writes a model
+    (config.json + model.safetensors, tied weights once), so ``AutoModelForCausalLM.from_pretrained(out)`` loads
+    it; returns the files written. ``config_json``: the run's config file, as its sha256 in the run record says."""
+    import tempfile
+
+    transformers = _import_transformers()
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        (Path(tmp) / "config.json").write_bytes(config_json)
+        hf_config = transformers.AutoConfig.from_pretrained(tmp, local_files_only=True)
+        model = HFCausalLM(transformers.AutoModelForCausalLM.from_config(hf_config).float(), seq_len)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        tied = {n for n in missing if n not in dict(model.named_parameters())}  # a tied duplicate's second name
+        if unexpected or set(missing) - tied:
+            raise ValueError(f"the state does not fit the config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        saved = Path(tmp) / "saved"
+        model.lm.save_pretrained(saved, safe_serialization=True)
+        files = sorted(p.name for p in saved.iterdir())
+        for name in files:
+            os.replace(saved / name, out / name)
+    return files
+
+
+def pretrained_state(directory: Path) -> dict[str, torch.Tensor]:
+    """The model.safetensors ``export_pretrained`` wrote, under this project's parameter names."""
+    from safetensors.torch import load_file
+
+    return {PREFIX + name: t for name, t in load_file(str(directory / "model.safetensors")).items()}

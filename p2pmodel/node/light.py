@@ -144,21 +144,29 @@ def sync_tags(dht, run_id: str, ledger) -> int:
 
 def pull_state(dht, run_id: str, cert: dict, timeout_s: float = 300.0) -> dict:
     """Download the tagged state from a peer holding it; verified by digest (the canonical bytes' sha256)."""
-    from p2pmodel.core.errors import P2PModelError, SwarmError
     from p2pmodel.eval.digest import parse_canonical
+
+    what = cert["version"]
+    return parse_canonical(pull_blob(dht, run_id, cert["digest"], 16 << 30, what, cert["electorate"], timeout_s))
+
+
+def pull_blob(dht, run_id: str, blob_id: str, max_bytes: int, what: str, prefer=(), timeout_s: float = 300.0):
+    """The blob ``blob_id`` (its sha256, checked) from the first of the run's peers that serves it, the peers in
+    ``prefer`` first; SwarmError naming each peer's failure when none does."""
+    from p2pmodel.core.errors import P2PModelError, SwarmError
     from p2pmodel.swarm.blobs import fetch_blob
     from p2pmodel.swarm.records import list_peer_records
 
     candidates = [r["peer_id"] for r in list_peer_records(dht, run_id)]
-    voters = {v for v in cert.get("electorate", [])}
-    candidates.sort(key=lambda p: p not in voters)
+    first = set(prefer)
+    candidates.sort(key=lambda p: p not in first)
     errors = []
     for peer in candidates:
         try:
-            return parse_canonical(fetch_blob(dht, peer, cert["digest"], 16 << 30, timeout_s=timeout_s))
+            return fetch_blob(dht, peer, blob_id, max_bytes, timeout_s=timeout_s)
         except (P2PModelError, ValueError) as e:
             errors.append(f"{peer[:12]}: {e}")
-    raise SwarmError(f"no peer could serve {cert['version']} ({'; '.join(errors) or 'no peer online'})")
+    raise SwarmError(f"no peer could serve {what} ({'; '.join(errors) or 'no peer online'})")
 
 
 def fetch_history(dht, run_id: str) -> dict[int, float]:

@@ -20,7 +20,9 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from hivemind.compression import CompressionInfo
@@ -28,6 +30,7 @@ from hivemind.utils.logging import use_hivemind_log_handler
 
 from p2pmodel.compress import make_codec
 from p2pmodel.core.errors import P2PModelError
+from p2pmodel.core.ids import sha256_hex
 from p2pmodel.eval.digest import canonical_bytes
 from p2pmodel.gossip import Gossip, GossipConfig
 from p2pmodel.node.broadcast import Broadcast
@@ -115,6 +118,8 @@ class SwarmLink:
                 self.dht, identity, peer, s.record_ttl_s * 10, cfg.sync.download_timeout_s, votes=self.commit
             )
             self.providers = [self.offers.serve, self._stored_state]  # blob id → bytes, first hit wins
+            if cfg.model.kind == "hf":  # light clients fetch it to write a pulled version transformers can load
+                self.providers.append(_file_provider(cfg.model.hf_config_path))
             if cfg.sync.mode == "broadcast":
                 self.broadcast = Broadcast(
                     self.gossip,
@@ -469,3 +474,12 @@ def _claimed_samples(gathered: dict) -> int:
     """The samples a member claimed in its gathered data (0 if it claimed none or nonsense: it is a record)."""
     n = gathered.get("samples")
     return n if type(n) is int and 0 <= n < 2**40 else 0
+
+
+def _file_provider(path: str) -> Callable[[str], bytes | None]:
+    """Serves one small file (the HF config; a directory means its config.json) under its sha256, the id the run
+    record names."""
+    p = Path(path)
+    data = (p / "config.json" if p.is_dir() else p).read_bytes()
+    blob_id = sha256_hex(data)
+    return lambda wanted: data if wanted == blob_id else None

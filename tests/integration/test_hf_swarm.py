@@ -1,19 +1,24 @@
 """A transformers GPT-2 built from a small local config (configs/hf-gpt2-tiny.toml) trains in a real 2-peer swarm:
 bootstrap + 2 ``peer run`` processes on 127.0.0.1 commit two consecutive rounds as a group of 2 with one digest,
-and the validation loss falls below the initial evaluation. Skipped only when the ``hf`` extra is absent.
+and the validation loss falls below the initial evaluation; ``versions pull`` of its first tag writes a directory
+that ``transformers.AutoModelForCausalLM.from_pretrained`` loads, computing the same logits as the swarm's model.
+Skipped only when the ``hf`` extra is absent.
 
 The peers run until both have averaged together: one that starts first (importing transformers takes seconds
 on a loaded CI machine) trains alone meanwhile, and a fixed --max-rounds would let it finish before the other
 arrives (an alone round here takes 0.3 s)."""
 
+import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("transformers")
+import torch  # noqa: E402
 
-from p2pmodel.node.launch import LocalSwarm  # noqa: E402
+from p2pmodel.node.launch import LocalSwarm, cli_argv  # noqa: E402
 from p2pmodel.testing.swarm import round_event, stop_all, wait_round  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,6 +57,7 @@ def test_hf_gpt2_trains_in_a_two_peer_swarm(tmp_path):
         first = max(ev["round"] for ev in firsts)
         last = first + JOINT_ROUNDS - 1
         wait_round(peers, last, timeout_s=60)
+        pulled = _pull(swarm.maddr, "v0.1.0", tmp_path / "v0.1.0")  # tagged at round 2 (release_every = 2)
         stop_all(peers)
         for p in peers:
             assert p.proc.returncode == 0, f"{p.name} exit {p.proc.returncode}:\n{p.stderr_tail()}"
@@ -68,3 +74,30 @@ def test_hf_gpt2_trains_in_a_two_peer_swarm(tmp_path):
         final = [round_event(p, last) for p in peers]
         assert final[0]["val_loss"] == final[1]["val_loss"]
         assert final[0]["val_loss"] < initial, f"val_loss {final[0]['val_loss']:.4f} vs initial {initial:.4f}"
+
+    # the pulled version loads with transformers alone, and computes what the swarm's model computes
+    import transformers
+
+    from p2pmodel.cli.versions_files import load_dir
+    from p2pmodel.config import load_config
+    from p2pmodel.models import build_model
+
+    lm = transformers.AutoModelForCausalLM.from_pretrained(str(pulled), local_files_only=True)
+    _, state = load_dir(pulled)  # the same files under this project's names, checked against the tag's digest
+    cfg = load_config(RECIPE, OVERRIDES)
+    ours = build_model(cfg.model, 0)
+    ours.load_state_dict(state, strict=False)
+    x = torch.randint(0, cfg.model.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    lm.eval(), ours.eval()
+    with torch.no_grad():
+        assert torch.equal(lm(input_ids=x).logits, ours(x)[0])
+
+
+def _pull(maddr: str, version: str, out: Path) -> Path:
+    argv = cli_argv() + ["versions", "pull", version, "--initial-peers", maddr, "-o", str(out), "--json"]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout)["version"] == version
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format"] == "hf" and {"config.json", "model.safetensors"} <= set(manifest["files"]), manifest
+    return out
