@@ -286,8 +286,9 @@ def pull(
         state = pull_state(dht, rid, cert)
         model = run.get("model") if isinstance(run.get("model"), dict) else {}
         hf = model.get("kind") == "hf"
-        if hf:  # its config, content-addressed by the sha256 the run record names; any peer of the run serves it
-            config_json = pull_blob(dht, rid, str(model.get("hf_config")), MAX_HF_CONFIG_BYTES, "the HF config")
+        if hf:  # its config, content-addressed by the sha256 the run's spec names; any peer of the run serves it
+            config_id = str((run.get("spec") or {}).get("model.hf_config"))
+            config_json = pull_blob(dht, rid, config_id, MAX_HF_CONFIG_BYTES, "the HF config")
     if state_digest(state) != cert["digest"]:  # pull_state verified the bytes; check the parse too
         raise UsageError("downloaded state does not match the tag's digest")
     manifest = {
