@@ -18,16 +18,31 @@ of the same aggregator (1.0 = the attack did nothing). Runs are sequential (2 co
 
 Run: python benchmarks/byzantine.py [--rounds 6] [--attacks flip4,scale100] [--aggregators mean,trimmed_mean]
 
-Measured 2026-12-02 11:00 UTC (``--rounds 5``, defaults otherwise, 2 cores, load average 2.5-5.3), val loss and
-vs_clean; every run committed one digest across all four peers in every round:
-  aggregator     clean   flip4          scale100       noise          replay
+Measured 2026-12-02 12:29-12:48 UTC (``--rounds 5 --aggregators mean_unscreened,mean,centered_clip``, sparse
+codec, 2 cores, load average 3.6-6.8), val loss (vs_clean); every run committed one digest across all four peers
+in every round:
+  aggregator       clean  flip4          scale100         noise          replay
+  mean_unscreened  2.779  6.669 (2.400)  285.6 (102.8)    2.948 (1.061)  2.738 (0.985)
+  mean             2.713  6.148 (2.266)  2.720 (1.003)    2.918 (1.075)  2.693 (0.993)
+  centered_clip    2.706  3.025 (1.118)  2.717 (1.004)    2.931 (1.083)  2.779 (1.027)
+  aggregator       silent         nan            alie
+  mean_unscreened  2.725 (0.981)  2.784 (1.002)  2.713 (0.976)
+  mean             2.664 (0.982)  2.676 (0.986)  2.713 (1.000)
+  centered_clip    2.749 (1.016)  2.776 (1.026)  2.641 (0.976)
+Refused in all 5 rounds under every aggregator: nan ("sparse: message carries NaN/Inf scales", at decoding, so
+no aggregator ever sees it) and silent ("fetch: ... could not serve"); scale100 by the norm screen ("norm ... > 4 x
+median") wherever it is on, flip4 in 1 round of 5 (its norm sits at the bound). Without the screen one x100 update
+ruins the plain mean (loss 286). Centered clipping bounds flip4 to +12 % and noise to +8 % in this run (the
+previous run of 11:00: 0.997 and 1.038); differences of a few % are run-to-run noise (the same clean run twice:
+2.673 and 2.765). The earlier run (11:00, --rounds 5, mean / trimmed_mean / centered_clip, 4 attacks):
   mean           2.737   6.511 (2.379)  2.670 (0.976)  2.905 (1.061)  2.747 (1.004)
   trimmed_mean   3.074   3.631 (1.181)  2.920 (0.950)  3.549 (1.155)  3.246 (1.056)
   centered_clip  2.765   2.757 (0.997)  2.850 (1.031)  2.871 (1.038)  2.670 (0.966)
-scale100 is refused by the norm screen in every round under every aggregator ("norm … > 4 x median"); flip4 (4x)
-only in some rounds, and the plain mean is ruined by it. The trimmed mean is poor here even without an attacker:
-with sparse updates, trimming per coordinate discards most of what each peer sent. The same clean run twice gave
-2.673 and 2.765 for centered_clip (the round's step counts depend on timing): differences of a few % are noise.
+The trimmed mean is poor here even without an attacker: with sparse updates, trimming per coordinate discards
+most of what each peer sent.
+
+Broadcast mode at 4 honest peers, 10 rounds (``--honest 4 --attacks '' --aggregators centered_clip --rounds 10``):
+one digest in every round with ``--codec int4`` (val loss 2.136) and ``--codec sparse`` (2.374).
 """
 
 from __future__ import annotations

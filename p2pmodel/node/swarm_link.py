@@ -363,6 +363,9 @@ class SwarmLink:
                 self.peer.digest[:12],
                 agreement.winner[:12],
             )
+            # the others did not wait for us: without this they assemble the next round without us too, and a
+            # peer that re-synced starts every round late, goes alone and re-syncs again (a chase)
+            self.pace.announce_join(round_ + 1)
             if not self.offers.resync(round_, agreement.winner) and self.catch_up():
                 # the swarm moved past that round before we got its state (we started a round behind): take the
                 # latest instead; the round loop commits it under its own round (node/round.py)
