@@ -55,6 +55,17 @@ Repeats with other seeds (--set train.seed=N: model init and data order), --mode
   2.164 2.189 2.241 2.136 2.177; the 2.356 above was the worst of six. At 300 steps it beats hivemind in 3 of 4
   seeds, at 1500 in both.
 
+Sparse broadcast against int4 all-reduce (issue 14's frontier point), measured 2026-12-02 12:48-12:59, --steps 300
+--inner-steps 50 --modes p2pmodel,ideal, same tokens (2400 samples per peer, 6 rounds), 4 peers:
+  codec / mode                 wire MB/peer  payload sent/peer  val loss  ideal (simulated)  p2pmodel / ideal
+  int4, all-reduce             6.80          4.28 MB            2.141     2.152              0.995
+  sparse (2 %), broadcast      3.03          0.69-0.73 MB       2.449     2.459              0.996
+The sparse codec sends 5.9x fewer payload bytes and 2.2x fewer on the wire (the rest is control traffic: DHT,
+gossip, commit step, ~2.3 MB per peer over the 6 rounds), and ends 14 % higher in loss at these tokens: at this
+size and run length it is a point with fewer bytes and a worse loss, not a better frontier. Both daemons match
+their simulated algorithm within 0.5 % (the ideal of sparse aggregates the decoded updates without re-encoding
+the mean, as broadcast mode does; the daemon's aggregate is centered clipping, the ideal's a plain mean).
+
 Why not within 3 % of ddp: the ideal algorithm (diloco_sim.py, int4, H=250, 4 peers) is at best 1.26x ddp's loss in
 every run length and inner lr tried, so no choice of run length closes it on this task:
   3000 steps (the recipe's train.total_steps, 12 rounds)   ideal 1.132  ddp 0.900  1.26x
