@@ -235,8 +235,10 @@ class SwarmLink:
 
     # --- Exchange ------------------------------------------------------------------------------------
     def round_closed(self, round_: int) -> bool:
-        """True once another peer finished ``round_`` at least the grace period ago: stop the inner phase."""
-        return self.pace.round_closed(round_, CLOSE_GRACE * self.cfg.sync.matchmaking_time_s)
+        """True once another peer finished ``round_`` at least the grace period ago, or already committed it (a
+        peer that started or caught up while the others were finishing the round): stop the inner phase."""
+        grace_s = CLOSE_GRACE * self.cfg.sync.matchmaking_time_s
+        return self.pace.round_closed(round_, grace_s) or self._committed_by_others(round_)
 
     def average(self, round_: int, delta: list[torch.Tensor], weight: float) -> ExchangeOutcome:
         self.pace.announce_ready(round_)
