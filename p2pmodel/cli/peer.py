@@ -28,9 +28,16 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="End with one JSON summary line on stdout."),
     log_format: str = typer.Option(None, "--log-format", help="text or json (overrides logging.format)."),
     status_port: int = typer.Option(None, "--status-port", help="Serve /status and /metrics on this port."),
+    fork: Path = typer.Option(
+        None, "--fork", help="Start a new lineage from a `versions pull` or `merge` directory (model.init_from)."
+    ),
 ):
     """Train in outer rounds of train.inner_steps steps; resume from the last committed round in --data-dir."""
+    import json
+
     overrides = list(set_)
+    if fork is not None:
+        overrides.append(f"model.init_from={json.dumps(str(fork.absolute()))}")
     if device:
         overrides.append(f"train.device={device}")
     if log_format:
@@ -38,7 +45,7 @@ def run(
     if status_port is not None:
         overrides.append(f"observability.status_port={status_port}")
     if initial_peers:
-        overrides.append("swarm.initial_peers=" + __import__("json").dumps(initial_peers))
+        overrides.append("swarm.initial_peers=" + json.dumps(initial_peers))
     cfg = load_config(config, overrides)
     _check_maddrs(cfg.swarm)
     setup_logging(cfg.logging.level, cfg.logging.format)

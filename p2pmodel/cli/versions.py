@@ -87,13 +87,17 @@ def list_(
 ):
     """Tags with digest, round, metrics and votes x/N (each certificate verified)."""
     rid, run, certs = _tags(initial_peers, run_id, allow)
+    origin = _forked_from(run)
     if as_json:
-        emit_json({"run_id": rid, "run_name": run.get("run_name"), "versions": [_summary(c) for c in certs]})
+        versions = [_summary(c) for c in certs]
+        emit_json({"run_id": rid, "run_name": run.get("run_name"), "forked_from": origin, "versions": versions})
         return
+    fork_note = f", forked from {origin['version']} of run {origin['run_id']}" if origin else ""
     if not certs:  # an empty table says less than this
-        typer.echo(f"run {rid} ({run.get('run_name')}): no version tagged yet (a candidate every release_every rounds)")
+        head = f"run {rid} ({run.get('run_name')}{fork_note})"
+        typer.echo(f"{head}: no version tagged yet (a candidate every release_every rounds)")
         return
-    table = Table(title=f"run {rid} ({run.get('run_name')}): {len(certs)} version(s)")
+    table = Table(title=f"run {rid} ({run.get('run_name')}{fork_note}): {len(certs)} version(s)")
     for col in ("version", "digest", "round", "val loss", "votes", "parent"):
         table.add_column(col, overflow="fold")
     for c in certs:
@@ -155,6 +159,18 @@ def log(
             for x in e["contributors"]:
                 typer.echo(f"    {x['samples']:>10}  {x['peer']}")
         typer.echo("")
+
+
+def _forked_from(run: dict) -> dict | None:
+    """Where a forked run's lineage came from, as its run record's spec says (``peer run --fork``); else None."""
+    spec = run.get("spec") if isinstance(run.get("spec"), dict) else {}
+    if spec.get("fork.digest") is None:
+        return None
+    return {
+        "run_id": spec.get("fork.from_run"),
+        "version": spec.get("fork.from_version"),
+        "digest": spec["fork.digest"],
+    }
 
 
 def _version(text: str):

@@ -49,25 +49,14 @@ def new_dir(path: Path, what: str):
 
 
 def load_dir(path: Path) -> tuple[str, dict]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from p2pmodel.eval.digest import state_digest
+    """(version, state) of a pulled directory, digest checked; UsageError (exit 2) if it is not one."""
+    from p2pmodel.versioning.pulled import read_pulled
 
     try:
-        manifest = json.loads((path / "manifest.json").read_text())
-        version, digest = manifest["version"], manifest["digest"]
-        if manifest.get("format") == "hf":  # transformers' layout and names (versions pull of a model.kind = "hf")
-            from p2pmodel.models.hf import pretrained_state
-
-            state = pretrained_state(path)
-        else:
-            state = load_file(path / "model.safetensors")
-    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
-        raise UsageError(f"{path} is not a readable `versions pull` directory ({type(e).__name__}: {e})") from None
-    if state_digest(state) != digest:
-        raise UsageError(f"{path}: weights do not match the manifest's digest")
-    return str(version), state
+        manifest, state = read_pulled(path)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return str(manifest.get("version")), state
 
 
 def diff(a: Path, b: Path, as_json: bool = typer.Option(False, "--json", help="Print JSON.")):

@@ -22,6 +22,18 @@ def _file_sha256(path: str | None) -> str | None:
         return None
 
 
+def _fork_origin(path: str) -> dict[str, str | None]:
+    """What a fork starts from, as its directory's manifest says (Peer checks the weights against the digest)."""
+    try:
+        manifest = json.loads((Path(path) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        manifest = {}
+    if not isinstance(manifest, dict):
+        manifest = {}
+    return {k: (str(manifest[m]) if manifest.get(m) is not None else None) for k, m in _FORK_FIELDS.items()}
+
+
+_FORK_FIELDS = {"digest": "digest", "from_run": "run_id", "from_version": "version"}
 SpecValue = str | int | float | bool | None
 
 
@@ -100,6 +112,11 @@ class ModelConfig(_Section):
     n_embd: int = Field(128, ge=8, le=16384, description="Embedding width; multiple of n_head.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout probability (0 keeps training deterministic).")
     hf_config_path: str | None = Field(None, description="Local transformers config.json (kind = 'hf').")
+    init_from: str | None = Field(
+        None,
+        description="A fork: a directory written by `versions pull` or `versions merge` whose state is this lineage's"
+        " genesis instead of the seed's random init (peer run --fork DIR).",
+    )
 
     @model_validator(mode="after")
     def _heads_divide_width(self):
@@ -252,10 +269,10 @@ class Config(_Section):
         differ: inner optimizer and batch (weighted by samples), group sizes and timings, device, logging."""
         # local paths differ between machines: the content they point at is what defines the run (the
         # validation set's fingerprint covers data and tokenizer; the HF config file is hashed here)
-        return {
+        spec = {
             "run_name": self.run_name,
             "model": {
-                **self.model.model_dump(exclude={"hf_config_path"}),
+                **self.model.model_dump(exclude={"hf_config_path", "init_from"}),
                 "hf_config": _file_sha256(self.model.hf_config_path),
             },
             "data": self.data.model_dump(exclude={"paths", "tokenizer_path"}),
@@ -266,6 +283,9 @@ class Config(_Section):
             ),
             "compress": self.compress.model_dump(),
         }
+        if self.model.init_from:  # a fork: its genesis state, and where it came from (run records carry it)
+            spec["fork"] = _fork_origin(self.model.init_from)
+        return spec
 
     def shared_spec(self, val_fingerprint: str) -> dict[str, SpecValue]:
         """The lineage spec as flat ``{"section.field": scalar}`` plus the validation set and protocol: the run id

@@ -38,7 +38,10 @@ class Peer:
             raise DataError(f"data has token id {self.corpus.max_token} but model.vocab_size is {cfg.model.vocab_size}")
         self.run_id = compute_run_id(cfg, self.corpus.fingerprint)
         self.store = Store(Path(data_dir))
-        self.model = build_model(cfg.model, cfg.train.seed).to(self.device)
+        self.model = build_model(cfg.model, cfg.train.seed)
+        if cfg.model.init_from:  # a fork: the lineage starts from a pulled (or merged) state
+            _load_fork(self.model, cfg.model.init_from)
+        self.model = self.model.to(self.device)
         self.names = [n for n, _ in self.model.named_parameters()]
         self.global_params = [p.detach().to("cpu", torch.float32).clone() for p in self.model.parameters()]
         self.trainer = InnerTrainer(self.model, cfg.train, self.device)
@@ -165,3 +168,22 @@ class Peer:
             self.last_report = EvalReport(**meta["eval"])
         log.info("resumed from round %d (digest %s)", self.round, self.digest[:12])
         return True
+
+
+def _load_fork(model: torch.nn.Module, path: str) -> None:
+    """Load the state of a `versions pull` / `versions merge` directory into ``model`` (ConfigError if the
+    directory is not one, its weights fail their digest, or they do not fit this model)."""
+    from p2pmodel.core.errors import ConfigError
+    from p2pmodel.versioning.pulled import read_pulled
+
+    try:
+        _, state = read_pulled(Path(path))
+    except ValueError as e:
+        raise ConfigError(f"model.init_from: {e}") from None
+    own = dict(model.named_parameters())
+    if set(state) != set(own) or any(state[n].shape != own[n].shape for n in own):
+        missing, extra = sorted(set(own) - set(state))[:2], sorted(set(state) - set(own))[:2]
+        raise ConfigError(f"model.init_from: {path} does not fit this model (missing {missing}, extra {extra})")
+    with torch.no_grad():
+        for name, p in own.items():
+            p.copy_(state[name])

@@ -122,6 +122,8 @@ async def _serve(
         await asyncio.to_thread(releases.sync_ledger)  # the swarm's tags before our first vote
         if peer.last_report is None:
             await asyncio.to_thread(peer.evaluate)
+        if on_round:  # where this peer starts: its run, round and state (a fork's genesis is the pulled digest)
+            on_round(summary(peer, {"event": "start"}))
         log.info(
             "peer %s run %s starts at round %d (val_loss %.4f)",
             peer.peer_id,
