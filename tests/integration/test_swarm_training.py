@@ -30,7 +30,17 @@ def test_three_peers_agree_every_round_and_beat_a_solo_peer(tmp_path):
     # Plain averaging of the deltas (outer lr 1, no momentum): at a few short rounds Nesterov's overshoot makes a
     # single peer's loss swing by ~0.1 from run to run (DESIGN.md §6: plain averaging wins short runs).
     # eval.batches=8 (FAST has 2): the swarm-vs-solo margin is a few percent, measure it on 4x the tokens
-    plain = FAST + ["sync.outer_lr=1.0", "sync.outer_momentum=0.0", "sync.nesterov=false", "eval.batches=8"]
+    # sync.matchmaking_time_s=6: a peer that starts a moment after the others (a loaded CI machine) still trains
+    # its 10 steps of round 1 (the round closes for it a third of the window after the first "ready"); with 2 s it
+    # stopped at 5 of 10, the round-1 mean moved less far (val 3.86 against 3.65) and the swarm lost to solo
+    # (2.585 vs 2.565). A complete group forms at once whatever the window.
+    plain = FAST + [
+        "sync.outer_lr=1.0",
+        "sync.outer_momentum=0.0",
+        "sync.nesterov=false",
+        "eval.batches=8",
+        "sync.matchmaking_time_s=6.0",
+    ]
     with LocalSwarm(tmp_path / "swarm", TINY, plain) as swarm, LocalSwarm(tmp_path / "solo", TINY, plain) as solo:
         swarm.start_bootstrap()
         peers = [swarm.start_peer(f"peer{i}", max_rounds=ROUNDS) for i in range(1, 4)]
