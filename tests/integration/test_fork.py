@@ -42,6 +42,7 @@ def _start_event(p: PeerProcess) -> dict:
     return ev
 
 
+@pytest.mark.scenario  # two peer processes: make test-scenarios (CI runs it too), keeping make test < 10 min
 @pytest.mark.timeout(200)
 def test_a_fork_starts_from_the_pulled_state_under_its_own_run_id(tmp_path):
     digest, _ = _pulled_dir(tmp_path / "v0.3.0", seed=123)
@@ -56,6 +57,7 @@ def test_a_fork_starts_from_the_pulled_state_under_its_own_run_id(tmp_path):
     assert [e["round"] for e in fork.rounds()] == [1]  # and it trains on from there
 
 
+@pytest.mark.scenario
 @pytest.mark.timeout(120)
 def test_a_fork_from_a_tampered_directory_is_refused_with_one_line(tmp_path):
     _, state = _pulled_dir(tmp_path / "v0.3.0", seed=5)
