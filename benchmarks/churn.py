@@ -67,6 +67,11 @@ Measured 2026-12-02 at the defaults (seed 0, 7 disruptions), 2-core machine shar
           every round, 0 processes left behind, 5/5 checkpoints load, a tag per departure window; round wall
           median 12.2 s (baseline 9.7 s), max 15.0 s = 1.54x the baseline median; of the 6 restarts whose first round
           fell within the 30, 5 averaged in that round with the others (round 23's went alone and re-synced).
+  Idle machine, 2026-12-02 (max round wall / baseline median; every other target met in every run):
+    11:55-12:13, with give_up (a peer still looking for a group stops once another committed): 1.443, 1.281
+    12:17  3.091: a joiner re-synced in rounds 17, 18 and 19 (a chase: nobody expected it after a re-sync)
+    12:59  2.241, after "join" on re-sync: the joiner trained a round the others had already committed (6 s)
+    14:12  1.517, after round_closed also ends the inner phase on another peer's digest (1 re-sync in the run)
 """
 
 from __future__ import annotations
