@@ -197,11 +197,10 @@ class Broadcast:
             sent = self._alie(round_, sent, expected, wait_s / 2, fetch_s)
         elif self.attack is not None:
             sent = self._forge(sent)
-        blob = pack_update(self.run_id, round_, self.codec, sent)
-        if self.attack == "nan":
-            blob = self._nan_blob(round_, sent)
-            own = self._decoded(honest, round_)
+        if self.attack == "nan":  # forged bytes no codec decodes: this peer's own view is its honest update
+            blob, own = self._nan_blob(round_, sent), self._decoded(honest, round_)
         else:
+            blob = pack_update(self.run_id, round_, self.codec, sent)
             own = unpack_update(blob, self.run_id, round_, self.codec, self.shapes)
         # error feedback follows the update this peer would have sent: an attacker's forgery does not compound
         reference = own if sent is honest else self._decoded(honest, round_)

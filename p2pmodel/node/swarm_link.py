@@ -323,9 +323,10 @@ class SwarmLink:
             return True
         if self._last_members:
             return False
+        if self._committed_by_others(round_):  # digests travel by gossip, the DHT is the fallback
+            return True
         try:
-            announced = set(self.commit.box.digests(round_)) or set(get_digests(self.dht, self.run_id, round_))
-            return bool(announced - {self.identity.peer_id})  # digests travel by gossip, the DHT is the fallback
+            return bool(set(get_digests(self.dht, self.run_id, round_)) - {self.identity.peer_id})
         except Exception as e:  # no answer: try to average
             log.debug("digest check failed: %s", e)
             return False
