@@ -2,7 +2,6 @@
 every certificate is verified (signatures, quorum, parent chain) before it is shown or used."""
 
 import contextlib
-import json
 import tempfile
 from pathlib import Path
 
@@ -120,8 +119,9 @@ def log(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """The run's history, newest version first, like `git log --stat`: each version's rounds since its parent,
-    its validation loss and the change from the parent, its votes and who contributed (each tag verified)."""
-    from p2pmodel.versioning.tag import contributors
+    its validation loss and the change from the parent, its votes, who contributed and the bytes of its patch
+    from the parent (`pull --from`; each tag verified)."""
+    from p2pmodel.versioning.tag import contributors, patch_refs
 
     rid, run, certs = _tags(initial_peers, run_id, allow)
     entries = []
@@ -129,6 +129,7 @@ def log(
         parent = certs[i - 1] if i else None
         loss, before = c["metrics"].get("val_loss"), parent["metrics"].get("val_loss") if parent else None
         credited, attested = contributors(c)
+        refs = patch_refs(c) if parent else None
         entries.append(
             {
                 **_summary(c),
@@ -136,6 +137,8 @@ def log(
                 "val_loss_change": loss - before if loss is not None and before is not None else None,
                 "contributors": [{"peer": p, "samples": n} for p, n in credited],
                 "contributors_attested_by": attested,
+                # the round objects its votes name (None: pulled whole only)
+                "patch_bytes": sum(size for _, size in refs[0]) if refs else None,
             }
         )
     entries.reverse()
@@ -152,6 +155,8 @@ def log(
         typer.echo(f"  rounds   {e['rounds'][0]}-{e['rounds'][1]}    tagged {_utc(e['time'])}")
         loss = e["metrics"].get("val_loss", float("nan"))
         typer.echo(f"  val_loss {loss:.4f}{change}    votes {e['votes']}/{e['electorate']}")
+        if e["patch_bytes"] is not None:
+            typer.echo(f"  patch    {e['patch_bytes']} bytes from {e['parent']} (versions pull --from)")
         total = sum(x["samples"] for x in e["contributors"])
         if e["contributors"]:
             who = f"{len(e['contributors'])} contributor(s), {total} samples"
@@ -280,57 +285,6 @@ def _certificate_lines(c: dict) -> list[str]:
 
 
 @app.command()
-def pull(
-    version: str,
-    initial_peers: list[str] = PEERS,
-    out: Path = typer.Option(..., "-o", "--out", help="Directory to write model.safetensors + manifest.json."),
-    run_id: str = RUN,
-    allow: list[str] = ALLOW,
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-):
-    """Download VERSION's weights (hash-verified) as safetensors with a manifest."""
-    from safetensors.torch import save
-
-    from p2pmodel.eval.digest import state_digest
-    from p2pmodel.node.light import pull_blob, pull_state
-    from p2pmodel.versioning.atomic import atomic_write
-
-    _version(version)
-    _creatable(out, "--out")
-    with _reading(initial_peers, run_id, allow) as (dht, rid, run, certs):
-        cert = _find(certs, version)
-        state = pull_state(dht, rid, cert)
-        model = run.get("model") if isinstance(run.get("model"), dict) else {}
-        hf = model.get("kind") == "hf"
-        if hf:  # its config, content-addressed by the sha256 the run's spec names; any peer of the run serves it
-            config_id = str((run.get("spec") or {}).get("model.hf_config"))
-            config_json = pull_blob(dht, rid, config_id, MAX_HF_CONFIG_BYTES, "the HF config")
-    if state_digest(state) != cert["digest"]:  # pull_state verified the bytes; check the parse too
-        raise UsageError("downloaded state does not match the tag's digest")
-    manifest = {
-        **_summary(cert),
-        "run_id": rid,
-        "run_name": run.get("run_name"),
-        "model": run.get("model"),
-        "files": {"model.safetensors": "float32 parameters; sha256 of their canonical bytes = digest"},
-    }
-    with _new_dir(out, "--out"):  # created only now that there is something to write
-        if hf:  # transformers' layout: AutoModelForCausalLM.from_pretrained(out) loads it
-            from p2pmodel.models.hf import export_pretrained
-
-            files = export_pretrained(config_json, state, int(model.get("seq_len") or 0), out)
-            manifest.update(format="hf", files={f: "written by transformers' save_pretrained" for f in files})
-        else:
-            meta = {"digest": cert["digest"], "version": cert["version"]}
-            atomic_write(out / "model.safetensors", save(state, metadata=meta))
-        atomic_write(out / "manifest.json", json.dumps(manifest, indent=2, default=str).encode())
-    if as_json:
-        emit_json({"version": cert["version"], "digest": cert["digest"], "dir": str(out)})
-    else:
-        typer.echo(f"{cert['version']} ({cert['digest'][:12]}) written to {out}")
-
-
-@app.command()
 def plot(
     initial_peers: list[str] = PEERS,
     out: Path = typer.Option(..., "-o", "--out", help="PNG file to write."),
@@ -413,3 +367,7 @@ def propose(
 
 app.command()(diff)
 app.command()(merge)
+
+from p2pmodel.cli.versions_pull import pull  # noqa: E402  (it uses the options and helpers above)
+
+app.command()(pull)

@@ -102,8 +102,9 @@ class BlockwiseCodec(Codec):
         codes = self._unpack(buffer[scales_end:], numel)
         padded = torch.zeros(n_blocks * bs, dtype=torch.float32)
         padded[:numel] = codes.to(torch.float32)
-        values = (padded.view(n_blocks, bs) * scales.unsqueeze(1)).reshape(-1)[:numel]
-        return values.to(dtype).reshape(shape)
+        values = (padded.view(n_blocks, bs) * scales.unsqueeze(1)).reshape(-1)[:numel].to(dtype)
+        check_finite(self, values, "values (a scale near the float range's end)")  # code x scale overflowed
+        return values.reshape(shape)
 
     def estimate_compression_ratio(self, info: CompressionInfo) -> float:
         return (self.bits + 32.0 / self.block_size) / get_num_bits(info.descriptor.dtype)

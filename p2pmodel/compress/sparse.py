@@ -128,7 +128,9 @@ class SparseTopKCodec(Codec):
             raise CodecError(f"{self.name}: offsets not strictly increasing within a chunk")
         values = (codes.to(torch.float32) - _LEVEL) * scales[owner]
         out[starts[owner] + offsets] = values
-        return out.to(dtype).reshape(shape)
+        out = out.to(dtype)
+        check_finite(self, out, "values (a scale near the float range's end)")  # code x scale overflowed
+        return out.reshape(shape)
 
     def estimate_compression_ratio(self, info: CompressionInfo) -> float:
         return (self.density * (16 + 2) + 32.0 / self.chunk) / 32.0

@@ -220,6 +220,9 @@ class VersioningConfig(_Section):
         0.01, ge=0, le=1, description="Relative val-loss increase still counted as no regression."
     )
     keep_tagged: int = Field(0, ge=0, description="Tagged states kept on disk and served (0 = all).")
+    keep_rounds: int = Field(
+        32, ge=0, le=100_000, description="Rounds whose patch objects (aggregate, momentum) are kept and served."
+    )
     allowlist: list[str] = Field(
         default_factory=list, description="Only these PeerIDs may vote (empty = the round's members)."
     )

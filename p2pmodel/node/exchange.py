@@ -16,6 +16,7 @@ class ExchangeOutcome:
     group_size: int = 1
     members: list[str] = field(default_factory=list)
     averaged: bool = False  # True when the delta is the group's weighted mean
+    applied: bool = True  # False: the safety net refused the mean (aggregate/guard.py); the state stays as it was
     reason: str = ""  # why the peer ended alone, when it did
     bytes_sent: int = 0
     bytes_received: int = 0

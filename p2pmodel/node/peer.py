@@ -14,6 +14,7 @@ from p2pmodel.eval import EvalReport, evaluate
 from p2pmodel.models import build_model
 from p2pmodel.sync.outer import OuterOptimizer
 from p2pmodel.train import InnerTrainer, pick_device
+from p2pmodel.versioning.patch_store import PatchStore
 from p2pmodel.versioning.store import Store
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class Peer:
             raise DataError(f"data has token id {self.corpus.max_token} but model.vocab_size is {cfg.model.vocab_size}")
         self.run_id = compute_run_id(cfg, self.corpus.fingerprint)
         self.store = Store(Path(data_dir))
+        self.patches = PatchStore(data_dir, cfg.versioning.keep_rounds)
         self.model = build_model(cfg.model, cfg.train.seed)
         if cfg.model.init_from:  # a fork: the lineage starts from a pulled (or merged) state
             _load_fork(self.model, cfg.model.init_from)
@@ -116,6 +118,44 @@ class Peer:
         e = self.cfg.eval
         self.last_report = evaluate(self.model, self.corpus.val, self.cfg.model.seq_len, e.batches, e.batch_size)
         return self.last_report
+
+    # --- patches (versioning/round_object.py) ----------------------------------------------------------------
+    def record_round(self, round_: int, parent: str, mean_delta: list[torch.Tensor], contributors: dict) -> None:
+        """Keep the round just committed as a round object: the aggregate that led from state ``parent`` to ours."""
+        from p2pmodel.versioning.round_object import encode_round
+
+        if not self.cfg.versioning.keep_rounds:
+            return
+        o, c = self.outer, self.cfg.compress
+        blob = encode_round(
+            run_id=self.run_id,
+            round_=round_,
+            parent=parent,
+            child=self.digest,
+            outer={"lr": o.lr, "momentum": o.momentum, "nesterov": o.nesterov},
+            codec_name=c.codec,
+            block_size=c.block_size,
+            contributors=contributors,
+            aggregate=dict(zip(self.names, mean_delta, strict=True)),
+        )
+        self.patches.put_round(round_, blob, parent, self.digest)
+
+    def momentum_state(self) -> dict[str, torch.Tensor]:
+        """The outer momentum by parameter name (parameters without a buffer yet are left out)."""
+        return {n: b for n, b in zip(self.names, self.outer.momentum_buffers, strict=True) if b is not None}
+
+    def patch_refs(self, parent: dict | None, round_: int) -> tuple[list[list] | None, str | None]:
+        """For a vote on ``round_``'s candidate: the round objects from the ``parent`` tag's state to ours (None
+        if this peer does not hold them all) and our outer momentum's blob id (kept so a pull can patch on)."""
+        from p2pmodel.eval.digest import canonical_bytes
+        from p2pmodel.versioning.votes import MAX_ROUND_REFS
+
+        if not self.cfg.versioning.keep_rounds:
+            return None, None
+        momentum = self.patches.put_momentum(round_, canonical_bytes(self.momentum_state()))
+        if parent is None or not 0 < round_ - parent["round"] <= MAX_ROUND_REFS:
+            return None, momentum
+        return self.patches.chain(parent["digest"], self.digest, parent["round"] + 1, round_), momentum
 
     # --- durability ------------------------------------------------------------------------------
     def private_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:

@@ -122,6 +122,7 @@ class Releases:
             electorate=members,
             time=time.time(),
             contributors=self.contributions.tally(parent["round"] if parent else 0, round_),
+            **self._patch_fields(parent, round_),
         )
         log.info(
             "round %d candidate %s: voting %s for %s%s",
@@ -136,6 +137,12 @@ class Releases:
         except P2PModelError as e:
             log.warning("could not publish our vote: %s", e)
         return True
+
+    def _patch_fields(self, parent: dict | None, round_: int) -> dict:
+        """The vote's "rounds" and "momentum" where this peer holds them: how a light client patches a pulled parent
+        into this candidate (versioning/round_object.py)."""
+        rounds, momentum = self.peer.patch_refs(parent, round_)
+        return {k: v for k, v in (("rounds", rounds), ("momentum", momentum)) if v is not None}
 
     def proposed_bump(self, parent_version: str) -> str:
         """PATCH unless an open proposal asks for more (the larger bump wins). A proposal made when version X was

@@ -76,7 +76,9 @@ def _inner_phase(peer, exchange: Exchange, round_: int, interrupted, on_step, be
 def _commit(peer, exchange: Exchange, round_: int, outcome: ExchangeOutcome, samples: int):
     """Outer step on the round's mean, commit step, evaluation, checkpoint: the same for both schedules. Returns
     the round committed: ``round_``, or the swarm's later round when the commit step had to catch up to it."""
-    peer.outer.step(outcome.mean_delta)  # θ_global ← OuterOpt(θ_global, mean Δ)
+    parent = peer.digest
+    if outcome.applied:  # else the safety net refused the mean: every peer keeps its state (aggregate/guard.py)
+        peer.outer.step(outcome.mean_delta)  # θ_global ← OuterOpt(θ_global, mean Δ)
     peer.load_global_into_local()
     peer.digest = ours = peer.global_digest()
     agreement = exchange.agree(round_, outcome)  # commit step: the digest most peers hold wins; else re-sync
@@ -88,6 +90,10 @@ def _commit(peer, exchange: Exchange, round_: int, outcome: ExchangeOutcome, sam
     peer.counters["bytes_received"] += outcome.bytes_received
     report = peer.evaluate()
     peer.commit(committed, members=outcome.members)  # digest + atomic checkpoint; a restart resumes here
+    if (
+        outcome.averaged and outcome.applied and peer.digest == ours and committed == round_
+    ):  # the round as a patch (round_object.py)
+        peer.record_round(round_, parent, outcome.mean_delta, outcome.contributions)
     return committed, agreement, report
 
 
@@ -169,7 +175,7 @@ def run_overlapped_round(
     landed: list[list[torch.Tensor]] = []  # θ_round_ (the real one), once the exchange is back
 
     def land(outcome: ExchangeOutcome) -> None:  # move the local trajectory from the stand-in onto the real θ
-        real = peer.outer.peek(outcome.mean_delta)
+        real = peer.outer.peek(outcome.mean_delta) if outcome.applied else [g.clone() for g in peer.global_params]
         peer.shift_local([r - s for r, s in zip(real, start, strict=True)])
         landed.append(real)
 

@@ -57,7 +57,7 @@ class PeerStatus:
         self.g_group.set(o.group_size)
         self.c_sent.inc(o.bytes_sent)
         self.c_recv.inc(o.bytes_received)
-        self.c_rounds.labels("averaged" if o.averaged else "alone").inc()
+        self.c_rounds.labels("not_applied" if not o.applied else "averaged" if o.averaged else "alone").inc()
         for peer_id in o.refused:
             self.c_refused.labels(peer_id).inc()
         self.g_sps.set(res.stats.samples / max(res.stats.seconds, 1e-9))
@@ -76,6 +76,7 @@ class PeerStatus:
             bytes_received=peer.counters["bytes_received"],
             last_averaging={
                 "averaged": o.averaged,
+                "applied": o.applied,  # False: the all-reduce safety net refused the mean (aggregate/guard.py)
                 "group_size": o.group_size,
                 "members": o.members,
                 "reason": o.reason,  # why this peer was left out of a group, when it was

@@ -28,6 +28,7 @@ import torch
 from hivemind.compression import CompressionInfo
 from hivemind.utils.logging import use_hivemind_log_handler
 
+from p2pmodel.aggregate.guard import NormGuard
 from p2pmodel.compress import make_codec
 from p2pmodel.core.errors import P2PModelError
 from p2pmodel.core.ids import sha256_hex
@@ -117,7 +118,8 @@ class SwarmLink:
             self.offers = StateOffers(
                 self.dht, identity, peer, s.record_ttl_s * 10, cfg.sync.download_timeout_s, votes=self.commit
             )
-            self.providers = [self.offers.serve, self._stored_state]  # blob id → bytes, first hit wins
+            # blob id → bytes, first hit wins; round objects and momentum blobs make patches between versions
+            self.providers = [self.offers.serve, self._stored_state, peer.patches.get]
             if cfg.model.kind == "hf":  # light clients fetch it to write a pulled version transformers can load
                 self.providers.append(_file_provider(cfg.model.hf_config_path))
             if cfg.sync.mode == "broadcast":
@@ -143,6 +145,7 @@ class SwarmLink:
             raise
 
     def _start_averaging(self, cfg, s) -> None:
+        self.guard = NormGuard()  # the all-reduce safety net
         self.averager = DeterministicAverager(
             self._buffers,
             self.dht,
@@ -275,12 +278,16 @@ class SwarmLink:
                 r.copy_(fresh)
         n = res.group_size
         moved = int(2 * (n - 1) / n * self.encoded_bytes)
+        unsafe = self.guard.check(mean)  # the same bytes at every member: every member decides the same
+        if unsafe:
+            log.warning("round %d: not applying the group's mean: %s", round_, unsafe)
         return ExchangeOutcome(
             mean_delta=mean,
             group_size=n,
             members=list(res.peer_ids),
             averaged=True,
-            reason="" if res.complete else f"reducers failed: {len(res.failed_reducers)}",
+            applied=not unsafe,
+            reason=unsafe or ("" if res.complete else f"reducers failed: {len(res.failed_reducers)}"),
             bytes_sent=moved,
             bytes_received=moved,
             contributions={peer: _claimed_samples(v) for peer, v in sorted(res.gathered.items())},

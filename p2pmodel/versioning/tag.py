@@ -281,6 +281,23 @@ def contributors(cert: dict) -> tuple[list[list], int]:
     return [list(e) for e in wire.unpack(best, MAX_VOTE_BYTES)], count
 
 
+def patch_refs(cert: dict) -> tuple[list[list], str] | None:
+    """How to reach this tag's state from its parent's by patch, as its accepting votes record it: (the round
+    objects [[id, bytes], ...] in order, the outer momentum blob id) that the most of them carry (ties: the smaller
+    encoding); None when no accepting vote carries both. Nothing here is trusted yet: a replay checks every object
+    against the parent and child digests, and the end against the tag's digest. Call on a verified tag."""
+    paths: Counter[bytes] = Counter()
+    for data in cert["votes"]:
+        body, _ = open_signed(data, VOTE_KIND, MAX_VOTE_BYTES)
+        if body.get("verdict") == "accept" and "rounds" in body and "momentum" in body:
+            paths[canonical_pack([body["rounds"], body["momentum"]])] += 1
+    if not paths:
+        return None
+    best = min(paths.items(), key=lambda item: (-item[1], item[0]))[0]
+    rounds, momentum = wire.unpack(best, MAX_VOTE_BYTES)
+    return [list(e) for e in rounds], momentum
+
+
 def encode_tag(cert: dict) -> bytes:
     """Canonical msgpack bytes of a certificate."""
     return canonical_pack(cert)

@@ -11,7 +11,10 @@ A vote travels as ``sign_message(identity, VOTE_KIND, body)`` (swarm/signed.py);
      "voter": PeerID (must equal the signer), "electorate": electorate_hash(members of that round)
      "time": unix seconds
      "contributors": [[PeerID, samples], ...]              -- optional: the voter's record of whose updates the
-                                                               rounds since the parent used (sorted, unique)}
+                                                               rounds since the parent used (sorted, unique)
+     "rounds": [[sha256 hex, bytes], ...]                   -- optional: the round objects (round_object.py) that
+                                                               lead from the parent's state to this one, in order
+     "momentum": sha256 hex                                 -- optional: the candidate's outer momentum blob}
 
 ``check_vote_body`` is the schema gate every received vote passes before anything looks at it; counting
 happens only in ``quorum.VoteBox`` and ``tag.verify_tag``.
@@ -29,12 +32,14 @@ from p2pmodel.versioning.semver import Version, next_version
 VOTE_KIND = "vote"
 BUMPS = ("patch", "minor", "major")
 VERDICTS = ("accept", "reject")
-MAX_VOTE_BYTES = 24 << 10  # 32 metrics of 64-char names, 256 contributors and an RSA-4096 key: < 20 KiB
+MAX_VOTE_BYTES = 24 << 10  # 32 metrics of 64-char names, 256 contributors, 32 round refs, RSA-4096 key: < 23 KiB
 MAX_METRICS = 32
 MAX_METRIC_NAME = 64
 MAX_ID_CHARS = 128  # run ids, PeerIDs
 MAX_ELECTORATE = 1024
 MAX_CONTRIBUTORS = 256  # per vote; a voter that recorded more lists those with the most samples
+MAX_ROUND_REFS = 32  # round objects per vote (~2.6 KB); a longer stretch since the parent is pulled whole
+MAX_BLOB_BYTES = 1 << 40
 
 VOTE_FIELDS = (
     "bump",
@@ -51,7 +56,7 @@ VOTE_FIELDS = (
     "version",
     "voter",
 )
-OPTIONAL_VOTE_FIELDS = ("contributors",)
+OPTIONAL_VOTE_FIELDS = ("contributors", "rounds", "momentum")
 
 
 class VoteError(WireError, ValueError):
@@ -91,6 +96,18 @@ def is_contributor_list(v: object) -> bool:
     )
 
 
+def is_round_refs(v: object) -> bool:
+    """[[sha256 hex, bytes], ...]: 1 to MAX_ROUND_REFS round objects with their sizes."""
+    return (
+        isinstance(v, list)
+        and 0 < len(v) <= MAX_ROUND_REFS
+        and all(
+            isinstance(e, list) and len(e) == 2 and is_hex64(e[0]) and is_count(e[1]) and 0 < e[1] <= MAX_BLOB_BYTES
+            for e in v
+        )
+    )
+
+
 def _fail(field: str, value: object) -> VoteError:
     return VoteError(f"vote field {field!r} is invalid: {value!r:.80}")
 
@@ -120,9 +137,13 @@ def check_vote_body(body: dict) -> dict:
     """Return ``body`` if it is exactly a valid vote body; else VoteError (a WireError) naming the field."""
     if not isinstance(body, dict) or not set(VOTE_FIELDS) <= set(body) <= {*VOTE_FIELDS, *OPTIONAL_VOTE_FIELDS}:
         got = sorted(map(str, body))[:20] if isinstance(body, dict) else type(body).__name__
-        raise VoteError(f"vote has fields {got}, expected {list(VOTE_FIELDS)} (and optionally contributors)")
+        raise VoteError(f"vote has fields {got}, expected {list(VOTE_FIELDS)} (and optionally {OPTIONAL_VOTE_FIELDS})")
     if "contributors" in body and not is_contributor_list(body["contributors"]):
         raise _fail("contributors", body["contributors"])
+    if "rounds" in body and not is_round_refs(body["rounds"]):
+        raise _fail("rounds", body["rounds"])
+    if "momentum" in body and not is_hex64(body["momentum"]):
+        raise _fail("momentum", body["momentum"])
     checks = {
         "run_id": is_id,
         "round": is_count,
@@ -175,6 +196,8 @@ def make_vote(
     electorate: list[str],
     time: float,
     contributors: list[list] | None = None,
+    rounds: list[list] | None = None,
+    momentum: str | None = None,
 ) -> dict:
     """Build and validate a vote body (sign it with ``sign_message(identity, VOTE_KIND, body)``).
 
@@ -211,4 +234,8 @@ def make_vote(
     }
     if contributors is not None:
         body["contributors"] = [list(e) for e in contributors]
+    if rounds is not None:
+        body["rounds"] = [list(e) for e in rounds]
+    if momentum is not None:
+        body["momentum"] = momentum
     return check_vote_body(body)
