@@ -129,7 +129,7 @@ def log(
         parent = certs[i - 1] if i else None
         loss, before = c["metrics"].get("val_loss"), parent["metrics"].get("val_loss") if parent else None
         credited, attested = contributors(c)
-        refs = patch_refs(c) if parent else None
+        rounds = patch_refs(c)[0] if parent else None
         entries.append(
             {
                 **_summary(c),
@@ -138,7 +138,7 @@ def log(
                 "contributors": [{"peer": p, "samples": n} for p, n in credited],
                 "contributors_attested_by": attested,
                 # the round objects its votes name (None: pulled whole only)
-                "patch_bytes": sum(size for _, size in refs[0]) if refs else None,
+                "patch_bytes": sum(size for _, size in rounds) if rounds else None,
             }
         )
     entries.reverse()

@@ -59,10 +59,9 @@ def pull(
         else:
             blob = fetch(cert["digest"], 16 << 30, cert["version"])
             state, fetched, how, rounds = parse_canonical(blob), len(blob), "full", 0
-            refs = patch_refs(cert)
-            if refs is not None:  # what a later --from needs; a pull works without it
+            momentum_id = patch_refs(cert)[1] or ""
+            if momentum_id:  # what a later --from needs; a pull works without it
                 try:
-                    momentum_id = refs[1]
                     momentum_blob = fetch(momentum_id, len(blob), "the outer momentum")
                     momentum = _momentum(momentum_blob, state)
                     fetched += len(momentum_blob)

@@ -84,10 +84,10 @@ def patch(
     shapes = {n: tuple(t.shape) for n, t in state.items()}
     plan = []
     for cert in path:
-        refs = patch_refs(cert)
-        if refs is None:
+        rounds, momentum_id = patch_refs(cert)
+        if rounds is None or momentum_id is None:
             raise PatchUnavailable(f"the votes of {cert['version']} record no patch")
-        plan.append((cert, *refs))
+        plan.append((cert, rounds, momentum_id))
     total = sum(size for _, rounds, _ in plan for _, size in rounds)
     if total >= full_bytes:
         raise PatchUnavailable(f"the patch ({total} bytes) is not smaller than the state ({full_bytes} bytes)")

@@ -281,21 +281,25 @@ def contributors(cert: dict) -> tuple[list[list], int]:
     return [list(e) for e in wire.unpack(best, MAX_VOTE_BYTES)], count
 
 
-def patch_refs(cert: dict) -> tuple[list[list], str] | None:
-    """How to reach this tag's state from its parent's by patch, as its accepting votes record it: (the round
-    objects [[id, bytes], ...] in order, the outer momentum blob id) that the most of them carry (ties: the smaller
-    encoding); None when no accepting vote carries both. Nothing here is trusted yet: a replay checks every object
-    against the parent and child digests, and the end against the tag's digest. Call on a verified tag."""
-    paths: Counter[bytes] = Counter()
+def patch_refs(cert: dict) -> tuple[list[list] | None, str | None]:
+    """How to reach this tag's state by patch, as its accepting votes record it: the round objects [[id, bytes], ...]
+    from the parent's state, in order, and the outer momentum blob id, each the one most of them carry (ties: the
+    smaller encoding); None where no accepting vote carries one (a genesis tag has no rounds). Nothing here is
+    trusted yet: a replay checks every object against the parent and child digests, and the end against the tag's
+    digest and this momentum. Call on a verified tag."""
+    counts: dict[str, Counter[bytes]] = {"rounds": Counter(), "momentum": Counter()}
     for data in cert["votes"]:
         body, _ = open_signed(data, VOTE_KIND, MAX_VOTE_BYTES)
-        if body.get("verdict") == "accept" and "rounds" in body and "momentum" in body:
-            paths[canonical_pack([body["rounds"], body["momentum"]])] += 1
-    if not paths:
-        return None
-    best = min(paths.items(), key=lambda item: (-item[1], item[0]))[0]
-    rounds, momentum = wire.unpack(best, MAX_VOTE_BYTES)
-    return [list(e) for e in rounds], momentum
+        if body.get("verdict") == "accept":
+            for name, counter in counts.items():
+                if name in body:
+                    counter[canonical_pack(body[name])] += 1
+    best = {
+        name: wire.unpack(min(c.items(), key=lambda item: (-item[1], item[0]))[0], MAX_VOTE_BYTES) if c else None
+        for name, c in counts.items()
+    }
+    rounds = [list(e) for e in best["rounds"]] if best["rounds"] is not None else None
+    return rounds, best["momentum"]
 
 
 def encode_tag(cert: dict) -> bytes:

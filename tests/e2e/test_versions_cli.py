@@ -127,7 +127,13 @@ def test_pull_show_diff_plot(swarm, tmp_path):
     cfg = load_config(TINY)
     for v, res in pulls.items():
         assert res.returncode == 0, res.stderr[-2000:]
-        assert json.loads(res.stdout) == {"version": v, "digest": tags[v]["digest"], "dir": str(dirs[v])}
+        got = json.loads(res.stdout)
+        assert got["method"] == "full" and got["rounds"] == 0 and got["bytes"] > 0, got
+        assert {k: got[k] for k in ("version", "digest", "dir")} == {
+            "version": v,
+            "digest": tags[v]["digest"],
+            "dir": str(dirs[v]),
+        }
         state = load_file(dirs[v] / "model.safetensors")
         assert state_digest(state) == tags[v]["digest"]
         manifest = json.loads((dirs[v] / "manifest.json").read_text())
@@ -165,6 +171,18 @@ def test_pull_show_diff_plot(swarm, tmp_path):
     assert history[-1]["rounds"] == [1, 2] and history[-2]["rounds"] == [3, 4]
     assert history[-1]["contributors"] == shown["contributors"] and history[-1]["val_loss_change"] is None
     assert history[-2]["val_loss_change"] == history[-2]["metrics"]["val_loss"] - history[-1]["metrics"]["val_loss"]
+
+    # v0.1.1 as a patch from the pulled v0.1.0: the round objects of rounds 3-4 replayed, the tag's digest reached
+    patched = cli("versions", "pull", "v0.1.1", *peers, "--from", str(dirs["v0.1.0"]), "-o", str(tmp_path / "p"),
+                  "--json")  # fmt: skip
+    assert patched.returncode == 0, patched.stderr[-2000:]
+    got = json.loads(patched.stdout)
+    whole = json.loads(pulls["v0.1.1"].stdout)
+    assert got["method"] == "patch" and got["rounds"] == 2 and got["digest"] == tags["v0.1.1"]["digest"], got
+    assert got["bytes"] <= 0.35 * whole["bytes"] / 2, (got, whole)  # a whole pull is the state and its momentum
+    assert state_digest(load_file(tmp_path / "p" / "model.safetensors")) == tags["v0.1.1"]["digest"]
+    patched_log = [v for v in history if v["version"] == "v0.1.1"][0]
+    assert patched_log["patch_bytes"] == got["bytes"] and history[-1]["patch_bytes"] is None, history
 
     diff = cli("versions", "diff", str(dirs["v0.1.0"]), str(dirs["v0.1.1"]), "--json", timeout_s=60)
     assert diff.returncode == 0, diff.stderr[-2000:]

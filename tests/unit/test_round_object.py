@@ -194,7 +194,8 @@ class Lineage:
         fake = _object(3, self.a, self.c, _allreduced(shapes, 66))  # one round straight to C: a lie
         self.blobs[sha256_hex(fake)] = fake
         fake_refs = [[sha256_hex(fake), len(fake)]]
-        a_votes = [_vote(i, electorate, 2, state_digest(self.a), "", "v0.1.0") for i in ids]
+        self.ma_id = sha256_hex(canonical_bytes(self.ma))  # a genesis tag: momentum, no rounds before it
+        a_votes = [_vote(i, electorate, 2, state_digest(self.a), "", "v0.1.0", momentum=self.ma_id) for i in ids]
         self.v0 = build_tag(votes=a_votes, electorate=electorate, parent_cert=None)
         c_votes = [
             _vote(i, electorate, 4, state_digest(self.c), "v0.1.0", "v0.1.1", *(
@@ -232,7 +233,8 @@ def test_a_patch_between_tags_reaches_the_tag_s_state_and_momentum_for_a_fractio
 @pytest.mark.timeout(60)
 def test_the_patch_most_votes_name_is_used_and_a_forged_one_is_refused(ids):
     minority = Lineage(ids, SHAPES, forged_votes=1)  # one voter names a forged object: outvoted
-    assert patch_refs(minority.v1)[0] == patch_refs(Lineage(ids, SHAPES).v1)[0]
+    assert patch_refs(minority.v1) == patch_refs(Lineage(ids, SHAPES).v1)
+    assert patch_refs(minority.v0) == (None, minority.ma_id)  # what a whole pull of it fetches for a later patch
     got = patch(minority.path(), minority.a, minority.ma, minority.fetch, 1 << 30)
     assert state_digest(got.state) == minority.v1["digest"]
     majority = Lineage(ids, SHAPES, forged_votes=2)  # most voters name it: replay refuses it all the same
@@ -256,7 +258,7 @@ def test_a_damaged_object_a_bigger_patch_or_a_tag_without_one_is_not_used(ids):
         electorate=electorate,
         parent_cert=line.v0,
     )
-    assert patch_refs(bare) is None
+    assert patch_refs(bare) == (None, None)
     with pytest.raises(PatchUnavailable, match="record no patch"):
         patch([bare], line.a, line.ma, line.fetch, 1 << 30)
     with pytest.raises(PatchUnavailable, match="not a tag"):
