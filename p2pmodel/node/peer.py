@@ -60,6 +60,7 @@ class Peer:
         # overlap (sync.overlap): the delta trained but not averaged yet; not checkpointed (after a restart the
         # peer trains its round first)
         self.in_flight = None
+        self.adoption: tuple[int, str, str] | None = None  # (round, digest, version): a reviewed state to adopt
 
     # --- state views -----------------------------------------------------------------------------
     def global_state(self) -> dict[str, torch.Tensor]:
@@ -156,6 +157,30 @@ class Peer:
         if parent is None or not 0 < round_ - parent["round"] <= MAX_ROUND_REFS:
             return None, momentum
         return self.patches.chain(parent["digest"], self.digest, parent["round"] + 1, round_), momentum
+
+    # --- proposed states (versions propose --state, node/proposals.py) -------------------------------------
+    def evaluate_state(self, state: dict[str, torch.Tensor]) -> EvalReport:
+        """Evaluate another state (a proposed one) as a candidate is evaluated; ours is put back after."""
+        kept = self.last_report
+        self.set_local([state[n] for n in self.names])
+        try:
+            return self.evaluate()
+        finally:
+            self.last_report = kept
+            self.load_global_into_local()
+
+    def schedule_adoption(self, round_: int, digest: str, version: str) -> None:
+        """A quorum accepted the proposed state ``digest``: make it θ_global when round ``round_`` commits."""
+        if round_ > self.round:
+            self.adoption = (round_, digest, version)
+
+    def take_adoption(self, round_: int) -> dict[str, torch.Tensor] | None:
+        """The state to adopt in round ``round_`` instead of its outer step, if one is due (verified from the store)."""
+        due, self.adoption = self.adoption, (self.adoption if self.adoption and self.adoption[0] > round_ else None)
+        if due is None or due[0] != round_:
+            return None
+        log.info("round %d: adopting %s, the proposed state tagged %s", round_, due[1][:12], due[2])
+        return self.store.get_state(due[1])
 
     # --- durability ------------------------------------------------------------------------------
     def private_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:

@@ -13,6 +13,7 @@ from p2pmodel.core.errors import P2PModelError
 from p2pmodel.core.ids import sha256_hex
 from p2pmodel.eval.suite import judge, metrics_of
 from p2pmodel.node.contributions import ContributionLog
+from p2pmodel.node.proposals import ADOPT_AFTER, StateReview, state_proposals
 from p2pmodel.swarm.keys import PROPOSAL_KIND, TAG_INDEX_KIND, proposals_key, tags_key
 from p2pmodel.swarm.records import get_signed, publish_signed
 from p2pmodel.versioning.atomic import atomic_write
@@ -48,6 +49,7 @@ class Releases:
         self._lock = threading.RLock()
         self._indexed_at = time.monotonic()  # when the tag index was last published (the runner does at start)
         self._ledger_behind = False  # a tag arrived whose parent this ledger lacks: sync before the next vote
+        self.review = StateReview(peer, link.dht, cfg.sync.download_timeout_s)  # versions propose --state
         for cert in self.ledger.all():
             self._index(cert)
         self.gossip = link.gossip  # owned (and closed) by the link
@@ -65,12 +67,18 @@ class Releases:
         self.contributions.record(round_, contributions or {}, covered=latest["round"] if latest else 0)
         release = round_ % self.cfg.versioning.release_every == 0
         voting = release and self.link.identity.peer_id in members
+        found = self._read_proposals() if voting else {}
+        allow = set(self.cfg.versioning.allowlist) or None
+        under_review = self.review.take(
+            state_proposals(found, peer.run_id, allow), round_, latest["version"] if latest else ""
+        )
+        candidate = under_review[0].digest if under_review else peer.digest  # a proposed state, or ours
         with self._lock:
             if voting:
                 self.electorates[round_] = sorted(members)
-                self.box.set_electorate(round_, peer.digest, members)
+                self.box.set_electorate(round_, candidate, members)
             if release:
-                self._committed[round_] = peer.digest
+                self._committed[round_] = candidate
                 for old in sorted(self._committed)[:-MAX_HELD_TAGS]:
                     del self._committed[old]
             self.last_round = round_
@@ -80,26 +88,27 @@ class Releases:
             self.sync_ledger()
         with self._lock:
             parent = self.ledger.latest()
-        if voting and not self._vote(round_, members, parent) and self.sync_ledger():
+        if voting and not self._vote(round_, members, parent, found, under_review) and self.sync_ledger():
             with self._lock:  # our slot was taken by a candidate the swarm tagged without us hearing of it
                 parent = self.ledger.latest()
-            self._vote(round_, members, parent)
+            self._vote(round_, members, parent, found, under_review)
         if time.monotonic() - self._indexed_at > self._index_ttl_s() / 3:  # keep the light clients' view alive
             self.publish_index()
 
-    def _vote(self, round_: int, members: list[str], parent: dict | None) -> bool:
-        """Sign and gossip our vote on ``round_``'s candidate; False when our slot for its version is taken."""
+    def _vote(self, round_: int, members: list[str], parent: dict | None, found: dict, under_review=None) -> bool:
+        """Sign and gossip our vote on ``round_``'s candidate (our state, or ``under_review``: a proposed state and
+        its evaluation); False when our slot for its version is taken."""
         peer = self.peer
         if parent and parent["round"] >= round_:  # a quorum tagged this round (or a later one) before we voted
             log.info("round %d is already tagged (%s): not voting", round_, parent["version"])
             return True
-        bump = self.proposed_bump(parent["version"] if parent else "")
+        proposal, report = under_review or (None, peer.last_report)
+        digest = proposal.digest if proposal else peer.digest
+        bump = proposal.bump if proposal else self.proposed_bump(parent["version"] if parent else "", found)
         baseline = parent["metrics"] if parent and bump != "major" else None  # MAJOR may accept a regression
-        verdict, reasons = judge(
-            peer.last_report, baseline, self.cfg.versioning.regression_tolerance, self.cfg.eval.checks
-        )
+        verdict, reasons = judge(report, baseline, self.cfg.versioning.regression_tolerance, self.cfg.eval.checks)
         version = next_version(Version.parse(parent["version"]) if parent else None, bump)
-        cid = candidate_id(peer.run_id, round_, peer.digest)
+        cid = candidate_id(peer.run_id, round_, digest)
         prev_cid, prev_round = self._accepted.get(str(version), (cid, round_))
         same_window = round_ // self.reopen_rounds == prev_round // self.reopen_rounds  # VoteBox's rule
         if verdict == "accept" and prev_cid != cid and same_window:
@@ -111,23 +120,24 @@ class Releases:
         body = make_vote(
             run_id=peer.run_id,
             round=round_,
-            digest=peer.digest,
-            object_sha256=peer.digest,
+            digest=digest,
+            object_sha256=digest,
             parent=parent["version"] if parent else "",
             version=str(version),
-            metrics=metrics_of(peer.last_report),
+            metrics=metrics_of(report),
             verdict=verdict,
             bump=bump,
             voter=self.link.identity.peer_id,
             electorate=members,
             time=time.time(),
             contributors=self.contributions.tally(parent["round"] if parent else 0, round_),
-            **self._patch_fields(parent, round_),
+            **({} if proposal else self._patch_fields(parent, round_)),
         )
         log.info(
-            "round %d candidate %s: voting %s for %s%s",
+            "round %d candidate %s%s: voting %s for %s%s",
             round_,
-            peer.digest[:12],
+            digest[:12],
+            " (proposed)" if proposal else "",
             verdict,
             version,
             f" ({'; '.join(reasons)})" if reasons else "",
@@ -144,20 +154,25 @@ class Releases:
         rounds, momentum = self.peer.patch_refs(parent, round_)
         return {k: v for k, v in (("rounds", rounds), ("momentum", momentum)) if v is not None}
 
-    def proposed_bump(self, parent_version: str) -> str:
-        """PATCH unless an open proposal asks for more (the larger bump wins). A proposal made when version X was
-        the latest stays open until a tag after X carries its bump (or a larger one)."""
+    def _read_proposals(self) -> dict[str, dict]:
+        """The run's signed proposal records ({signer: body}); {} when the DHT does not answer (a plain PATCH on our
+        own state is always safe)."""
         try:
-            found = get_signed(self.link.dht, proposals_key(self.peer.run_id), PROPOSAL_KIND)
-        except Exception as e:  # the DHT may be briefly unreachable: a plain PATCH is always safe
-            log.warning("reading proposals failed, voting PATCH: %s", e)
-            return "patch"
+            return get_signed(self.link.dht, proposals_key(self.peer.run_id), PROPOSAL_KIND)
+        except Exception as e:
+            log.warning("reading proposals failed, voting PATCH on our own state: %s", e)
+            return {}
+
+    def proposed_bump(self, parent_version: str, found: dict[str, dict]) -> str:
+        """PATCH unless an open bump proposal among ``found`` asks for more (the larger bump wins). A proposal made
+        when version X was the latest stays open until a tag after X carries its bump (or a larger one)."""
         allow = set(self.cfg.versioning.allowlist)
         tags = self.ledger.all()
         bumps = []
         for pid, p in found.items():
             if (
-                p.get("run_id") != self.peer.run_id
+                "state" in p  # a state proposal: its bump is its own candidate's
+                or p.get("run_id") != self.peer.run_id
                 or p.get("bump") not in ("minor", "major")
                 or not isinstance(p.get("after"), str)
                 or (allow and pid not in allow)
@@ -285,7 +300,7 @@ class Releases:
     def _check_digest(self, cert: dict) -> None:
         """A tag of a (recent) round this peer committed must name the state this peer committed in it."""
         ours = self._committed.get(cert["round"])
-        if ours is not None and cert["digest"] != ours:
+        if ours is not None and cert["digest"] != ours and cert["digest"] not in self.review.known:
             raise ValueError(
                 f"it names {cert['digest'][:12]} for round {cert['round']}, this peer committed {ours[:12]}"
             )
@@ -295,6 +310,8 @@ class Releases:
             return False
         self.peer.store.pin(cert["digest"])
         self._index(cert)
+        if cert["digest"] in self.review.known:  # a proposed state the quorum accepted: everyone adopts it then
+            self.peer.schedule_adoption(cert["round"] + ADOPT_AFTER, cert["digest"], cert["version"])
         return True
 
     def _index(self, cert: dict) -> None:

@@ -77,7 +77,10 @@ def _commit(peer, exchange: Exchange, round_: int, outcome: ExchangeOutcome, sam
     """Outer step on the round's mean, commit step, evaluation, checkpoint: the same for both schedules. Returns
     the round committed: ``round_``, or the swarm's later round when the commit step had to catch up to it."""
     parent = peer.digest
-    if outcome.applied:  # else the safety net refused the mean: every peer keeps its state (aggregate/guard.py)
+    adopted = peer.take_adoption(round_)  # a proposed state the quorum accepted (node/proposals.py)
+    if adopted is not None:  # every peer, this round: the round's mean is dropped, the momentum starts afresh
+        peer.adopt(adopted, [None] * len(peer.names))
+    elif outcome.applied:  # else the safety net refused the mean: every peer keeps its state (aggregate/guard.py)
         peer.outer.step(outcome.mean_delta)  # θ_global ← OuterOpt(θ_global, mean Δ)
     peer.load_global_into_local()
     peer.digest = ours = peer.global_digest()
@@ -90,9 +93,7 @@ def _commit(peer, exchange: Exchange, round_: int, outcome: ExchangeOutcome, sam
     peer.counters["bytes_received"] += outcome.bytes_received
     report = peer.evaluate()
     peer.commit(committed, members=outcome.members)  # digest + atomic checkpoint; a restart resumes here
-    if (
-        outcome.averaged and outcome.applied and peer.digest == ours and committed == round_
-    ):  # the round as a patch (round_object.py)
+    if outcome.averaged and outcome.applied and adopted is None and peer.digest == ours and committed == round_:
         peer.record_round(round_, parent, outcome.mean_delta, outcome.contributions)
     return committed, agreement, report
 
