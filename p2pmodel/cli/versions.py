@@ -326,48 +326,11 @@ def plot(
     typer.echo(f"wrote {out} ({len(history)} rounds, {len(certs)} versions)")
 
 
-@app.command()
-def propose(
-    bump: str = typer.Option(..., "--bump", help="minor (grown, backward compatible) or major (breaking)."),
-    initial_peers: list[str] = PEERS,
-    reason: str = typer.Option("", "--reason", help="Why (shown to operators)."),
-    identity: Path = typer.Option(None, "--identity", help="Key to sign with. " + default_is("a throwaway key")),
-    ttl_h: float = typer.Option(24.0, "--ttl-hours", min=0.1, max=24 * 30, help="How long the proposal stays open."),
-    run_id: str = RUN,
-    allow: list[str] = ALLOW,
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-):
-    """Propose that the next release candidate be a MINOR or MAJOR version (MAJOR needs a supermajority)."""
-    import time
-
-    from p2pmodel.swarm.identity import Identity
-    from p2pmodel.swarm.keys import PROPOSAL_KIND, proposals_key
-    from p2pmodel.swarm.records import publish_signed
-
-    if bump not in ("minor", "major"):
-        raise UsageError(f"--bump must be minor or major, not {bump!r} (PATCH needs no proposal)")
-    with _reading(initial_peers, run_id, allow) as (dht, rid, _, certs):
-        me = Identity.load_or_create(identity) if identity else Identity.generate()
-        after = certs[-1]["version"] if certs else ""
-        body = {
-            "peer_id": me.peer_id,
-            "run_id": rid,
-            "bump": bump,
-            "after": after,
-            "reason": reason[:500],
-            "time": time.time(),
-        }
-        if not publish_signed(dht, me, proposals_key(rid), PROPOSAL_KIND, body, ttl_h * 3600):
-            raise SwarmError("no peer stored the proposal (is the swarm reachable?)")
-    if as_json:
-        emit_json(body)
-    else:
-        typer.echo(f"proposed a {bump} release on top of {after or 'the genesis'} for run {rid}")
-
-
 app.command()(diff)
 app.command()(merge)
 
-from p2pmodel.cli.versions_pull import pull  # noqa: E402  (it uses the options and helpers above)
+from p2pmodel.cli.versions_propose import propose  # noqa: E402  (they use the options and helpers above)
+from p2pmodel.cli.versions_pull import pull  # noqa: E402
 
 app.command()(pull)
+app.command()(propose)

@@ -13,15 +13,17 @@ MAX_CLOCK_SKEW_S = 600.0
 
 
 @contextmanager
-def light_client(initial_peers: list[str], timeout_s: float = 15.0):
+def light_client(initial_peers: list[str], timeout_s: float = 15.0, listen: list[str] | None = None):
+    """The DHT of a light client; with ``listen`` (multiaddrs) it accepts connections there, so that peers can
+    fetch what it serves (``versions propose --state``), else it only dials out."""
     from p2pmodel.swarm.node import start_dht, stop_dht
 
     dht = start_dht(
         None,
         initial_peers,
-        ["/ip4/127.0.0.1/tcp/0"],
+        list(listen) if listen else ["/ip4/127.0.0.1/tcp/0"],
         None,
-        client_mode=True,
+        client_mode=not listen,
         wait_timeout_s=min(timeout_s, 10.0),
         startup_timeout_s=timeout_s,
     )

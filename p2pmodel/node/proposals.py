@@ -2,8 +2,10 @@
 for the next version, or a whole state to review like a pull request (``versions propose --state DIR``: a merge,
 a fork folded back in). A state proposal names its digest, the peer that serves it, the tag it builds on and the
 round from which it is up; each member fetches it (verified by digest), evaluates it as the release candidate of
-its first release round from then, and votes. If a quorum accepts, every peer adopts the state ``ADOPT_AFTER``
-rounds after that release round (the same round everywhere, so one digest after it) and trains on from it.
+its first release round from then, and votes (each peer once per proposal). If a quorum accepts, every peer
+adopts the state ``ADOPT_AFTER`` round after that release round, instead of that round's outer step and with the
+outer momentum reset (the same round everywhere, so one digest after it), and trains on from it. A peer that has
+not heard of the tag by then keeps its own state and re-syncs in the commit step, as for any disagreement.
 
 Everything in a record is hostile input: schema-checked here, the state checked by digest and shapes on download."""
 
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from p2pmodel.core.ids import is_hex64
 from p2pmodel.versioning.semver import Version
 
-ADOPT_AFTER = 2  # rounds from the release round that tagged a proposed state to its adoption: the tag has spread
+ADOPT_AFTER = 1  # rounds from the release round that tagged a proposed state to its adoption: the tag has spread
 STATE_BUMPS = ("patch", "minor", "major")
 
 
@@ -56,11 +58,12 @@ def state_proposals(found: dict[str, dict], run_id: str, allow: set[str] | None 
     return sorted(out, key=lambda s: (s.digest, s.proposer))
 
 
-def due(proposals: list[StateProposal], round_: int, parent_version: str) -> StateProposal | None:
-    """The proposal to vote on at release round ``round_`` on top of tag ``parent_version``, if any: built on that
-    tag and up from a round not after this one."""
+def due(proposals: list[StateProposal], round_: int) -> StateProposal | None:
+    """The proposal to vote on at release round ``round_``, if any: the first (by digest) up from a round not after
+    this one. It is judged against the latest tag, whichever that is by then (``after`` names the one the proposer
+    saw); the proposal record's lifetime bounds how long it stays up."""
     for s in proposals:
-        if s.after == parent_version and s.from_round <= round_:
+        if s.from_round <= round_:
             return s
     return None
 
@@ -80,7 +83,7 @@ class StateReview:
         self.known: set[str] = set()
         self._voted: set[str] = set()
 
-    def take(self, proposals: list[StateProposal], round_: int, parent_version: str):
+    def take(self, proposals: list[StateProposal], round_: int):
         """→ (proposal, its EvalReport) to vote on at ``round_``, or None (none due, or it could not be fetched)."""
         import logging
 
@@ -88,7 +91,7 @@ class StateReview:
 
         log = logging.getLogger("p2pmodel.release")
         self.known |= {p.digest for p in proposals}
-        proposal = due([p for p in proposals if p.digest not in self._voted], round_, parent_version)
+        proposal = due([p for p in proposals if p.digest not in self._voted], round_)
         if proposal is None:
             return None
         self._voted.add(proposal.digest)  # once: a rejected proposal does not hold up every later release
@@ -106,7 +109,9 @@ class StateReview:
         return proposal, self.peer.evaluate_state(state)
 
     def _fetch(self, proposal: StateProposal) -> dict:
-        from p2pmodel.core.errors import IntegrityError
+        import time
+
+        from p2pmodel.core.errors import IntegrityError, SwarmError
         from p2pmodel.eval.digest import parse_canonical
         from p2pmodel.swarm.blobs import fetch_blob
 
@@ -114,7 +119,17 @@ class StateReview:
         if store.has_state(proposal.digest):
             return store.get_state(proposal.digest)
         shapes = {n: tuple(p.shape) for n, p in zip(self.peer.names, self.peer.global_params, strict=True)}
-        blob = fetch_blob(self.dht, proposal.provider, proposal.digest, state_limit(shapes), timeout_s=self.timeout_s)
+        blob = None
+        for attempt in range(3):  # a first dial may hit libp2p's backoff; the proposer also connects to us itself
+            try:
+                blob = fetch_blob(
+                    self.dht, proposal.provider, proposal.digest, state_limit(shapes), timeout_s=self.timeout_s
+                )
+                break
+            except SwarmError:
+                if attempt == 2:
+                    raise
+                time.sleep(3.0)
         state = parse_canonical(blob)  # the bytes hash to the digest: fetch_blob checked them
         if {n: tuple(t.shape) for n, t in state.items()} != shapes:
             raise IntegrityError("it does not fit this model (names or shapes)")

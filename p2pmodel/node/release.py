@@ -69,9 +69,7 @@ class Releases:
         voting = release and self.link.identity.peer_id in members
         found = self._read_proposals() if voting else {}
         allow = set(self.cfg.versioning.allowlist) or None
-        under_review = self.review.take(
-            state_proposals(found, peer.run_id, allow), round_, latest["version"] if latest else ""
-        )
+        under_review = self.review.take(state_proposals(found, peer.run_id, allow), round_)
         candidate = under_review[0].digest if under_review else peer.digest  # a proposed state, or ours
         with self._lock:
             if voting:
