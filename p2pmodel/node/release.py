@@ -95,8 +95,12 @@ class Releases:
             return True
         bump = self.proposed_bump(parent["version"] if parent else "")
         baseline = parent["metrics"] if parent and bump != "major" else None  # MAJOR may accept a regression
-        verdict, reasons = judge(
-            peer.last_report, baseline, self.cfg.versioning.regression_tolerance, self.cfg.eval.checks
+        verdict, reasons = judge(  # the run's validation set and every named eval set, each by its own tolerance
+            peer.last_report,
+            baseline,
+            self.cfg.versioning.regression_tolerance,
+            self.cfg.eval.checks,
+            self.cfg.set_tolerances(),
         )
         version = next_version(Version.parse(parent["version"]) if parent else None, bump)
         cid = candidate_id(peer.run_id, round_, peer.digest)

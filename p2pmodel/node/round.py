@@ -86,7 +86,7 @@ def _commit(peer, exchange: Exchange, round_: int, outcome: ExchangeOutcome, sam
     peer.samples_total += samples
     peer.counters["bytes_sent"] += outcome.bytes_sent
     peer.counters["bytes_received"] += outcome.bytes_received
-    report = peer.evaluate()
+    report = peer.evaluate(with_sets=peer.is_release_round(committed))  # a candidate: on the named sets too
     peer.commit(committed, members=outcome.members)  # digest + atomic checkpoint; a restart resumes here
     return committed, agreement, report
 
