@@ -41,6 +41,20 @@ def _summary(cert: dict) -> dict:
     }
 
 
+def _eval_sets(metrics: dict) -> dict[str, float]:
+    """{name: val loss} of the named eval sets in a tag's or vote's metrics (``val_loss/NAME``, eval/suite.py)."""
+    return {k.removeprefix("val_loss/"): v for k, v in sorted(metrics.items()) if k.startswith("val_loss/")}
+
+
+def _set_changes(cert: dict, parent: dict | None) -> dict[str, dict]:
+    """{name: {"val_loss", "change"}} per named eval set of ``cert``; change None where the parent lacks the set."""
+    before = _eval_sets(parent["metrics"]) if parent else {}
+    return {
+        name: {"val_loss": v, "change": v - before[name] if name in before else None}
+        for name, v in _eval_sets(cert["metrics"]).items()
+    }
+
+
 def _allowlist(allow: list[str] | None) -> set[str] | None:
     """The --allow PeerIDs, each checked (a typo would silently refuse every tag)."""
     if not allow:
@@ -119,8 +133,8 @@ def log(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """The run's history, newest version first, like `git log --stat`: each version's rounds since its parent,
-    its validation loss and the change from the parent, its votes, who contributed and the bytes of its patch
-    from the parent (`pull --from`; each tag verified)."""
+    its validation loss and the change from the parent (on each named eval set too), its votes, who contributed
+    and the bytes of its patch from the parent (`pull --from`; each tag verified)."""
     from p2pmodel.versioning.tag import contributors, patch_refs
 
     rid, run, certs = _tags(initial_peers, run_id, allow)
@@ -135,6 +149,7 @@ def log(
                 **_summary(c),
                 "rounds": [parent["round"] + 1 if parent else 1, c["round"]],
                 "val_loss_change": loss - before if loss is not None and before is not None else None,
+                "eval_sets": _set_changes(c, parent),
                 "contributors": [{"peer": p, "samples": n} for p, n in credited],
                 "contributors_attested_by": attested,
                 # the round objects its votes name (None: pulled whole only)
@@ -155,6 +170,9 @@ def log(
         typer.echo(f"  rounds   {e['rounds'][0]}-{e['rounds'][1]}    tagged {_utc(e['time'])}")
         loss = e["metrics"].get("val_loss", float("nan"))
         typer.echo(f"  val_loss {loss:.4f}{change}    votes {e['votes']}/{e['electorate']}")
+        for name, s in e["eval_sets"].items():
+            delta = "" if s["change"] is None else f" ({s['change']:+.4f})"
+            typer.echo(f"  eval set {name}: val_loss {s['val_loss']:.4f}{delta}")
         if e["patch_bytes"] is not None:
             typer.echo(f"  patch    {e['patch_bytes']} bytes from {e['parent']} (versions pull --from)")
         total = sum(x["samples"] for x in e["contributors"])
@@ -234,6 +252,7 @@ def show(
         "candidate": cert["candidate"],
         "vote_details": votes,
         "verified": True,
+        "eval_sets": _eval_sets(cert["metrics"]),  # also in metrics, as val_loss/NAME
     }
     credited, attested = contributors(cert)
     out["contributors"] = [{"peer": p, "samples": n} for p, n in credited]
@@ -266,6 +285,7 @@ def _certificate_lines(c: dict) -> list[str]:
         f"  bump       {c['bump']}",
         f"  tagged     {_utc(c['time'])}",
         f"  metrics    {_metrics(c['metrics'])}",
+        *(f"  eval set   {name}: val_loss {v:.4f}" for name, v in c["eval_sets"].items()),
         "  votes (signatures checked):",
     ]
     voted = set()

@@ -2,10 +2,12 @@
 
 import hashlib
 import json
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from p2pmodel import PROTOCOL_VERSION
 
@@ -207,10 +209,53 @@ class MetricCheck(_Section):
     max: float = Field(..., gt=0, description="A candidate whose metric exceeds this fails the check.")
 
 
+# a field name of run records (node/run_registry.py): the spec names each set's fields eval.sets.NAME.FIELD
+_SET_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}", re.ASCII)
+MAX_EVAL_SETS = 16  # votes carry at most 32 metrics: val_loss, perplexity and one per set
+
+
+class EvalSet(_Section):
+    """A named eval set, a test of the model: the validation split of its own corpus, computed by every peer on
+    the same fixed batches, with its own regression rule (a release candidate that regresses on it is rejected)."""
+
+    name: str = Field(..., description="Short identifier (a-z 0-9 _, at most 32); its metric is val_loss/NAME.")
+    data: DataConfig = Field(..., description="Its corpus, as the data section says; its validation split is used.")
+    batches: int = Field(8, ge=1, le=10_000, description="Fixed validation batches of this set per evaluation.")
+    tolerance: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Relative val-loss increase on this set still counted as no regression against the parent"
+        " version; None = versioning.regression_tolerance.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _short_identifier(cls, name: str) -> str:
+        if not _SET_NAME.fullmatch(name):
+            raise ValueError(f"eval set name {name!r} must be 1-32 of a-z 0-9 _, starting with a letter")
+        return name
+
+
 class EvalConfig(_Section):
     batches: int = Field(8, ge=1, le=10_000, description="Fixed validation batches per evaluation.")
-    batch_size: int = Field(16, ge=1, le=65536, description="Sequences per validation batch.")
+    batch_size: int = Field(16, ge=1, le=65536, description="Sequences per validation batch (named sets too).")
     checks: list[MetricCheck] = Field(default_factory=list, description="Named thresholds a release must pass.")
+    sets: list[EvalSet] = Field(
+        default_factory=list,
+        max_length=MAX_EVAL_SETS,
+        description="Named eval sets: each release candidate is also evaluated on these, and rejected if any"
+        " regresses beyond its tolerance (docs/versions.md, Tests for a model).",
+    )
+
+    @field_validator("sets")
+    @classmethod
+    def _set_names_unique(cls, sets: list[EvalSet]) -> list[EvalSet]:
+        names = [s.name for s in sets]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate name {dup[0]!r} (each eval set needs its own name: its metric's)")
+        return sets
 
 
 class VersioningConfig(_Section):
@@ -268,10 +313,12 @@ class Config(_Section):
         (every peer applies the same outer step to the same mean, so all commit the same bits) and whether the
         exchange overlaps the next inner phase (a blocking peer would wait a whole inner phase for an overlapped
         one's commit every round), and with ``sync.mode = "broadcast"`` the mode and aggregator (every peer
-        computes the aggregate itself; an all-reduce run's spec, and id, stay what they were). Local, free to
+        computes the aggregate itself; an all-reduce run's spec, and id, stay what they were), and the named eval
+        sets with their effective tolerances when there are any (every peer must judge a candidate alike; a run
+        without them keeps its id). Local, free to
         differ: inner optimizer and batch (weighted by samples), group sizes and timings, device, logging."""
         # local paths differ between machines: the content they point at is what defines the run (the
-        # validation set's fingerprint covers data and tokenizer; the HF config file is hashed here)
+        # validation sets' fingerprints cover data and tokenizer; the HF config file is hashed here)
         spec = {
             "run_name": self.run_name,
             "model": {
@@ -279,19 +326,43 @@ class Config(_Section):
                 "hf_config": _file_sha256(self.model.hf_config_path),
             },
             "data": self.data.model_dump(exclude={"paths", "tokenizer_path"}),
-            "eval": self.eval.model_dump(),
+            "eval": self.eval.model_dump(exclude={"sets"}),
             "train": {"seed": self.train.seed, "inner_steps": self.train.inner_steps},
             "sync": self.sync.model_dump(
                 include=_SHARED_SYNC | (_BROADCAST_SYNC if self.sync.mode != "allreduce" else set())
             ),
             "compress": self.compress.model_dump(),
         }
+        if self.eval.sets:  # only when set: a run without named sets keeps the id it always had
+            spec["eval"]["sets"] = {  # eval.sets.NAME.FIELD: run records allow 4 levels (its data as JSON text)
+                s.name: {
+                    "data": json.dumps(
+                        s.data.model_dump(exclude={"paths", "tokenizer_path"}), sort_keys=True, separators=(",", ":")
+                    ),
+                    "batches": s.batches,
+                    "tolerance": self.set_tolerances()[s.name],
+                }
+                for s in self.eval.sets
+            }
         if self.model.init_from:  # a fork: its genesis state, and where it came from (run records carry it)
             spec["fork"] = _fork_origin(self.model.init_from)
         return spec
 
-    def shared_spec(self, val_fingerprint: str) -> dict[str, SpecValue]:
-        """The lineage spec as flat ``{"section.field": scalar}`` plus the validation set and protocol: the run id
-        hashes it and run records carry it, so a peer of another run can be told which field differs."""
+    def set_tolerances(self) -> dict[str, float]:
+        """{eval set name: its regression tolerance}, the versioning default filled in (every peer judges alike)."""
+        default = self.versioning.regression_tolerance
+        return {s.name: default if s.tolerance is None else s.tolerance for s in self.eval.sets}
+
+    def shared_spec(
+        self, val_fingerprint: str, set_fingerprints: Mapping[str, str] | None = None
+    ) -> dict[str, SpecValue]:
+        """The lineage spec as flat ``{"section.field": scalar}`` plus the validation sets and protocol: the run id
+        hashes it and run records carry it, so a peer of another run can be told which field differs.
+        ``set_fingerprints``: {name: fingerprint} of every named eval set's validation tokens (eval/sets.py)."""
         spec = _flatten(self.lineage_spec())
+        got, want = set(set_fingerprints or {}), {s.name for s in self.eval.sets}
+        if got != want:
+            raise ValueError(f"eval set fingerprints for {sorted(got)}, the config names {sorted(want)}")
+        for name in sorted(want):
+            spec[f"eval.sets.{name}.val_fingerprint"] = set_fingerprints[name]
         return {**spec, "data.val_fingerprint": val_fingerprint, "protocol": PROTOCOL_VERSION}

@@ -34,13 +34,15 @@ def light_client(initial_peers: list[str], timeout_s: float = 15.0, listen: list
 
 
 def resolve_run_id(config_path) -> str:
-    """The run id a peer with this config would have (needs the validation data to fingerprint it)."""
+    """The run id a peer with this config would have (needs the validation data, and the named eval sets', to
+    fingerprint them)."""
     from p2pmodel.data.corpus import load_data
+    from p2pmodel.eval.sets import load_eval_sets, set_fingerprints
     from p2pmodel.node.peer import compute_run_id
 
     cfg = load_config(config_path)
     corpus = load_data(cfg.data, cfg.model.seq_len + 2, cfg.model.vocab_size)
-    return compute_run_id(cfg, corpus.fingerprint)
+    return compute_run_id(cfg, corpus.fingerprint, set_fingerprints(load_eval_sets(cfg, corpus)))
 
 
 def find_runs(dht) -> dict[str, dict]:

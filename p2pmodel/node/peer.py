@@ -11,6 +11,7 @@ from p2pmodel.core.ids import stable_hash
 from p2pmodel.data import TrainStream
 from p2pmodel.data.corpus import load_data
 from p2pmodel.eval import EvalReport, evaluate
+from p2pmodel.eval.sets import load_eval_sets, set_fingerprints
 from p2pmodel.models import build_model
 from p2pmodel.sync.outer import OuterOptimizer
 from p2pmodel.train import InnerTrainer, pick_device
@@ -20,10 +21,10 @@ from p2pmodel.versioning.store import Store
 log = logging.getLogger(__name__)
 
 
-def compute_run_id(cfg, corpus_fingerprint: str) -> str:
+def compute_run_id(cfg, corpus_fingerprint: str, eval_set_fingerprints: dict[str, str] | None = None) -> str:
     """A run is one lineage: everything peers must share to average and commit the same bits (model, data, eval,
-    seed, H, codec, outer optimizer, the validation set and the protocol: ``Config.shared_spec``)."""
-    return stable_hash(cfg.shared_spec(corpus_fingerprint))[:16]
+    seed, H, codec, outer optimizer, the validation sets and the protocol: ``Config.shared_spec``)."""
+    return stable_hash(cfg.shared_spec(corpus_fingerprint, eval_set_fingerprints))[:16]
 
 
 class Peer:
@@ -37,7 +38,9 @@ class Peer:
             from p2pmodel.core.errors import DataError
 
             raise DataError(f"data has token id {self.corpus.max_token} but model.vocab_size is {cfg.model.vocab_size}")
-        self.run_id = compute_run_id(cfg, self.corpus.fingerprint)
+        self.eval_sets = load_eval_sets(cfg, self.corpus)  # once: judged on every release candidate
+        self.set_fingerprints = set_fingerprints(self.eval_sets)
+        self.run_id = compute_run_id(cfg, self.corpus.fingerprint, self.set_fingerprints)
         self.store = Store(Path(data_dir))
         self.patches = PatchStore(data_dir, cfg.versioning.keep_rounds)
         self.model = build_model(cfg.model, cfg.train.seed)
@@ -115,9 +118,17 @@ class Peer:
         outer["momentum_buffers"] = momentum
         self.outer.load_state_dict(outer)
 
-    def evaluate(self) -> EvalReport:
+    def is_release_round(self, round_: int) -> bool:
+        return round_ % self.cfg.versioning.release_every == 0
+
+    def evaluate(self, with_sets: bool = False) -> EvalReport:
+        """The local weights on the validation set; ``with_sets``: on the named eval sets too (a release
+        candidate's evaluation: the other rounds skip their cost)."""
         e = self.cfg.eval
-        self.last_report = evaluate(self.model, self.corpus.val, self.cfg.model.seq_len, e.batches, e.batch_size)
+        sets = self.eval_sets if with_sets else ()
+        self.last_report = evaluate(
+            self.model, self.corpus.val, self.cfg.model.seq_len, e.batches, e.batch_size, sets=sets
+        )
         return self.last_report
 
     # --- patches (versioning/round_object.py) ----------------------------------------------------------------
@@ -164,7 +175,7 @@ class Peer:
         kept = self.last_report
         self.set_local([state[n] for n in self.names])
         try:
-            return self.evaluate()
+            return self.evaluate(with_sets=True)
         finally:
             self.last_report = kept
             self.load_global_into_local()

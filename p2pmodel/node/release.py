@@ -104,7 +104,13 @@ class Releases:
         digest = proposal.digest if proposal else peer.digest
         bump = proposal.bump if proposal else self.proposed_bump(parent["version"] if parent else "", found)
         baseline = parent["metrics"] if parent and bump != "major" else None  # MAJOR may accept a regression
-        verdict, reasons = judge(report, baseline, self.cfg.versioning.regression_tolerance, self.cfg.eval.checks)
+        verdict, reasons = judge(  # the run's validation set and every named eval set, each by its own tolerance
+            report,
+            baseline,
+            self.cfg.versioning.regression_tolerance,
+            self.cfg.eval.checks,
+            self.cfg.set_tolerances(),
+        )
         version = next_version(Version.parse(parent["version"]) if parent else None, bump)
         cid = candidate_id(peer.run_id, round_, digest)
         prev_cid, prev_round = self._accepted.get(str(version), (cid, round_))

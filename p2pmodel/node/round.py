@@ -91,7 +91,7 @@ def _commit(peer, exchange: Exchange, round_: int, outcome: ExchangeOutcome, sam
     peer.samples_total += samples
     peer.counters["bytes_sent"] += outcome.bytes_sent
     peer.counters["bytes_received"] += outcome.bytes_received
-    report = peer.evaluate()
+    report = peer.evaluate(with_sets=peer.is_release_round(committed))  # a candidate: on the named sets too
     peer.commit(committed, members=outcome.members)  # digest + atomic checkpoint; a restart resumes here
     if outcome.averaged and outcome.applied and adopted is None and peer.digest == ours and committed == round_:
         peer.record_round(round_, parent, outcome.mean_delta, outcome.contributions)

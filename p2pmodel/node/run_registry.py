@@ -153,11 +153,18 @@ def _read(dht, cfg: Config, run_id: str, spec: dict[str, SpecValue], own_peer_id
 
 
 def publish_run(
-    dht, identity: Identity, cfg: Config, run_id: str, val_fingerprint: str, history: list[list], ttl_s: float
+    dht,
+    identity: Identity,
+    cfg: Config,
+    run_id: str,
+    val_fingerprint: str,
+    history: list[list],
+    ttl_s: float,
+    set_fingerprints: dict[str, str] | None = None,
 ) -> None:
     """Sign our run record and recent history into the DHT, then warn about peers of our run_name that cannot
     join (once each). Never raises: the registry is for finding runs, training goes on without it."""
-    spec = cfg.shared_spec(val_fingerprint)
+    spec = cfg.shared_spec(val_fingerprint, set_fingerprints)
     rounds = {"peer_id": identity.peer_id, "run_id": run_id, "rounds": history[-256:], "time": time.time()}
     try:
         publish_signed(dht, identity, RUNS_KEY, RUN_KIND, run_record(identity.peer_id, cfg, run_id, spec), ttl_s)
@@ -173,10 +180,17 @@ def _online(dht, run_id: str, max_age_s: float) -> dict[str, int]:
     return {r["peer_id"]: r["round"] for r in list_peer_records(dht, run_id, max_age_s=max_age_s)}
 
 
-def check_joinable(dht, own_peer_id: str, cfg: Config, run_id: str, val_fingerprint: str) -> None:
+def check_joinable(
+    dht,
+    own_peer_id: str,
+    cfg: Config,
+    run_id: str,
+    val_fingerprint: str,
+    set_fingerprints: dict[str, str] | None = None,
+) -> None:
     """At startup: UsageError (one line naming the fields) when a swarm of our run_name with other settings is
     online and no other peer of our run id is; a warning per such peer when both are. A DHT failure passes."""
-    spec = cfg.shared_spec(val_fingerprint)
+    spec = cfg.shared_spec(val_fingerprint, set_fingerprints)
     live_s = cfg.swarm.record_ttl_s
     try:
         found = _read(dht, cfg, run_id, spec, own_peer_id)

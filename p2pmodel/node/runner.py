@@ -107,7 +107,9 @@ async def _serve(
         releases = Releases(cfg, peer, exchange, data_dir)
         exchange.commit_hooks.append(releases.on_commit)
         exchange.publish_run()  # then: refuse to start beside a swarm of this run_name with other settings
-        await asyncio.to_thread(check_joinable, exchange.dht, peer.peer_id, cfg, peer.run_id, peer.corpus.fingerprint)
+        await asyncio.to_thread(
+            check_joinable, exchange.dht, peer.peer_id, cfg, peer.run_id, peer.corpus.fingerprint, peer.set_fingerprints
+        )
         releases.publish_index()
         status.update(
             state="ready",

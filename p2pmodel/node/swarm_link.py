@@ -419,7 +419,9 @@ class SwarmLink:
 
         p, ttl = self.peer, self.cfg.swarm.record_ttl_s * 10
         self._run_published_at = time.monotonic()
-        run_registry.publish_run(self.dht, self.identity, self.cfg, self.run_id, p.corpus.fingerprint, p.history, ttl)
+        run_registry.publish_run(
+            self.dht, self.identity, self.cfg, self.run_id, p.corpus.fingerprint, p.history, ttl, p.set_fingerprints
+        )
 
     def _record(self) -> dict:
         c = self.committed
