@@ -105,6 +105,15 @@ def diff(a: Path, b: Path, as_json: bool = typer.Option(False, "--json", help="P
     print_table(table)
 
 
+def _architecture(manifest: dict) -> dict | None:
+    """The manifest's model section less where its weights started from (a fork's ``init_from``): a fork has the
+    architecture of the run it came from."""
+    model = manifest.get("model")
+    if not isinstance(model, dict):
+        return model
+    return {k: v for k, v in model.items() if k not in ("init_from", "hf_config_path")}  # local paths
+
+
 def _manifest(path: Path) -> dict:
     return json.loads((path / "manifest.json").read_text())
 
@@ -139,7 +148,7 @@ def merge(
     creatable(out, "--out")
     inputs = [load_dir(m) for m in models]
     ancestor = load_dir(base) if base is not None else None
-    kinds = {json.dumps(_manifest(p).get("model"), sort_keys=True) for p in [*models, *([base] if base else [])]}
+    kinds = {json.dumps(_architecture(_manifest(p)), sort_keys=True) for p in [*models, *([base] if base else [])]}
     if len(kinds) > 1:
         raise UsageError("the models have different architectures (their manifests' model sections differ)")
     try:

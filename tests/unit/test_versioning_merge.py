@@ -113,3 +113,18 @@ def test_cli_errors_are_one_line_usage_errors(tmp_path, capsys):
         code, err = _main(["versions", "merge", str(a), "-o", str(tmp_path / "o"), *extra], capsys)
         assert code == 2 and err.startswith("error: ") and message in err, (extra, err)
         assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+@pytest.mark.timeout(30)
+def test_a_fork_merges_with_the_run_it_came_from(tmp_path, capsys):
+    """A fork's run record names where its weights started (model.init_from, a local path): same architecture."""
+    gpt = {"kind": "gpt", "n_layer": 4}
+    original = _pulled(tmp_path / "a", "v0.2.0", A, model={**gpt, "init_from": None})
+    fork = _pulled(tmp_path / "b", "v0.1.3", B, model={**gpt, "init_from": "/home/someone/pulled-v0.1.1"})
+    base = _pulled(tmp_path / "base", "v0.1.1", BASE, model={**gpt, "init_from": None})
+    argv = ["versions", "merge", str(original), str(fork), "--base", str(base), "--method", "task-arithmetic"]
+    code, err = _main([*argv, "-o", str(tmp_path / "m")], capsys)
+    assert code == 0, err
+    deeper = _pulled(tmp_path / "c", "v0.1.4", B, model={**gpt, "n_layer": 8, "init_from": "/x"})
+    code, err = _main([*argv[:4], str(deeper), "--method", "linear", "-o", str(tmp_path / "n")], capsys)
+    assert code == 2 and "different architectures" in err, err
