@@ -82,10 +82,11 @@ class Releases:
             self.last_round = round_
             self.box.advance(round_, self.reopen_rounds)
             self._release_held_tags(round_)
+        parent = latest  # as it was when the round committed, before the proposals were read
         if voting and self._ledger_behind:
             self.sync_ledger()
-        with self._lock:
-            parent = self.ledger.latest()
+            with self._lock:
+                parent = self.ledger.latest()
         if voting and not self._vote(round_, members, parent, found, under_review) and self.sync_ledger():
             with self._lock:  # our slot was taken by a candidate the swarm tagged without us hearing of it
                 parent = self.ledger.latest()
