@@ -3,13 +3,15 @@ real ``Releases`` class (its votes, VoteBox, tags, ledger), with light stand-ins
 objects it reads (``peer``: run_id, digest, last_report, store; ``link``: dht, identity, peer_ids, providers).
 
 Covers: a deliberately damaged candidate is rejected by the honest peers and never tagged, even with a
-dishonest voter accepting it; forged, outsider, replayed and repeated votes sent through gossip count nowhere;
+dishonest voter accepting it; a candidate regressing on one named eval set is rejected though the rest improve;
+forged, outsider, replayed and repeated votes sent through gossip count nowhere;
 a swarm split in two halves cannot tag in either half, and a ledger refuses a second certificate for a version;
 the survivors of a crash keep tagging, and a peer that joins later fetches the ledger before it votes.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -200,6 +202,47 @@ def test_damaged_candidate_is_rejected_and_never_tagged(net, tmp_path):
         # and the ledgers on disk hold exactly v0.1.0
         for i in [*honest, liar]:
             assert [x["version"] for x in Ledger(tmp_path / f"peer{i}" / "ledger.bin").all()] == ["v0.1.0"]
+    finally:
+        _close(nodes)
+
+
+@pytest.mark.timeout(120)
+def test_a_candidate_regressing_on_one_named_eval_set_is_rejected_though_the_rest_improve(net, tmp_path):
+    """Two named eval sets (the original corpus's and a fork's, as ``eval.sets``): v0.1.0 is tagged with both sets'
+    metrics; a candidate whose val_loss and fork set improve but whose orig set regresses 5 % (tolerance 1 %) is
+    rejected by every voter and never tagged; the next candidate, within tolerance on both, is tagged v0.1.1."""
+    sets = [
+        {"name": "orig", "data": {"source": "text", "paths": ["/o/*.txt"]}, "tolerance": 0.01},
+        {"name": "fork", "data": {"source": "text", "paths": ["/f/*.txt"]}, "tolerance": 0.05},
+    ]
+    overrides = [f"eval.sets={json.dumps(sets)}"]
+    nodes = _start_nodes(net, [0, 1, 2], "run-eval-sets", tmp_path, overrides)
+    members = [n.id for n in nodes]
+    d1, d2, d3 = (sha256_hex(x) for x in (b"first", b"orig regressed", b"within tolerance"))
+
+    def reports(digest: str, val: float, orig: float, fork: float) -> list[EvalReport]:
+        rep = EvalReport(val, math.exp(val), 4096, digest, sets={"orig": orig, "fork": fork})
+        return [rep] * len(nodes)
+
+    try:
+        _commit_all(nodes, 2, d1, reports(d1, 3.0, 2.0, 4.0), members)
+        assert _wait(lambda: all(n.versions == ["v0.1.0"] for n in nodes), 20), [n.versions for n in nodes]
+        v010 = nodes[0].releases.ledger.get("v0.1.0")
+        assert v010["metrics"]["val_loss/orig"] == 2.0 and v010["metrics"]["val_loss/fork"] == 4.0
+
+        _commit_all(nodes, 4, d2, reports(d2, 2.5, 2.1, 3.0), members)
+        assert _wait(lambda: all(len(_counted(n, 4, d2)) == 3 for n in nodes), 20)
+        for n in nodes:
+            votes = _counted(n, 4, d2)
+            assert {v["verdict"] for v in votes} == {"reject"}
+            assert all(v["metrics"]["val_loss/orig"] == 2.1 and v["metrics"]["val_loss/fork"] == 3.0 for v in votes)
+        time.sleep(1.0)  # a (wrong) tag would have formed by now
+        assert all(n.versions == ["v0.1.0"] for n in nodes), [n.versions for n in nodes]
+
+        _commit_all(nodes, 6, d3, reports(d3, 2.9, 2.015, 4.15), members)  # +0.75 % and +3.75 %: within
+        assert _wait(lambda: all(n.versions == ["v0.1.0", "v0.1.1"] for n in nodes), 20), [n.versions for n in nodes]
+        v011 = nodes[0].releases.ledger.get("v0.1.1")
+        assert v011["digest"] == d3 and v011["metrics"]["val_loss/orig"] == 2.015
     finally:
         _close(nodes)
 
