@@ -6,9 +6,11 @@
 2. The fork: 2 peers, ``peer run --fork BASE`` on the fork's corpus (``data.source = "text"``), its own bootstrap,
    run until it tagged ``--fork-rounds`` / 2 versions; ``versions list`` must show ``forked_from`` = the original's
    run and v0.1.1. Its latest version is pulled (FORK), and the original's latest too (ORIG).
-3. ``versions merge ORIG FORK --base BASE --method task-arithmetic --weights 1,W`` for each W of ``--weights``
-   (e.g. a gentle one and an overdone one); each merge is evaluated here on both sets (the same batches the
-   peers use), then proposed to the live original swarm (``versions propose --state``), one after the other.
+3. ``versions merge ORIG FORK --base BASE --method task-arithmetic --weights 1-W,W`` for each W of ``--weights``
+   (a gentle one and an overdone one; with weights adding up to 1 task arithmetic from the common base is the
+   interpolation of the two), ORIG being the original's latest version at that moment, proposed at once to the
+   live original swarm (``versions propose --state``), one after the other; each merge is evaluated here on both
+   sets afterwards (the same batches the peers use).
    Reported per merge: its loss on each set against ORIG's, the swarm's verdict and the peers' reasons, and for an
    accepted one whether every peer committed the merged state the round after the tag (one digest) and trained on.
 
@@ -111,10 +113,10 @@ def main() -> None:
     from p2pmodel.config import load_config
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--weights", default="0.5,3", help="the fork's task-vector weight in each merge")
+    ap.add_argument("--weights", default="0.1,0.3", help="the fork's task-vector weight w in each merge (1-w: ORIG's)")
     ap.add_argument("--fork-glob", default="/usr/share/common-licenses/*")
-    ap.add_argument("--fork-rounds", type=int, default=12)
-    ap.add_argument("--tolerance", type=float, default=0.1, help="each named set's regression tolerance")
+    ap.add_argument("--fork-rounds", type=int, default=8)
+    ap.add_argument("--tolerance", type=float, default=0.15, help="the regression tolerance, of each named set too")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
@@ -122,7 +124,7 @@ def main() -> None:
     out: dict = {"benchmark": "fork_merge", "weights": weights, "load_avg_start": load()}
     with bench_workdir(args.workdir, args.keep, "forkmerge") as wd:
         config = config_with_sets(wd / "orig.toml", args.fork_glob, args.tolerance)
-        overrides = [*FAST_ROUNDS, "versioning.release_every=2"]
+        overrides = [*FAST_ROUNDS, "versioning.release_every=2", f"versioning.regression_tolerance={args.tolerance}"]
         cfg = load_config(config, overrides)
         with Harness(wd / "orig", config, overrides) as orig:
             maddr = orig.start_bootstrap()
@@ -156,26 +158,26 @@ def main() -> None:
                 assert code == 0, err
                 fork.stop()
                 del fpeers
-            olatest = listed(maddr)["versions"][-1]["version"]
-            code, _, err = cli("versions", "pull", olatest, "--initial-peers", maddr, "-o", str(wd / "ORIG"), "--json")
-            assert code == 0, err
-            out["orig_pulled"] = olatest
-            out["eval"] = {d: evaluate_dir(wd / d, cfg) for d in ("BASE", "ORIG", "FORK")}
             merges = []
-            for w in weights:
+            for w in weights:  # each merge from the original's latest version, proposed at once: it keeps training
+                olatest = listed(maddr)["versions"][-1]["version"]
+                odir = wd / f"ORIG_{olatest}"
+                if not odir.exists():
+                    code, _, err = cli("versions", "pull", olatest, "--initial-peers", maddr, "-o", str(odir))
+                    assert code == 0, err
                 mdir = wd / f"MERGED_{w:g}"
                 code, merged, err = cli(
-                    "versions", "merge", str(wd / "ORIG"), str(wd / "FORK"), "--base", str(wd / "BASE"),
-                    "--method", "task-arithmetic", "--weights", f"1,{w:g}", "-o", str(mdir), "--json",
+                    "versions", "merge", str(odir), str(wd / "FORK"), "--base", str(wd / "BASE"),
+                    "--method", "task-arithmetic", "--weights", f"{1 - w:g},{w:g}", "-o", str(mdir), "--json",
                 )  # fmt: skip
                 assert code == 0, err
-                losses = evaluate_dir(mdir, cfg)
-                progress(f"merge w={w:g}: {losses}; proposing it to the original swarm")
+                progress(f"merge w={w:g} of {olatest} and the fork: proposing it to the original swarm")
                 code, verdict, err = cli(
                     "versions", "propose", "--state", str(mdir), "--bump", "minor", "--initial-peers", maddr,
                     "--listen", "/ip4/127.0.0.1/tcp/0", "--wait-s", "300", "--reason", f"merge w={w:g}", "--json",
                 )  # fmt: skip
-                entry = {"weight": w, "eval": losses, "verdict": verdict, "exit": code}
+                entry = {"weight": w, "orig": olatest, "merged": str(mdir), "verdict": verdict, "exit": code}
+                progress(f"merge w={w:g}: {verdict and verdict.get('result')}")
                 entry["votes"] = proposal_votes([orig.workdir / f"{p.name}.0.log" for p in peers], verdict["state"])
                 if verdict and verdict.get("result") == "accepted":
                     adopt = verdict["tag_round"] + 1
@@ -193,6 +195,11 @@ def main() -> None:
                 merges.append(entry)
             out["merges"] = merges
             orig.stop()
+        # each directory on both named sets, the batches the peers use (after the swarm stopped: no hurry now)
+        dirs = ["BASE", "FORK", *sorted({f"ORIG_{m['orig']}" for m in merges})]
+        out["eval"] = {d: evaluate_dir(wd / d, cfg) for d in dirs}
+        for m in merges:
+            m["eval"] = evaluate_dir(Path(m["merged"]), cfg)
     out["load_avg_end"] = load()
     print(json.dumps(out))
 

@@ -99,7 +99,8 @@ def _propose_state(me, path, bump, initial_peers, reason, ttl_h, listen, wait_s,
             rid, _ = pick_run(dht, run_id)
             certs = fetch_tags(dht, rid, tmp, allowlist)
             after = certs[-1]["version"] if certs else ""
-            current = max((r.get("round", 0) for r in list_peer_records(dht, rid)), default=0)
+            tagged = certs[-1]["round"] if certs else 0  # fresher than the peer records, refreshed every few minutes
+            current = max([tagged, *(r.get("round", 0) for r in list_peer_records(dht, rid))])
             body = {
                 "peer_id": me.peer_id,
                 "run_id": rid,
@@ -109,7 +110,7 @@ def _propose_state(me, path, bump, initial_peers, reason, ttl_h, listen, wait_s,
                 "time": time.time(),
                 "state": digest,
                 "provider": str(dht.peer_id),
-                "round": current + 3,  # voted at the peers' first release round from then: time to read it
+                "round": current + 2,  # voted at the peers' first release round from then: time to read it
             }
             _touch_peers(dht, rid)
             if not publish_signed(dht, me, proposals_key(rid), PROPOSAL_KIND, body, ttl_h * 3600):
@@ -123,8 +124,9 @@ def _propose_state(me, path, bump, initial_peers, reason, ttl_h, listen, wait_s,
 
 
 def _wait(dht, rid, workdir, allowlist, digest, from_round, wait_s) -> dict:
-    """Poll the tags until one names ``digest`` (accepted) or another state is tagged at a round from ``from_round``
-    on (the swarm voted on its own state instead: rejected, or the proposal was not heard of in time)."""
+    """Poll the tags until one names ``digest`` (accepted) or two release rounds from ``from_round`` on tagged other
+    states: the peers vote on a proposal once, at their first release round from then (the second, if they read it
+    late), so by then it was rejected (or could not be fetched)."""
     from p2pmodel.node.light import fetch_tags
 
     deadline = time.monotonic() + wait_s
@@ -135,11 +137,12 @@ def _wait(dht, rid, workdir, allowlist, digest, from_round, wait_s) -> dict:
             certs = fetch_tags(dht, rid, workdir, allowlist)
         except Exception:  # the DHT may be briefly unreachable: ask again
             continue
-        for c in certs:
+        newer = [c for c in certs if c["round"] >= from_round]
+        for c in newer:
             if c["digest"] == digest:
                 return {"result": "accepted", "version": c["version"], "tag_round": c["round"]}
-            if c["round"] >= from_round:
-                return {"result": "rejected", "version": None, "tagged_instead": c["version"]}
+        if len(newer) >= 2:
+            return {"result": "rejected", "version": None, "tagged_instead": newer[-1]["version"]}
     return {"result": "undecided", "version": None}
 
 
