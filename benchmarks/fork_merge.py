@@ -14,7 +14,21 @@
    Reported per merge: its loss on each set against ORIG's, the swarm's verdict and the peers' reasons, and for an
    accepted one whether every peer committed the merged state the round after the tag (one digest) and trained on.
 
-Run: python benchmarks/fork_merge.py [--weights 0.5,3] [--fork-glob '/usr/share/common-licenses/*'] [--keep]
+Run: python benchmarks/fork_merge.py [--weights 0.1,0.3] [--fork-glob '/usr/share/common-licenses/*'] [--keep]
+
+Measured 2026-12-07 09:15-09:20 UTC (2 cores, load average 1.2-5.6), defaults (tolerance 0.15 on val_loss and both
+sets): the fork (run 42f4a73e…) listed ``forked_from`` = run 6a4d5f44… v0.1.1 and tagged its own v0.1.0-v0.1.3.
+val_loss per set (orig = Python source, fork = the licenses' English text):
+  BASE (v0.1.1)  orig 2.439  fork 3.075
+  FORK (v0.1.3)  orig 3.105  fork 2.453
+  w = 0.1, ORIG v0.1.8 (orig 1.936, fork 2.662) → merged orig 1.999, fork 2.629: accepted 3/3 as v0.2.0 (round 26),
+      every peer committed the merged state at round 27, one digest at round 28
+  w = 0.3, ORIG v0.2.1 (orig 1.913, fork 2.655) → merged orig 2.282, fork 2.592 (better on the fork's set): rejected
+      3/3, "regression: val_loss 2.2488 > parent's 1.7903 (tolerance 0.15); regression: val_loss/orig 2.2815 >
+      parent's 1.7774 (tolerance 0.15)"; training went on (v0.2.x tags of its own state)
+An earlier run with task vectors at full weight (``--weights 1-w`` not used: 1,0.5 and 1,3) showed why the weights
+interpolate: both models carry the generic progress made since v0.1.1, so adding both task vectors at weight 1
+overshoots (orig 2.42 and 7.08 against ORIG's 1.72), and every peer rejected them.
 """
 
 from __future__ import annotations
