@@ -58,12 +58,13 @@ def state_proposals(found: dict[str, dict], run_id: str, allow: set[str] | None 
     return sorted(out, key=lambda s: (s.digest, s.proposer))
 
 
-def due(proposals: list[StateProposal], round_: int) -> StateProposal | None:
+def due(proposals: list[StateProposal], round_: int, window: int) -> StateProposal | None:
     """The proposal to vote on at release round ``round_``, if any: the first (by digest) up from a round not after
-    this one. It is judged against the latest tag, whichever that is by then (``after`` names the one the proposer
-    saw); the proposal record's lifetime bounds how long it stays up."""
+    this one and less than ``window`` rounds before it (two release rounds: a peer that read it late votes at the
+    second; after that every peer has voted on it, and one that restarted must not vote on it alone). It is judged
+    against the latest tag, whichever that is by then (``after`` names the one the proposer saw)."""
     for s in proposals:
-        if s.from_round <= round_:
+        if s.from_round <= round_ < s.from_round + window:
             return s
     return None
 
@@ -83,7 +84,7 @@ class StateReview:
         self.known: set[str] = set()
         self._voted: set[str] = set()
 
-    def take(self, proposals: list[StateProposal], round_: int):
+    def take(self, proposals: list[StateProposal], round_: int, window: int):
         """→ (proposal, its EvalReport) to vote on at ``round_``, or None (none due, or it could not be fetched)."""
         import logging
 
@@ -91,7 +92,7 @@ class StateReview:
 
         log = logging.getLogger("p2pmodel.release")
         self.known |= {p.digest for p in proposals}
-        proposal = due([p for p in proposals if p.digest not in self._voted], round_)
+        proposal = due([p for p in proposals if p.digest not in self._voted], round_, window)
         if proposal is None:
             return None
         self._voted.add(proposal.digest)  # once: a rejected proposal does not hold up every later release

@@ -69,7 +69,8 @@ class Releases:
         voting = release and self.link.identity.peer_id in members
         found = self._read_proposals() if voting else {}
         allow = set(self.cfg.versioning.allowlist) or None
-        under_review = self.review.take(state_proposals(found, peer.run_id, allow), round_)
+        window = 2 * self.cfg.versioning.release_every
+        under_review = self.review.take(state_proposals(found, peer.run_id, allow), round_, window)
         candidate = under_review[0].digest if under_review else peer.digest  # a proposed state, or ours
         with self._lock:
             if voting:
