@@ -46,6 +46,13 @@ def state_dir(path, state: dict) -> str:
     return str(path)
 
 
+def pull_latest(maddr: str, out) -> dict:
+    latest = listed(maddr)[-1]["version"]
+    res = cli("versions", "pull", latest, "--initial-peers", maddr, "-o", str(out), "--json")
+    assert res.returncode == 0, res.stderr[-2000:]
+    return read_pulled(out)[1]
+
+
 def propose(maddr: str, directory: str) -> tuple[int, dict]:
     res = cli(
         "versions", "propose", "--state", directory, "--bump", "minor", "--initial-peers", maddr,
@@ -65,11 +72,7 @@ def test_a_proposed_state_is_rejected_when_damaged_and_adopted_by_every_peer_whe
         while not listed(maddr):
             assert time.monotonic() < deadline, "\n".join(p.stderr_tail() for p in peers)
             time.sleep(3)
-        latest = listed(maddr)[-1]["version"]
-        pulled = tmp_path / "pulled"
-        res = cli("versions", "pull", latest, "--initial-peers", maddr, "-o", str(pulled), "--json")
-        assert res.returncode == 0, res.stderr[-2000:]
-        _, base = read_pulled(pulled)
+        base = pull_latest(maddr, tmp_path / "pulled-first")
 
         # damaged: random weights (val loss ~5.5 against ~2.5): every honest peer rejects it, training goes on
         g = torch.Generator().manual_seed(0)
@@ -80,7 +83,8 @@ def test_a_proposed_state_is_rejected_when_damaged_and_adopted_by_every_peer_whe
         assert state_digest(damaged) not in {t["digest"] for t in tags}
         assert tags[-1]["round"] >= out["round"], tags  # the swarm tagged its own state instead
 
-        # good: the pulled state, nudged (within the tolerance): tagged, and adopted by every peer
+        # good: the latest version, pulled now (the swarm trained on meanwhile), nudged: tagged, adopted by all
+        base = pull_latest(maddr, tmp_path / "pulled-second")
         good = {n: t + 1e-6 * torch.randn(t.shape, generator=g) for n, t in base.items()}
         code, out = propose(maddr, state_dir(tmp_path / "good", good))
         assert code == 0 and out["result"] == "accepted", out
