@@ -261,12 +261,13 @@ def _head(data_dir: Path) -> tuple[int, str] | None:
         return None
 
 
-def _check_stopped(case: Case, rc: int = 0) -> None:
+def _check_stopped(case: Case, rc: int | tuple[int, ...] = 0) -> None:
     p = case.proc
     assert case.committed is not None, f"{case.name}: no committed round:\n{p.stderr_tail()}"
     names = sorted(case.tree.values())
     assert "p2pd" in names and len(names) >= 3, f"{case.name}: process tree not seen: {case.tree}"
-    assert case.rc == rc, f"{case.name}: exit {case.rc} (wanted {rc} within {STOP_S} s):\n{p.stderr_tail()}"
+    wanted = rc if isinstance(rc, tuple) else (rc,)
+    assert case.rc in wanted, f"{case.name}: exit {case.rc} (wanted {rc} within {STOP_S} s):\n{p.stderr_tail()}"
     assert case.left == [], f"{case.name}: still running: {[(pid, case.tree[pid]) for pid in case.left]}"
     with pytest.raises(ProcessLookupError):
         os.killpg(p.proc.pid, 0)  # nothing left in its process group either
@@ -320,7 +321,9 @@ def test_sigterm_to_the_main_pid_stops_cleanly(swarm_run):
 @pytest.mark.timeout(600)
 def test_second_sigint_ends_at_once_without_orphans(swarm_run):
     case = swarm_run["cases"]["int_twice"]
-    _check_stopped(case, rc=130)  # within 5 s of the second SIGINT
+    # within 5 s of the second SIGINT: 130 from the handler, or -2 (killed by SIGINT) when the first one had already
+    # stopped the peer and the second met the interpreter's exit (CI at e9b70f3: stopped 0.1 s after the first)
+    _check_stopped(case, rc=(130, -2))
     _check_resumed(case, case.head)  # the last committed round survives the hard stop
     print(f"second SIGINT: exit after {case.exit_s:.1f} s, descendants gone after {case.tree_gone_s:.1f} s")
 
