@@ -11,11 +11,17 @@ Everything in a record is hostile input: schema-checked here, the state checked 
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
+from p2pmodel.core.errors import IntegrityError, P2PModelError
 from p2pmodel.core.ids import is_hex64
+from p2pmodel.eval.digest import parse_canonical
+from p2pmodel.swarm.blobs import fetch_blob
 from p2pmodel.versioning.semver import Version
+
+log = logging.getLogger("p2pmodel.release")
 
 ADOPT_AFTER = 1  # rounds from the release round that tagged a proposed state to its adoption: the tag has spread
 STATE_BUMPS = ("patch", "minor", "major")
@@ -86,11 +92,6 @@ class StateReview:
 
     def take(self, proposals: list[StateProposal], round_: int, window: int):
         """→ (proposal, its EvalReport) to vote on at ``round_``, or None (none due, or it could not be fetched)."""
-        import logging
-
-        from p2pmodel.core.errors import P2PModelError
-
-        log = logging.getLogger("p2pmodel.release")
         self.known |= {p.digest for p in proposals}
         proposal = due([p for p in proposals if p.digest not in self._voted], round_, window)
         if proposal is None:
@@ -110,27 +111,13 @@ class StateReview:
         return proposal, self.peer.evaluate_state(state)
 
     def _fetch(self, proposal: StateProposal) -> dict:
-        import time
-
-        from p2pmodel.core.errors import IntegrityError, SwarmError
-        from p2pmodel.eval.digest import parse_canonical
-        from p2pmodel.swarm.blobs import fetch_blob
-
+        """The proposed state from its provider (which keeps a connection to every peer open, so none has to dial
+        it), checked against this model, stored."""
         store = self.peer.store
         if store.has_state(proposal.digest):
             return store.get_state(proposal.digest)
         shapes = {n: tuple(p.shape) for n, p in zip(self.peer.names, self.peer.global_params, strict=True)}
-        blob = None
-        for attempt in range(3):  # a first dial may hit libp2p's backoff; the proposer also connects to us itself
-            try:
-                blob = fetch_blob(
-                    self.dht, proposal.provider, proposal.digest, state_limit(shapes), timeout_s=self.timeout_s
-                )
-                break
-            except SwarmError:
-                if attempt == 2:
-                    raise
-                time.sleep(3.0)
+        blob = fetch_blob(self.dht, proposal.provider, proposal.digest, state_limit(shapes), timeout_s=self.timeout_s)
         state = parse_canonical(blob)  # the bytes hash to the digest: fetch_blob checked them
         if {n: tuple(t.shape) for n, t in state.items()} != shapes:
             raise IntegrityError("it does not fit this model (names or shapes)")
