@@ -13,7 +13,9 @@ Slow links: a download is cut when its peer sends nothing for ``STALL_S``, not a
 and what arrived is kept (``swarm/blobs.Partial``): the next attempt, to that peer or another offering the same
 package, resumes where it stopped. A re-sync gives up ``download_timeout_s`` after it began if no byte arrived in
 the last ``STALL_S``, and in any case once the package could have come at ``MIN_RATE_BPS``: 6.7 MB of
-configs/tiny.toml state take 54 s at 1 Mbit/s, more than the 40 s share one of three offering peers used to get."""
+configs/tiny.toml state take 54 s at 1 Mbit/s, more than the 40 s share one of three offering peers used to get.
+It gives up sooner, after ``NONE_OFFERED_S``, when every peer offering the package refused it (peers keep only
+their last few): the caller then takes the swarm's latest state instead."""
 
 from __future__ import annotations
 
@@ -39,6 +41,10 @@ ASKED_GRACE_S = 120.0
 PULL_IDS = 64  # newest "digest" ids a late joiner asks a peer for
 STALL_S = 20.0  # a peer that sent nothing for this long is left for the next one offering the package
 MIN_RATE_BPS = 32 << 10  # 256 kbit/s: below this a re-sync of a whole package gives up
+# a re-sync with no untried peer offering its package for this long gives up at once (its caller then catches up
+# to the swarm's latest state): peers keep only their last KEEP_PACKAGES packages, so a peer that fell a few rounds
+# behind (e.g. its all-reduce hung) is refused by all of them and used to wait out download_timeout_s for nothing
+NONE_OFFERED_S = 8.0
 
 
 class StateOffers:
@@ -133,11 +139,17 @@ class StateOffers:
         if offers is None:
             offers = self.votes.offers(round_, digest) if self.votes is not None else {}
         first = {p: o for p, o in offers.items() if valid_offer(o) and o["round"] == round_ and o["digest"] == digest}
+        hoped = start  # when an untried peer last offered the package
         while (now := time.monotonic()) < hard and (now < soft or now - progress.at < STALL_S):
             if first:
                 offers, first = first, {}
             else:
                 offers = {p: o for p, o in self.offers().items() if o["round"] == round_ and o["digest"] == digest}
+            if set(offers) - tried:
+                hoped = now
+            elif now - max(hoped, progress.at) >= NONE_OFFERED_S:
+                log.warning("no peer offers state %s of round %d any more", digest[:12], round_)
+                return False
             got = download_state(self.dht, offers, shapes, digest, round_, hard - now, tried, progress)
             if got is not None:
                 pid, params, momentum = got

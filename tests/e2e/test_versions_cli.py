@@ -45,7 +45,10 @@ def check_tags(versions: list[dict], electorate: int = 3) -> dict[str, dict]:
         assert want in by, f"{want} not tagged: {sorted(by)}"
         assert by[want]["votes"] >= 2 and by[want]["electorate"] == electorate, by[want]
         assert by[want]["required"] == 3, by[want]  # floor(2*3/3)+1
-    assert by["v0.1.0"]["round"] == 2 and by["v0.1.1"]["round"] == 4 and by["v0.1.1"]["parent"] == "v0.1.0"
+    # release_every = 2: each tag is of a release round; on loaded cores a round's vote can miss its unanimous
+    # quorum (3 of 3) when one peer re-syncs, and the version is then tagged at a later release round
+    first, second = by["v0.1.0"]["round"], by["v0.1.1"]["round"]
+    assert first % 2 == 0 < first < second and second % 2 == 0 and by["v0.1.1"]["parent"] == "v0.1.0", by
     return by
 
 
@@ -74,9 +77,12 @@ def test_demo_tags_two_versions_by_quorum(tmp_path):
 def swarm(tmp_path_factory):
     """3 peers that train past round 4 (so they are still serving), and the tags as a separate process sees them."""
     root = tmp_path_factory.mktemp("swarm")
-    with LocalSwarm(root, TINY, FAST) as sw:
+    # the peers serve until the module's last test (at ~1.5 s a round, 60 rounds ended before it on loaded cores)
+    # and keep the round objects of every round (32 by default: the patch pull, which waits for the light clients
+    # before it, found rounds 3-4 gone and fell back to a whole pull)
+    with LocalSwarm(root, TINY, [*FAST, "versioning.keep_rounds=150"]) as sw:
         maddr = sw.start_bootstrap()
-        peers = [sw.start_peer(f"peer{i}", max_rounds=60) for i in (1, 2, 3)]
+        peers = [sw.start_peer(f"peer{i}", max_rounds=150) for i in (1, 2, 3)]
         deadline = time.monotonic() + 180
         for p in peers:
             ev = p.wait_for(lambda e: e.get("event") == "round" and e["round"] >= 4, deadline - time.monotonic())
@@ -158,28 +164,32 @@ def test_pull_show_diff_plot(swarm, tmp_path):
     credited = {c["peer"]: c["samples"] for c in shown["contributors"]}
     assert credited and all(n > 0 for n in credited.values()), shown["contributors"]
     assert set(credited) <= set(shown["electorate_peers"]), shown["contributors"]
+    first, second = tags["v0.1.0"]["round"], tags["v0.1.1"]["round"]
     tallies = []
     for p in swarm_peers:
-        records = [e.get("contributions") for e in p.rounds() if e["round"] in (1, 2)]
-        if len(records) == 2 and all(records):
+        records = [e.get("contributions") for e in p.rounds() if e["round"] <= first]
+        if len(records) == first and all(records):
             tallies.append({peer: sum(r.get(peer, 0) for r in records) for peer in set().union(*records)})
     assert tallies.count(credited) >= shown["contributors_attested_by"] >= 2, (credited, tallies)
 
     assert log.returncode == 0, log.stderr[-2000:]
     history = json.loads(log.stdout)["versions"]  # newest first, each version's rounds since its parent
     assert [v["version"] for v in history][-2:] == ["v0.1.1", "v0.1.0"], history
-    assert history[-1]["rounds"] == [1, 2] and history[-2]["rounds"] == [3, 4]
+    assert history[-1]["rounds"] == list(range(1, first + 1))
+    assert history[-2]["rounds"] == list(range(first + 1, second + 1))
     assert history[-1]["contributors"] == shown["contributors"] and history[-1]["val_loss_change"] is None
     assert history[-2]["val_loss_change"] == history[-2]["metrics"]["val_loss"] - history[-1]["metrics"]["val_loss"]
 
-    # v0.1.1 as a patch from the pulled v0.1.0: the round objects of rounds 3-4 replayed, the tag's digest reached
+    # v0.1.1 as a patch from the pulled v0.1.0: the round objects between them replayed, the tag's digest reached
     patched = cli("versions", "pull", "v0.1.1", *peers, "--from", str(dirs["v0.1.0"]), "-o", str(tmp_path / "p"),
                   "--json")  # fmt: skip
     assert patched.returncode == 0, patched.stderr[-2000:]
     got = json.loads(patched.stdout)
     whole = json.loads(pulls["v0.1.1"].stdout)
-    assert got["method"] == "patch" and got["rounds"] == 2 and got["digest"] == tags["v0.1.1"]["digest"], got
-    assert got["bytes"] <= 0.35 * whole["bytes"] / 2, (got, whole)  # a whole pull is the state and its momentum
+    assert got["method"] == "patch" and got["digest"] == tags["v0.1.1"]["digest"], got
+    assert got["rounds"] == second - first, got
+    # int4 round objects: ~0.14 of the state each (a whole pull is the state and its momentum)
+    assert got["bytes"] <= 0.175 * got["rounds"] * whole["bytes"] / 2, (got, whole)
     assert state_digest(load_file(tmp_path / "p" / "model.safetensors")) == tags["v0.1.1"]["digest"]
     patched_log = [v for v in history if v["version"] == "v0.1.1"][0]
     assert patched_log["patch_bytes"] == got["bytes"] and history[-1]["patch_bytes"] is None, history

@@ -64,20 +64,21 @@ class _Votes:
         return {p: o for p, o in self._by_round.items() if (o["round"], o["digest"]) == (round_, digest)}
 
 
-def _offers(monkeypatch, votes, in_dht, peer_round=0):
+def _offers(monkeypatch, votes, in_dht, peer_round=0, download_timeout_s=0.3, refusing=()):
     from types import SimpleNamespace
 
     from p2pmodel.node import state_offers
 
     peer = SimpleNamespace(round=peer_round, run_id="r", global_state=lambda: {}, adopt=lambda *a: None)
-    so = state_offers.StateOffers(None, SimpleNamespace(peer_id="me"), peer, 600, 0.3, votes=votes)
+    so = state_offers.StateOffers(None, SimpleNamespace(peer_id="me"), peer, 600, download_timeout_s, votes=votes)
     monkeypatch.setattr(so, "offers", lambda: dict(in_dht))
     tried = []
 
     def download(dht, offers, shapes, digest, round_, timeout_s, seen, progress=None):
-        tried.append(sorted(offers))
+        fresh = sorted(set(offers) - seen)
+        tried.append(fresh)
         seen.update(offers)
-        pid = next(iter(offers), None)
+        pid = next((p for p in fresh if p not in refusing), None)
         return (pid, {}, []) if pid is not None else None
 
     monkeypatch.setattr(state_offers, "download_state", download)
@@ -101,6 +102,21 @@ def test_a_resync_downloads_from_the_peers_that_voted_for_the_winner(monkeypatch
     assert so.resync(5, A) and tried == [["h1"]]  # no DHT lookup needed
     so, _, tried = _offers(monkeypatch, _Votes([]), {"h3": _offer(5, A, "h3")})
     assert so.resync(5, A) and tried == [["h3"]]  # no vote named a package: the DHT's offers
+
+
+@pytest.mark.timeout(10)  # download_timeout_s is an hour: only giving up early ends it in time
+def test_a_resync_refused_by_every_peer_offering_it_gives_up_without_waiting_out_its_deadline(monkeypatch):
+    """Peers keep their last few packages: a peer a few rounds behind finds the state it lost gone everywhere, and
+    its caller catches up to the swarm's latest instead (node/swarm_link.py)."""
+    from p2pmodel.node import state_offers
+
+    monkeypatch.setattr(state_offers, "NONE_OFFERED_S", 1.0)
+    votes = _Votes([], by_round={"h1": _offer(5, A, "h1"), "h2": _offer(5, A, "h2")})
+    so, _, tried = _offers(
+        monkeypatch, votes, {"h2": _offer(5, A, "h2")}, download_timeout_s=3600, refusing={"h1", "h2"}
+    )
+    assert not so.resync(5, A)
+    assert tried[0] == ["h1", "h2"] and not any(tried[1:])  # each asked once, then nobody new offered it
 
 
 @pytest.mark.timeout(10)
