@@ -6,14 +6,15 @@ for it, which may have ended in another group), less those that left or are no l
 everyone with a live peer record instead made one crashed peer cost every survivor the whole deadline each
 round until its record expired (a minute).
 
-How the digests travel: each participant signs a "digest" message {run_id, round, digest, blob, size} and
-pushes it straight to every peer it knows (gossip, ``direct``); the step waits on what arrives. The message is
-also an offer of the state package of that round (blob id, size): a peer that must re-sync downloads it from a
-peer that voted for the winner, without a DHT lookup. Only a step still missing participants after
-``fallback_after_s`` falls back, and keeps at it every ``dht_poll_s``: it pulls the "digest" messages of the
-missing peers from them (a lost push), stores its own digest record in the DHT and reads the DHT's (a peer
-whose gossip does not get through). Measured on the wire at 4 peers and a bootstrap (benchmarks/control_ops.py):
-the DHT way cost a store (~22 KB) per peer and a get (~20 KB) every 0.3 s of waiting; a direct push costs
+How the digests travel: each participant signs a "digest" message {run_id, round, digest, blob, size, patch,
+patch_size} and pushes it straight to every peer it knows (gossip, ``direct``); the step waits on what arrives.
+The message is also an offer of the state package of that round (blob id, size) and of the round's object
+(patch id, size): a peer that must re-sync replays the object, or downloads the package, from a peer that voted
+for the winner, without a DHT lookup. Only a step still missing participants after ``fallback_after_s`` falls
+back, and keeps at it every ``dht_poll_s``: it pulls the "digest" messages of the missing peers from them (a
+lost push), stores its own digest record in the DHT and reads the DHT's (a peer whose gossip does not get
+through). Measured on the wire at 4 peers and a bootstrap (benchmarks/control_ops.py): the DHT way cost a store
+(~22 KB) per peer and a get (~20 KB) every 0.3 s of waiting; a direct push costs
 ~1.7 KB per receiving peer."""
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ MAX_PER_ROUND = 1024
 MAX_LATEST = 1024
 PULL_IDS = 64  # newest "digest" ids asked of a missing peer (each 32 bytes of its answer)
 DIGEST_FIELDS = ("run_id", "round", "digest", "blob", "size", "time")
+# the round's object (versioning/round_object.py) the voter serves: a re-sync replays it instead of downloading
+# the state; optional, so peers of an earlier release that send none still count
+PATCH_FIELDS = ("patch", "patch_size")
 
 
 def majority(digests: dict[str, str]) -> str | None:
@@ -60,7 +64,7 @@ def valid_digest_message(body, run_id: str) -> bool:
     """A "digest" gossip body of ``run_id``: exactly DIGEST_FIELDS, a real digest, a blob id or "", sane numbers."""
     return (
         isinstance(body, dict)
-        and set(body) == set(DIGEST_FIELDS)
+        and set(body) in (set(DIGEST_FIELDS), {*DIGEST_FIELDS, *PATCH_FIELDS})
         and body["run_id"] == run_id
         and type(body["round"]) is int
         and 0 < body["round"] < 2**63
@@ -68,6 +72,9 @@ def valid_digest_message(body, run_id: str) -> bool:
         and (body["blob"] == "" or is_hex64(body["blob"]))
         and type(body["size"]) is int
         and 0 <= body["size"] < 2**63
+        and (body.get("patch", "") == "" or is_hex64(body["patch"]))
+        and type(body.get("patch_size", 0)) is int
+        and 0 <= body.get("patch_size", 0) < 2**63
     )
 
 
@@ -87,6 +94,7 @@ class DigestBox:
     def add(self, signer: str, body: dict, committed: int) -> bool:
         """Keep ``signer``'s message; True when its round is near ``committed`` (worth storing and serving)."""
         offer = {"peer_id": signer, **{k: body[k] for k in ("round", "digest", "blob", "size")}}
+        offer.update(patch=body.get("patch", ""), patch_size=body.get("patch_size", 0))
         r = offer["round"]
         with self._lock:
             prev = self._latest.get(signer)
@@ -127,6 +135,9 @@ class Agreement:
     winner: str  # the digest every participant holds after it
     committed_by: list[str] = field(default_factory=list)  # the peers whose digests decided it (this one included)
     missing: list[str] = field(default_factory=list)  # participants waited for until the deadline, in vain
+    # how this peer reached the winner when it held another digest (node/swarm_link.py): "replay" (the round's
+    # object), "download" (the state), "catch-up" (the swarm's latest round instead), "failed"; "" when it held it
+    resync: str = ""
 
 
 class CommitStep:
@@ -243,6 +254,8 @@ class CommitStep:
             "digest": digest,
             "blob": offer.get("blob", ""),
             "size": int(offer.get("size", 0)),
+            "patch": offer.get("patch", ""),
+            "patch_size": int(offer.get("patch_size", 0)),
         }
         try:
             self.gossip.publish(DIGEST_KIND, body)

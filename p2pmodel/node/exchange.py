@@ -33,8 +33,9 @@ class Exchange(Protocol):
     def average(self, round_: int, delta: list[torch.Tensor], weight: float) -> ExchangeOutcome:
         """Combine this peer's ``delta`` (weighted by its samples) with the round's other peers'."""
 
-    def agree(self, round_: int, outcome: ExchangeOutcome) -> Agreement:
-        """Commit step: make this peer hold the state most of the round's participants hold."""
+    def agree(self, round_: int, outcome: ExchangeOutcome, patch: bytes | None = None) -> Agreement:
+        """Commit step: make this peer hold the state most of the round's participants hold. ``patch``: the
+        round's object (versioning/round_object.py), offered with our vote for the peers that must re-sync."""
 
     def after_commit(self, round_: int, samples_per_s: float, outcome: ExchangeOutcome) -> None:
         """The round is durable here: serve it, announce it, record who contributed."""
@@ -46,7 +47,7 @@ class SoloExchange:
     def round_closed(self, round_: int) -> bool:
         return False
 
-    def agree(self, round_: int, outcome: ExchangeOutcome) -> Agreement:
+    def agree(self, round_: int, outcome: ExchangeOutcome, patch: bytes | None = None) -> Agreement:
         return Agreement(winner="")
 
     def after_commit(self, round_: int, samples_per_s: float, outcome: ExchangeOutcome) -> None:

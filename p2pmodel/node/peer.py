@@ -132,14 +132,13 @@ class Peer:
         return self.last_report
 
     # --- patches (versioning/round_object.py) ----------------------------------------------------------------
-    def record_round(self, round_: int, parent: str, mean_delta: list[torch.Tensor], contributors: dict) -> None:
-        """Keep the round just committed as a round object: the aggregate that led from state ``parent`` to ours."""
+    def round_object(self, round_: int, parent: str, mean_delta: list[torch.Tensor], contributors: dict) -> bytes:
+        """The round just stepped as a round object: the aggregate that led from state ``parent`` to ours. Made
+        before the commit step, so a peer that lost the round's majority can replay it (node/state_offers.py)."""
         from p2pmodel.versioning.round_object import encode_round
 
-        if not self.cfg.versioning.keep_rounds:
-            return
         o, c = self.outer, self.cfg.compress
-        blob = encode_round(
+        return encode_round(
             run_id=self.run_id,
             round_=round_,
             parent=parent,
@@ -150,7 +149,11 @@ class Peer:
             contributors=contributors,
             aggregate=dict(zip(self.names, mean_delta, strict=True)),
         )
-        self.patches.put_round(round_, blob, parent, self.digest)
+
+    def keep_round(self, round_: int, blob: bytes, parent: str, child: str) -> None:
+        """Keep a committed round's object (ours, or the one a re-sync replayed) for patches, if the run keeps any."""
+        if self.cfg.versioning.keep_rounds:
+            self.patches.put_round(round_, blob, parent, child)
 
     def momentum_state(self) -> dict[str, torch.Tensor]:
         """The outer momentum by parameter name (parameters without a buffer yet are left out)."""

@@ -157,6 +157,7 @@ async def _serve(
                                 "group_size": result.outcome.group_size,
                                 "committed_by": len(result.agreement.committed_by),
                                 "commit_missing": len(result.agreement.missing),
+                                "resync": result.agreement.resync,  # "" or how it reached the round's majority
                                 "steps": result.stats.steps,
                                 "inner_s": round(result.stats.seconds, 3),
                                 "round_s": round(result.seconds, 3),

@@ -17,11 +17,12 @@ costs ~5 KB on the wire, one store of a signed record ~24 KB, so polling every 1
 the averaging payload at H=250; a gossip push costs one small message per peer."""
 
 import logging
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -52,6 +53,9 @@ log = logging.getLogger("p2pmodel.swarm")
 CLOSE_GRACE = 1 / 3  # of sync.matchmaking_time_s: joins the group well inside the window
 PACE_POLL_S = 60.0  # DHT fallback for a "ready" whose push failed (each poll ~5 KB on the wire)
 MAX_ADDRS = 32  # a peer record carries at most this many (swarm/records.py)
+# test-only: rounds ("3,5") whose all-reduce mean this peer corrupts, as if a part's reply never came (the
+# integration test of a re-sync by replay); never set in use
+LOSE_PART_ENV = "P2PMODEL_TEST_LOSE_PART"
 PEER_LIST_CACHE_S = 300.0  # gossip's view of who is online (each refresh ~22 KB on the wire at 4 peers); gossip
 # also targets the peers that talked to it lately, and the round engine checks connections itself
 PEER_LIST_FRESH_S = 30.0  # ... refreshed this often instead after a change (or the start) until it holds for
@@ -81,6 +85,7 @@ class SwarmLink:
         self.residuals = [torch.zeros_like(p) for p in peer.global_params] if cfg.compress.error_feedback else None
         self.encoded_bytes = sum(len(self.codec.compress(t, _info(t)).SerializeToString()) for t in self._buffers)
         self.committed = Committed(peer.round, peer.digest)
+        self._lose_part = {int(r) for r in os.environ.get(LOSE_PART_ENV, "").split(",") if r.strip()}
         # fire-and-forget DHT stores (ready fallback, state offers, run records), in order, off the round's path
         self._publisher = Publisher()
         self.commit_hooks: list = []  # called with (round, members, contributions) after each commit (releases)
@@ -273,6 +278,9 @@ class SwarmLink:
             return self._alone(sent, weight, why)
         with self.averager.get_tensors() as tensors:
             mean = [t.clone() for t in tensors]
+        if round_ in self._lose_part:
+            log.warning("TEST FAULT: round %d: the first tensor's mean lost (%s is set)", round_, LOSE_PART_ENV)
+            mean[0].zero_()
         if self.residuals:
             for r, fresh in zip(self.residuals, self.averager.residuals, strict=True):
                 r.copy_(fresh)
@@ -344,12 +352,13 @@ class SwarmLink:
                 r.zero_()
         return ExchangeOutcome(mean_delta=sent, reason=reason, contributions={self.identity.peer_id: int(weight)})
 
-    def agree(self, round_: int, outcome: ExchangeOutcome) -> Agreement:
+    def agree(self, round_: int, outcome: ExchangeOutcome, patch: bytes | None = None) -> Agreement:
         """The commit step: the digest most of the round's participants hold wins; re-sync if it is not ours."""
         sync = self.cfg.sync
         # a group that formed later may still be averaging: give it a matchmaking window, requests and a stall
         deadline_s = sync.matchmaking_time_s + 2 * sync.request_timeout_s + 2 * sync.chunk_timeout_s
-        offer = self.offers.prepare(round_)  # our vote names the package we serve: a re-sync needs no DHT lookup
+        # our vote names the package (and round object) we serve: a re-sync needs no DHT lookup
+        offer = self.offers.prepare(round_, patch)
         fallbacks = self.commit.fallbacks
         agreement = self.commit.agree(
             round_,
@@ -376,10 +385,13 @@ class SwarmLink:
             # the others did not wait for us: without this they assemble the next round without us too, and a
             # peer that re-synced starts every round late, goes alone and re-syncs again (a chase)
             self.pace.announce_join(round_ + 1)
-            if not self.offers.resync(round_, agreement.winner) and self.catch_up():
+            how = self.offers.resync(round_, agreement.winner)
+            if not how and self.catch_up():
                 # the swarm moved past that round before we got its state (we started a round behind): take the
                 # latest instead; the round loop commits it under its own round (node/round.py)
                 log.warning("round %d: caught up to the swarm's round %d instead", round_, self.peer.round)
+                how = "catch-up"
+            agreement = replace(agreement, resync=how or "failed")
         return agreement
 
     def after_commit(self, round_: int, samples_per_s: float, outcome: ExchangeOutcome) -> None:

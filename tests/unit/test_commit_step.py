@@ -95,12 +95,16 @@ def test_the_box_keeps_rounds_near_the_commit_and_each_signers_latest_offer():
     kept = [r for r in range(1, 50) if box.add("p1", _body(r), committed=10)]
     assert kept == [9, 10, 11, 12]  # a signed message for any round cannot grow the map
     assert box.digests(11) == {"p1": A} and box.digests(20) == {}
-    assert box.latest() == [{"peer_id": "p1", "round": 49, "digest": A, "blob": C, "size": 10}]  # for a joiner
+    assert box.latest() == [
+        {"peer_id": "p1", "round": 49, "digest": A, "blob": C, "size": 10, "patch": "", "patch_size": 0}
+    ]
     box.add("p1", _body(5), committed=10)  # an older one does not replace the newest
     assert box.latest()[0]["round"] == 49
     box.add("p2", _body(11, digest=B), committed=10)
     box.add("p3", _body(11, blob=""), committed=10)
-    assert box.offers(11, A) == {"p1": {"peer_id": "p1", "round": 11, "digest": A, "blob": C, "size": 10}}
+    assert box.offers(11, A) == {
+        "p1": {"peer_id": "p1", "round": 11, "digest": A, "blob": C, "size": 10, "patch": "", "patch_size": 0}
+    }
     assert box.offers(11, B).keys() == {"p2"}
     box.add("p1", _body(13), committed=12)  # a later commit drops what is now too old
     assert box.digests(9) == {} and box.digests(10) == {}

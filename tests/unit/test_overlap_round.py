@@ -76,7 +76,7 @@ class PeerView:
         pair.steps_during_exchange[(self.name, round_)] = peer.trainer.step - first
         return ExchangeOutcome(mean_delta=mean, group_size=2, members=sorted(pair.peers), averaged=True)
 
-    def agree(self, round_: int, outcome) -> Agreement:
+    def agree(self, round_: int, outcome, patch: bytes | None = None) -> Agreement:
         return Agreement(winner=self.pair.peers[self.name].digest)
 
     def after_commit(self, round_: int, samples_per_s: float, outcome) -> None:

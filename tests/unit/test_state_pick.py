@@ -99,7 +99,7 @@ def test_a_joiner_takes_the_latest_digests_of_its_peers_over_older_dht_offers(mo
 def test_a_resync_downloads_from_the_peers_that_voted_for_the_winner(monkeypatch):
     votes = _Votes([], by_round={"h1": _offer(5, A, "h1"), "h2": _offer(5, B, "h2")})
     so, _, tried = _offers(monkeypatch, votes, {})
-    assert so.resync(5, A) and tried == [["h1"]]  # no DHT lookup needed
+    assert so.resync(5, A) == "download" and tried == [["h1"]]  # no DHT lookup needed
     so, _, tried = _offers(monkeypatch, _Votes([]), {"h3": _offer(5, A, "h3")})
     assert so.resync(5, A) and tried == [["h3"]]  # no vote named a package: the DHT's offers
 
