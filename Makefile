@@ -24,7 +24,7 @@ demo: install
 
 # the fast tier and the swarm tier (< 10 minutes on 2 cores); plain `pytest` runs every tier
 test: install
-	$(BIN)/python -m pytest -m "not scenario"
+	$(BIN)/python -m pytest -m "not scenario" --durations=12
 
 # long multi-process scenarios: Ctrl-C/SIGTERM/SIGKILL of real peers, a newcomer's walk-through (CI runs them too)
 test-scenarios: install

@@ -47,6 +47,7 @@ def test_late_joiner_downloads_state_and_holds_the_swarm_digest(tmp_path):
             assert set(others.values()) == {table[r]["late"]}, f"round {r}: {table[r]}"
 
 
+@pytest.mark.scenario  # half a minute of 4 processes: make test-scenarios (CI runs it too)
 @pytest.mark.timeout(300)
 def test_a_peer_whose_mean_lost_a_part_replays_the_round_object_instead_of_downloading_the_state(tmp_path):
     """peer3's round-3 mean loses its first tensor (the test-only fault of node/swarm_link.py: what a part whose
