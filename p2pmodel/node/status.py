@@ -34,6 +34,18 @@ class PeerStatus:
         self.c_refused = Counter(
             "p2pmodel_refused_updates", "Updates of other peers refused (broadcast mode)", ["peer"], registry=r
         )
+        self.c_resyncs = Counter(
+            "p2pmodel_resyncs",
+            "Rounds this peer ended holding another state than most peers, by how it reached theirs (replay: the"
+            " round's object; download: the state; catch-up: the swarm's latest; failed)",
+            ["how"],
+            registry=r,
+        )
+        self.g_steps = Gauge(
+            "p2pmodel_inner_steps",
+            "Inner steps of the last round (fewer than train.inner_steps: a faster peer closed the round first)",
+            registry=r,
+        )
         self.g_sps = Gauge("p2pmodel_samples_per_second", "Inner-loop throughput", registry=r)
         self.g_wait = Gauge(
             "p2pmodel_exchange_wait_seconds",
@@ -60,6 +72,10 @@ class PeerStatus:
         self.c_rounds.labels("not_applied" if not o.applied else "averaged" if o.averaged else "alone").inc()
         for peer_id in o.refused:
             self.c_refused.labels(peer_id).inc()
+        resync = res.agreement.resync
+        if resync:
+            self.c_resyncs.labels(resync).inc()
+        self.g_steps.set(res.stats.steps)
         self.g_sps.set(res.stats.samples / max(res.stats.seconds, 1e-9))
         self.g_wait.set(res.wait_s)
         self.update(
@@ -82,6 +98,8 @@ class PeerStatus:
                 "reason": o.reason,  # why this peer was left out of a group, when it was
                 "exchange_wait_s": round(res.wait_s, 3),
                 "refused": o.refused,  # broadcast mode: peers whose update was not used, and why
+                "inner_steps": res.stats.steps,  # fewer than train.inner_steps: another peer closed the round
+                "resync": resync,  # "" or how this peer reached the round's majority (node/commit.py: Agreement)
             },
         )
 

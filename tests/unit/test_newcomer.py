@@ -103,10 +103,11 @@ def test_status_counts_the_peer_itself_like_swarm_peers():
     res = SimpleNamespace(
         round=3,
         report=SimpleNamespace(val_loss=2.0),
-        stats=SimpleNamespace(loss=2.1, samples=80, seconds=1.0),
+        stats=SimpleNamespace(loss=2.1, samples=80, seconds=1.0, steps=10),
         outcome=ExchangeOutcome(
             [], averaged=True, group_size=2, members=["me", "you"], bytes_sent=10, bytes_received=10
         ),
+        agreement=SimpleNamespace(resync="replay"),
         wait_s=0.25,
     )
     peer = SimpleNamespace(digest="d" * 64, counters={"bytes_sent": 10, "bytes_received": 10})
@@ -115,6 +116,9 @@ def test_status_counts_the_peer_itself_like_swarm_peers():
     assert snap["peers_online"] == 2 and snap["other_peers_online"] == 1
     assert status.g_peers._value.get() == 2
     assert snap["last_averaging"]["exchange_wait_s"] == 0.25 and status.g_wait._value.get() == 0.25
+    # a round closed early by a faster peer, and how this peer re-synced, in status and metrics alike
+    assert snap["last_averaging"]["inner_steps"] == 10 and status.g_steps._value.get() == 10
+    assert snap["last_averaging"]["resync"] == "replay" and status.c_resyncs.labels("replay")._value.get() == 1
 
 
 def test_tiny_releases_rarely_and_the_demo_brings_its_own_cadence():
