@@ -421,6 +421,9 @@ class SwarmLink:
         caught_up = self.offers.catch_up()
         if caught_up:
             self.committed = Committed(self.peer.round, self.peer.digest)
+        # the state this peer trains from, packed: a first round that ends off the majority (its all-reduce missed
+        # parts) re-syncs by replaying that round's object on it (node/state_offers.py), not by a whole download
+        self.offers.prepare(self.peer.round)
         self.pace.announce_join(self.peer.round + 1)
         return caught_up
 
