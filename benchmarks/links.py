@@ -119,6 +119,34 @@ ran alongside): ``--peers 4 --rounds 6 --cpu 0.4 --rate-mbit 1 --arms blocking,o
   "cut at 1900544 bytes (resumable)", then "re-synced round 3"), but take ~2 minutes, and the swarm is rounds ahead
   by then: in seed 1 two peers chased the swarm until the arm timed out. The loss cost of the one-phase delay is
   2-10 % here (the mean lands late in a 1 Mbit/s phase), against 3 % simulated with the mean landing half-way.
+After re-syncs by round object (2026-12-07, 11:56-12:34 UTC, 2 cores, load average 0.3-4, nothing else of this
+session running; code at 65b3c0b): ``--peers 4 --rounds 6 --cpu 0.4 --rate-mbit 1 --arms blocking,overlap
+--seeds 0,1,2`` (solo: 2.91 inner steps/s, utilisation 0.895: per-round evaluation and checkpoint cost 0.115 of
+its inner phase)
+  arm/seed    utilisation (per peer)  exchange cost net of solo's  val loss (vs blocking)  round wall  re-syncs
+  blocking/0  0.545-0.579             0.756 of inner               2.149                   20.3 s      1 (partial)
+  blocking/1  0.595-0.607             0.659                        2.145                   23.1 s      0
+  blocking/2  0.573-0.589             0.714                        2.154                   21.1 s      0
+  overlap/0   0.886-0.892             0.013                        2.314 (1.077)           14.3 s      0
+  overlap/1   0.868-0.898                                          2.198 (1.025)           14.7 s      0
+  overlap/2   0.878-0.897                                          2.409 (1.118)           14.1 s      0
+  Overlapped, the exchange is hidden (exchange_wait_s 0; what is left of a round beyond the inner phase is the
+  solo daemon's own evaluation and checkpoint: utilisation 0.883-0.891 against the solo's 0.895), all digests
+  agree in all 6 runs. The one-phase delay costs 2.5-12 % of val loss at equal steps here (3 % simulated).
+One peer at half CPU (``--slow 3=2``, same caps, seed 0):
+  blocking     group of 4 in every round, digests agree, the slow peer contributes 119 inner steps to the fast
+               peers' 300; fast peers' utilisation 0.542-0.567 (link-bound, as without it).
+  overlap      two invocations. In the first the slow peer missed round 1's group and its whole-state re-sync
+               (no package of round 0 to replay on yet: added since) chased the swarm; digests split in rounds
+               5-6. In the second (--keep) it made round 1's group, then arrived ~4 s after the 3 s matchmaking
+               window every round (its evaluation at 0.2 core comes between its inner phase and its next
+               exchange) and trained alone, re-syncing every round by replaying the round's object (476,807
+               bytes, ~6 s): digests agree every round, fast peers 0.878-0.892, its samples unused.
+  overlap with sync.matchmaking_time_s=8 (``--arm wide=sync.overlap=true,sync.matchmaking_time_s=8``, seeds 0
+               and 1): group of 4 in every round, digests agree every round, the slow peer contributes 133-169
+               steps to 350; fast peers 0.856-0.880 (seed 1) and 0.626-0.701 (seed 0: partial all-reduces in
+               round 6, repaired by replay). An overlapped exchange's matchmaking wait is hidden behind compute,
+               so a wider window costs little there.
 Scale (--cpu 0 --rate-mbit 0 --no-solo, H = 20, eval.batches=2, data.max_corpus_bytes=2000000, 5 rounds):
   peers  round wall (median, min-max)  wire bytes/peer (total; per round)  payload/round  digests  RSS (sum)
   4      12.3 s (12.0-14.9)            11.7 MB; 2.42 MB                    1.43 MB        agree    2.3 GB
