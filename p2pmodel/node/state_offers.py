@@ -201,10 +201,11 @@ class StateOffers:
             return False
         parent_momentum = {n: m for n, m in zip(shapes, momentum, strict=True) if m is not None}
         limit = object_limit(shapes)
-        deadline = time.monotonic() + STALL_S
         for pid, offer in with_patch.items():
+            # as long as the object takes at MIN_RATE_BPS (62 MB at int4 for 124M parameters), cut after STALL_S silent
+            size = min(max(int(offer.get("patch_size", 0)), 0), limit)
             try:
-                blob = fetch_blob(self.dht, pid, offer["patch"], limit, max(1.0, deadline - time.monotonic()))
+                blob = fetch_blob(self.dht, pid, offer["patch"], limit, STALL_S + size / MIN_RATE_BPS, stall_s=STALL_S)
                 obj = decode_round(blob, shapes, limit)
                 if (obj.run_id, obj.round, obj.child) != (self.peer.run_id, round_, digest):
                     raise IntegrityError(f"round object {offer['patch'][:12]} is not round {round_}'s {digest[:12]}")

@@ -72,7 +72,9 @@ def _swarm_round(monkeypatch):
     )  # fmt: skip
     objects = {sha256_hex(blob): blob}
     downloads = []
-    monkeypatch.setattr(state_offers, "fetch_blob", lambda dht, pid, blob_id, limit, timeout_s: objects[blob_id])
+    monkeypatch.setattr(
+        state_offers, "fetch_blob", lambda dht, pid, blob_id, limit, timeout_s, stall_s: objects[blob_id]
+    )
     monkeypatch.setattr(state_offers, "download_state", lambda *a, **k: downloads.append(a[1]) or None)
     monkeypatch.setattr(state_offers, "NONE_OFFERED_S", 0.0)
     monkeypatch.setattr(lagging, "offers", dict)
