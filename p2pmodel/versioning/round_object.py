@@ -141,6 +141,7 @@ def decode_round(blob: bytes, shapes: Mapping[str, tuple], max_bytes: int) -> Ro
         and math.isfinite(outer["lr"])
         and outer["lr"] > 0
         and 0 <= outer["momentum"] < 1
+        and (outer["momentum"] > 0 or not outer["nesterov"])  # what OuterOptimizer accepts (else a ValueError)
     ):
         raise IntegrityError("round object: bad outer-step settings")
     codec = _codec(codec_spec)

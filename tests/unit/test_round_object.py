@@ -125,6 +125,20 @@ def test_replay_gives_the_peers_bits_and_refuses_another_parent_or_a_forged_aggr
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("outer", [{"momentum": 0.0}, {"lr": -0.7}, {"lr": float("nan")}])
+def test_outer_settings_the_outer_step_would_refuse_are_refused_at_decoding(outer):
+    """A forged object must fail as an IntegrityError (a re-sync then downloads the state), never as the
+    optimizer's ValueError in the round thread: Nesterov with momentum 0 is one (sync/outer.py)."""
+    small = {"a.weight": (300,)}
+    blob = encode_round(
+        run_id=RUN, round_=2, parent="a" * 64, child="b" * 64, outer={**OUTER, **outer}, codec_name="int4",
+        block_size=64, contributors={}, aggregate=_allreduced(small, seed=3),
+    )  # fmt: skip
+    with pytest.raises(IntegrityError, match="outer-step settings"):
+        decode_round(blob, small, LIMIT)
+
+
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("damage", ["truncate", "flip", "shape", "garbage"])
 def test_damaged_objects_are_refused_at_decoding(damage):
     small = {"a.weight": (300,), "b.weight": (20, 70)}
