@@ -242,7 +242,7 @@ def test_peer_killed_mid_round(dhts, runner):
             victim.shutdown()
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(40)
 def test_peers_of_different_rounds_never_meet_and_no_group_is_a_failure_result(dhts):
     """Two peers look for a group at the same time, one for round 6, one for round 7: neither finds one (before
     the round became the matchmaking key, a peer late for round r joined a group of round r + 1 and the whole
@@ -261,13 +261,8 @@ def test_peers_of_different_rounds_never_meet_and_no_group_is_a_failure_result(d
             assert not result.succeeded and result.reason == "no group found"
             assert digest(held(averager)) == digest(mine)  # untouched: the node applies its own delta
             assert all(not r.any() for r in averager.residuals)
-        # on 2 loaded cores a part can miss its deadline on one side (CI, 0f70678+: one peer held another digest):
-        # that round is incomplete, the node's commit step re-syncs it; a second round must then be complete
-        for _ in range(2):
-            together = step_all(averagers, weights, timeout=10.0, round_=7)
-            assert all(r.succeeded and r.group_size == 2 for r in together)
-            if all(r.complete for r in together):
-                break
+        together = step_all(averagers, weights, timeout=10.0, round_=7)
+        assert all(r.succeeded and r.group_size == 2 for r in together)
         assert all(r.complete for r in together), [r.failed_reducers for r in together]
         assert digest(held(averagers[0])) == digest(held(averagers[1]))
     finally:
