@@ -203,10 +203,11 @@ class Peer:
         tensors.update({f"outer.{i}": b for i, b in enumerate(outer["momentum_buffers"]) if b is not None})
         return tensors, {**inner_meta, "outer_steps": outer["steps"]}
 
-    def commit(self, round_: int, members: list[str] = ()) -> None:
-        """Store θ_global under its digest and make ``round_`` the one a restart resumes from."""
+    def commit(self, round_: int, members: list[str] = (), evaluated: bool = True) -> None:
+        """Store θ_global under its digest and make ``round_`` the one a restart resumes from; ``evaluated``:
+        ``last_report`` is this state's (else the round joins no history: eval.every_rounds)."""
         self.digest = self.store.put_state(self.global_state())
-        if self.last_report is not None:
+        if evaluated and self.last_report is not None:
             self.history = [h for h in self.history if h[0] < round_][-255:] + [[round_, self.last_report.val_loss]]
         tensors, inner_meta = self.private_tensors()
         meta = {

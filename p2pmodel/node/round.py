@@ -26,7 +26,10 @@ Donchev, 2025), arranged so that every peer still commits the same bits:
 
 A peer that has no delta in flight for the round it commits (it just started, caught up or re-synced) trains
 that round's inner phase first, without overlap; a delta in flight when the peer stops is dropped (one inner
-phase of this peer's work, as a blocking peer loses the phase it is in)."""
+phase of this peer's work, as a blocking peer loses the phase it is in). Round r + 1's exchange starts right
+after round r's commit step, before r's evaluation and checkpoint: those no longer delay the peer's arrival in
+the next matchmaking window (a peer at half CPU evaluated ~2.5 s at configs/tiny.toml and came ~4 s after a 3 s
+window, so it averaged alone every round: benchmarks/links.py --slow 3=2)."""
 
 import threading
 import time
@@ -46,7 +49,7 @@ class RoundResult:
     round: int
     stats: InnerStats
     outcome: ExchangeOutcome
-    report: EvalReport
+    report: EvalReport | None  # None: a round between two evaluations (eval.every_rounds)
     agreement: Agreement  # how the commit step ended: who decided it, who was waited for in vain
     seconds: float  # wall time from the first inner step to the commit
     wait_s: float = 0.0  # how long the round waited for its exchange (blocking: all of it; overlap: what was left)
@@ -54,11 +57,18 @@ class RoundResult:
 
 @dataclass
 class InFlight:
-    """A trained delta not yet averaged (overlap): the round it belongs to, Δ and the samples behind it."""
+    """A trained delta not yet averaged (overlap): the round it belongs to, Δ, the samples behind it and its
+    exchange once started."""
 
     round: int
     delta: list[torch.Tensor]
     samples: int
+    job: "_Background | None" = None
+
+    def start(self, exchange: Exchange) -> "_Background":
+        if self.job is None:
+            self.job = _Background(lambda: exchange.average(self.round, self.delta, weight=float(self.samples)))
+        return self.job
 
 
 def _inner_phase(peer, exchange: Exchange, round_: int, interrupted, on_step, between=None) -> InnerStats:
@@ -73,9 +83,9 @@ def _inner_phase(peer, exchange: Exchange, round_: int, interrupted, on_step, be
     return peer.trainer.run(peer.stream, peer.cfg.train.inner_steps, stop_inner, on_step, round_=round_)
 
 
-def _commit(peer, exchange: Exchange, round_: int, outcome: ExchangeOutcome, samples: int):
-    """Outer step on the round's mean, commit step, evaluation, checkpoint: the same for both schedules. Returns
-    the round committed: ``round_``, or the swarm's later round when the commit step had to catch up to it."""
+def _step_and_agree(peer, exchange: Exchange, round_: int, outcome: ExchangeOutcome, samples: int):
+    """Outer step on the round's mean and the commit step. Returns the round committed (``round_``, or the
+    swarm's later round when the commit step had to catch up to it), the agreement and the round's object."""
     parent = peer.digest
     adopted = peer.take_adoption(round_)  # a proposed state the quorum accepted (node/proposals.py)
     if adopted is not None:  # every peer, this round: the round's mean is dropped, the momentum starts afresh
@@ -92,15 +102,23 @@ def _commit(peer, exchange: Exchange, round_: int, outcome: ExchangeOutcome, sam
     agreement = exchange.agree(round_, outcome, patch)  # commit step: the digest most peers hold wins; else re-sync
     if peer.digest != ours:  # adopted another state: which updates it used is the others' record, not ours
         outcome.contributions = {}
-    committed = max(round_, peer.round)  # peer.round moves only on a catch-up
     peer.samples_total += samples
     peer.counters["bytes_sent"] += outcome.bytes_sent
     peer.counters["bytes_received"] += outcome.bytes_received
-    report = peer.evaluate(with_sets=peer.is_release_round(committed))  # a candidate: on the named sets too
-    peer.commit(committed, members=outcome.members)  # digest + atomic checkpoint; a restart resumes here
-    if patch is not None and peer.digest == ours and committed == round_:  # a re-sync kept the winner's object
-        peer.keep_round(round_, patch, parent, ours)
-    return committed, agreement, report
+    kept = (patch, parent, ours) if patch is not None and peer.digest == ours else None
+    return max(round_, peer.round), agreement, kept  # peer.round moves only on a catch-up
+
+
+def _evaluate_and_checkpoint(peer, round_: int, committed: int, outcome: ExchangeOutcome, kept) -> EvalReport | None:
+    """Evaluation (every eval.every_rounds and every release candidate) and the atomic checkpoint."""
+    candidate = peer.is_release_round(committed)  # evaluated always, and on the named sets too
+    report = None
+    if candidate or committed % peer.cfg.eval.every_rounds == 0:
+        report = peer.evaluate(with_sets=candidate)
+    peer.commit(committed, members=outcome.members, evaluated=report is not None)  # a restart resumes here
+    if kept is not None and committed == round_:  # our object, or the one a re-sync by replay kept
+        peer.keep_round(round_, *kept)
+    return report
 
 
 def run_round(
@@ -121,7 +139,9 @@ def run_round(
     waited = time.perf_counter()
     outcome = exchange.average(round_, delta, weight=float(stats.samples))  # weighted mean Δ of the group
     wait_s = time.perf_counter() - waited
-    round_, agreement, report = _commit(peer, exchange, round_, outcome, stats.samples)
+    committed, agreement, kept = _step_and_agree(peer, exchange, round_, outcome, stats.samples)
+    report = _evaluate_and_checkpoint(peer, round_, committed, outcome, kept)
+    round_ = committed
     exchange.after_commit(round_, stats.samples / max(stats.seconds, 1e-9), outcome)  # serve it
     return RoundResult(round_, stats, outcome, report, agreement, time.perf_counter() - started, wait_s)
 
@@ -175,7 +195,7 @@ def run_overlapped_round(
             return None
         flight = InFlight(round_, peer.pseudo_gradient(), phases[0].samples)
     peer.in_flight = None
-    exchange_job = _Background(lambda: exchange.average(round_, flight.delta, weight=float(flight.samples)))
+    exchange_job = flight.start(exchange)  # started already at the end of the call before, unless just trained
     start = peer.outer.peek(flight.delta)  # the stand-in for the mean in flight: this peer's own Δ
     peer.set_local(start)
     landed: list[list[torch.Tensor]] = []  # θ_round_ (the real one), once the exchange is back
@@ -200,9 +220,14 @@ def run_overlapped_round(
     if not landed:  # it came back after the phase: the same shift, at the end
         land(outcome)
     next_delta = peer.pseudo_gradient(base=landed[0])  # Δ_{r+1}: from θ_r, where the trajectory now starts
-    committed, agreement, report = _commit(peer, exchange, round_, outcome, flight.samples)
-    # after a catch-up to a later round the delta in flight belongs to no round of the swarm's: dropped
-    peer.in_flight = InFlight(round_ + 1, next_delta, ahead.samples) if committed == round_ else None
+    committed, agreement, kept = _step_and_agree(peer, exchange, round_, outcome, flight.samples)
+    # after a catch-up to a later round the delta in flight belongs to no round of the swarm's: dropped. Else its
+    # exchange starts now, before this round's evaluation and checkpoint: a peer that evaluates slowly still
+    # reaches the next round's matchmaking window (its group's "base" is the state the commit step settled)
+    if committed == round_:
+        peer.in_flight = InFlight(round_ + 1, next_delta, ahead.samples)
+        peer.in_flight.start(exchange)
+    report = _evaluate_and_checkpoint(peer, round_, committed, outcome, kept)
     round_ = committed
     stats = _merged([*phases, ahead])
     exchange.after_commit(round_, stats.samples / max(stats.seconds, 1e-9), outcome)

@@ -153,6 +153,7 @@ async def _serve(
                             peer,
                             {
                                 "event": "round",
+                                **({} if result.report else {"val_loss": None, "perplexity": None}),  # not evaluated
                                 "train_loss": result.stats.loss,
                                 "group_size": result.outcome.group_size,
                                 "committed_by": len(result.agreement.committed_by),
@@ -218,9 +219,9 @@ async def _close_swarm(exchange: SwarmLink, p2pd: int | None, timeout_s: float =
 def _log_round(res: RoundResult, peer: Peer) -> None:
     o = res.outcome
     log.info(
-        "round %d committed: val_loss %.4f train_loss %.4f steps %d (%.1f steps/s) group %d%s digest %s",
+        "round %d committed: val_loss %s train_loss %.4f steps %d (%.1f steps/s) group %d%s digest %s",
         res.round,
-        res.report.val_loss,
+        f"{res.report.val_loss:.4f}" if res.report else "-",
         res.stats.loss,
         res.stats.steps,
         res.stats.steps / max(res.stats.seconds, 1e-9),

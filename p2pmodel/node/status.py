@@ -63,7 +63,9 @@ class PeerStatus:
         ``peers_online`` counts this one too, like ``p2pmodel swarm peers`` (which lists every peer)."""
         o = res.outcome
         self.g_round.set(res.round)
-        self.g_val.set(res.report.val_loss)
+        if res.report is not None:  # else a round between evaluations (eval.every_rounds): the last one stands
+            self.g_val.set(res.report.val_loss)
+            self.update(val_loss=res.report.val_loss, val_loss_round=res.round)
         self.g_train.set(res.stats.loss)
         self.g_peers.set(other_peers + 1)
         self.g_group.set(o.group_size)
@@ -81,7 +83,6 @@ class PeerStatus:
         self.update(
             state="training",
             round=res.round,
-            val_loss=res.report.val_loss,
             train_loss=res.stats.loss,
             digest=peer.digest,
             version=versions[-1] if versions else None,

@@ -41,6 +41,7 @@ class PairExchange:
         self.means: dict[int, list[torch.Tensor]] = {}
         self.cond = threading.Condition()
         self.steps_during_exchange: dict[tuple[str, int], int] = {}
+        self.checkpointed_at_start: dict[tuple[str, int], int] = {}  # the peer's last checkpointed round then
 
     def for_peer(self, name: str) -> "PeerView":
         return PeerView(self, name)
@@ -56,6 +57,7 @@ class PeerView:
     def average(self, round_: int, delta, weight: float) -> ExchangeOutcome:
         pair, peer = self.pair, self.pair.peers[self.name]
         first = peer.trainer.step
+        pair.checkpointed_at_start[(self.name, round_)] = peer.round
         with pair.cond:
             pair.deltas.setdefault(round_, {})[self.name] = ([d.clone() for d in delta], weight)
             pair.cond.notify_all()
@@ -107,6 +109,8 @@ def test_overlapped_rounds_commit_the_same_bits_and_follow_the_blocking_recurren
         t.join(100)
     assert commits["a"] == commits["b"] and len(set(commits["a"])) == 3
     assert all(n >= 1 for n in pair.steps_during_exchange.values())  # each exchange ran during an inner phase
+    # round r's exchange started before round r-1 was evaluated and checkpointed (right after its commit step)
+    assert pair.checkpointed_at_start == {(n, r): max(r - 2, 0) for n in peers for r in (1, 2, 3, 4)}
     # θ_global = the blocking recurrence over the means that were averaged, replayed from genesis
     replay = [p.clone() for p in genesis]
     outer = OuterOptimizer(replay, cfg.sync.outer_lr, cfg.sync.outer_momentum, cfg.sync.nesterov)
