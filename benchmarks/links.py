@@ -34,7 +34,9 @@ needs the others still serving that state: with --max-rounds R+1 they had left b
 Per peer (from its ``--json`` round events, each stamped with its arrival time on the harness's pipe, and the
 hub-side veth counters sampled every ``--sample-s`` (0.5 s) and interpolated at those times):
   inner_steps_per_s   (inner_steps at its last round event - at its first) / (time of last - time of first)
-  utilisation         sum of inner_s of its rounds after the first / that same wall time (compute share)
+  utilisation         sum of inner_s of its rounds after the first / that same wall time (compute share);
+                      ``utilisation_without_eval``: the same with the events' eval_s taken out of the wall time
+                      (evaluation is neither training nor communication; eval.every_rounds sets how often)
   steps_ratio_vs_solo inner_steps_per_s / the solo peer's
   exchange_cost_vs_inner  median over its rounds after the first of (round_s - inner_s) / inner_s: everything of
                       a round that is not inner steps (averaging, commit step, eval, checkpoint); the solo
@@ -334,6 +336,7 @@ def peer_metrics(evs: list[tuple[float, dict]], samples: Samples | None = None, 
         "commit_missing_total": sum(int(e.get("commit_missing") or 0) for _t, e in evs),
         "inner_steps_per_s": None,
         "utilisation": None,
+        "utilisation_without_eval": None,
         "exchange_cost_vs_inner": None,
     }
     if len(evs) < 2:
@@ -343,6 +346,7 @@ def peer_metrics(evs: list[tuple[float, dict]], samples: Samples | None = None, 
     seconds = t1 - t0
     steps = int(e1["inner_steps"]) - int(e0["inner_steps"])
     inner = sum(float(e.get("inner_s") or 0.0) for e in later)
+    evaluating = sum(float(e.get("eval_s") or 0.0) for e in later)  # the evaluations inside the window
     overhead = {int(e["round"]): float(e["round_s"]) - float(e["inner_s"]) for e in later if "round_s" in e}
     costs = [(float(e["round_s"]) - float(e["inner_s"])) / float(e["inner_s"]) for e in later if e.get("inner_s")]
     gaps = {
@@ -358,6 +362,8 @@ def peer_metrics(evs: list[tuple[float, dict]], samples: Samples | None = None, 
         inner_steps_per_s=_r(steps / seconds) if seconds > 0 else None,
         inner_s_sum=round(inner, 3),
         utilisation=_r(inner / seconds) if seconds > 0 else None,
+        eval_s_sum=round(evaluating, 3),
+        utilisation_without_eval=_r(inner / (seconds - evaluating)) if seconds > evaluating else None,
         median_inner_s=_r(statistics.median(float(e.get("inner_s") or 0.0) for e in later)),
         median_overhead_s=_r(statistics.median(overhead.values())) if overhead else None,
         overhead_s_by_round={r: round(v, 3) for r, v in overhead.items()},
@@ -416,6 +422,8 @@ def run_summary(per_peer: dict[str, dict], fast: list[str], solo: dict | None) -
     return {
         "utilisation": stats(_vals(per_peer, "utilisation")),
         "utilisation_fast": stats(_vals(per_peer, "utilisation", fast)),
+        "utilisation_without_eval": stats(_vals(per_peer, "utilisation_without_eval")),
+        "utilisation_without_eval_fast": stats(_vals(per_peer, "utilisation_without_eval", fast)),
         "inner_steps_per_s": stats(_vals(per_peer, "inner_steps_per_s")),
         "steps_ratio_vs_solo": stats(_vals(per_peer, "steps_ratio_vs_solo")),
         "steps_ratio_vs_solo_fast": stats(_vals(per_peer, "steps_ratio_vs_solo", fast)),
@@ -450,6 +458,8 @@ def group_runs(runs: list[dict]) -> dict:
         g["by_seed"][str(r["seed"])] = {
             "utilisation_mean": (s.get("utilisation") or {}).get("mean"),
             "utilisation_fast_min": (s.get("utilisation_fast") or {}).get("min"),
+            "utilisation_without_eval_mean": (s.get("utilisation_without_eval") or {}).get("mean"),
+            "utilisation_without_eval_fast_min": (s.get("utilisation_without_eval_fast") or {}).get("min"),
             "exchange_cost_vs_inner_median": (s.get("exchange_cost_vs_inner") or {}).get("median"),
             "exchange_cost_vs_solo_inner_median": (s.get("exchange_cost_vs_solo_inner") or {}).get("median"),
             "val_loss_mean": (s.get("val_loss_final") or {}).get("mean"),
@@ -473,6 +483,8 @@ def group_runs(runs: list[dict]) -> dict:
         for k in (
             "utilisation_mean",
             "utilisation_fast_min",
+            "utilisation_without_eval_mean",
+            "utilisation_without_eval_fast_min",
             "exchange_cost_vs_inner_median",
             "exchange_cost_vs_solo_inner_median",
             "val_loss_mean",

@@ -53,6 +53,7 @@ class RoundResult:
     agreement: Agreement  # how the commit step ended: who decided it, who was waited for in vain
     seconds: float  # wall time from the first inner step to the commit
     wait_s: float = 0.0  # how long the round waited for its exchange (blocking: all of it; overlap: what was left)
+    eval_s: float = 0.0  # its evaluation (0 between two: eval.every_rounds)
 
 
 @dataclass
@@ -109,16 +110,18 @@ def _step_and_agree(peer, exchange: Exchange, round_: int, outcome: ExchangeOutc
     return max(round_, peer.round), agreement, kept  # peer.round moves only on a catch-up
 
 
-def _evaluate_and_checkpoint(peer, round_: int, committed: int, outcome: ExchangeOutcome, kept) -> EvalReport | None:
-    """Evaluation (every eval.every_rounds and every release candidate) and the atomic checkpoint."""
+def _evaluate_and_checkpoint(peer, round_: int, committed: int, outcome: ExchangeOutcome, kept):
+    """Evaluation (every eval.every_rounds and every release candidate) and the atomic checkpoint. Returns the
+    report (None between evaluations) and the evaluation's seconds."""
     candidate = peer.is_release_round(committed)  # evaluated always, and on the named sets too
-    report = None
+    report, started = None, time.perf_counter()
     if candidate or committed % peer.cfg.eval.every_rounds == 0:
         report = peer.evaluate(with_sets=candidate)
+    eval_s = time.perf_counter() - started
     peer.commit(committed, members=outcome.members, evaluated=report is not None)  # a restart resumes here
     if kept is not None and committed == round_:  # our object, or the one a re-sync by replay kept
         peer.keep_round(round_, *kept)
-    return report
+    return report, eval_s
 
 
 def run_round(
@@ -140,10 +143,10 @@ def run_round(
     outcome = exchange.average(round_, delta, weight=float(stats.samples))  # weighted mean Δ of the group
     wait_s = time.perf_counter() - waited
     committed, agreement, kept = _step_and_agree(peer, exchange, round_, outcome, stats.samples)
-    report = _evaluate_and_checkpoint(peer, round_, committed, outcome, kept)
+    report, eval_s = _evaluate_and_checkpoint(peer, round_, committed, outcome, kept)
     round_ = committed
     exchange.after_commit(round_, stats.samples / max(stats.seconds, 1e-9), outcome)  # serve it
-    return RoundResult(round_, stats, outcome, report, agreement, time.perf_counter() - started, wait_s)
+    return RoundResult(round_, stats, outcome, report, agreement, time.perf_counter() - started, wait_s, eval_s)
 
 
 class _Background:
@@ -227,11 +230,11 @@ def run_overlapped_round(
     if committed == round_:
         peer.in_flight = InFlight(round_ + 1, next_delta, ahead.samples)
         peer.in_flight.start(exchange)
-    report = _evaluate_and_checkpoint(peer, round_, committed, outcome, kept)
+    report, eval_s = _evaluate_and_checkpoint(peer, round_, committed, outcome, kept)
     round_ = committed
     stats = _merged([*phases, ahead])
     exchange.after_commit(round_, stats.samples / max(stats.seconds, 1e-9), outcome)
-    return RoundResult(round_, stats, outcome, report, agreement, time.perf_counter() - started, wait_s)
+    return RoundResult(round_, stats, outcome, report, agreement, time.perf_counter() - started, wait_s, eval_s)
 
 
 def _merged(parts: list[InnerStats]) -> InnerStats:

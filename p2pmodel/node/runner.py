@@ -163,6 +163,7 @@ async def _serve(
                                 "inner_s": round(result.stats.seconds, 3),
                                 "round_s": round(result.seconds, 3),
                                 "exchange_wait_s": round(result.wait_s, 3),
+                                "eval_s": round(result.eval_s, 3),
                                 "refused": result.outcome.refused,  # broadcast: updates not used, and why
                                 "applied": result.outcome.applied,  # False: the safety net refused the mean
                                 "contributions": result.outcome.contributions,  # peer -> samples ({}: unknown)

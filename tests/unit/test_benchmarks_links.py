@@ -145,6 +145,9 @@ def test_peer_metrics_utilisation_exchange_cost_and_control_bytes():
     assert m["rounds"] == 3 and (m["first_round"], m["last_round"]) == (1, 3)
     assert m["inner_steps"] == 100 and m["seconds"] == 24.0 and m["inner_steps_per_s"] == pytest.approx(4.167, abs=1e-3)
     assert m["utilisation"] == pytest.approx(16 / 24, abs=1e-3)
+    assert m["eval_s_sum"] == 0 and m["utilisation_without_eval"] == m["utilisation"]  # events without eval_s
+    evs[1][1]["eval_s"], evs[0][1]["eval_s"] = 2.0, 5.0  # round 1's evaluation is before the window
+    assert links.peer_metrics(evs)["utilisation_without_eval"] == pytest.approx(16 / 22, abs=1e-3)
     assert m["overhead_s_by_round"] == {2: 4.0, 3: 3.0} and m["median_overhead_s"] == 3.5
     assert m["exchange_cost_vs_inner"] == pytest.approx(0.4375, abs=1e-3)
     assert m["gap_s_by_round"] == {2: 4.0, 3: 4.0} and m["median_exchange_wait_s"] is None  # older events

@@ -56,7 +56,9 @@ def test_rounds_between_evaluations_carry_no_report_and_candidates_are_always_ev
         assert result is not None and result.round == r
         if result.report is not None:
             evaluated.append(r)
-            assert peer.last_report is result.report
+            assert peer.last_report is result.report and result.eval_s > 0
+        else:
+            assert result.eval_s < 0.01  # nothing evaluated: the round event's eval_s says so
     assert evaluated == [3, 4, 6]  # every 3rd round, and round 4: a release candidate
     assert [h[0] for h in peer.history] == [3, 4, 6]  # no round is recorded with another round's loss
 
