@@ -30,6 +30,11 @@ class Exchange(Protocol):
     def round_closed(self, round_: int) -> bool:
         """Stop the inner phase of ``round_`` now (another peer finished it)?"""
 
+    def phase_done(self, round_: int) -> None:
+        """This peer's inner phase of ``round_`` is over (the round closes for the others). ``average`` says it too;
+        the overlapped schedule says it first, before the commit step of the round before, which the others
+        wait for: so a slower peer's phase closes without waiting for that commit step."""
+
     def average(self, round_: int, delta: list[torch.Tensor], weight: float) -> ExchangeOutcome:
         """Combine this peer's ``delta`` (weighted by its samples) with the round's other peers'."""
 
@@ -46,6 +51,9 @@ class SoloExchange:
 
     def round_closed(self, round_: int) -> bool:
         return False
+
+    def phase_done(self, round_: int) -> None:
+        pass
 
     def agree(self, round_: int, outcome: ExchangeOutcome, patch: bytes | None = None) -> Agreement:
         return Agreement(winner="")

@@ -122,6 +122,7 @@ class Pace:
         self._left: collections.OrderedDict[str, float] = collections.OrderedDict()  # peer -> monotonic time
         self._left_lock = threading.Lock()
         self._watch_round = 0
+        self._said_ready = 0  # the last round this peer announced ready for (said once)
         self._stop = threading.Event()
         gossip.subscribe(READY_KIND, self._on_ready, direct=True)
         gossip.subscribe(JOIN_KIND, self._on_join)
@@ -131,7 +132,11 @@ class Pace:
 
     # --- what this peer says ------------------------------------------------------------------------
     def announce_ready(self, round_: int) -> None:
-        """This peer finished its inner phase of ``round_``: gossip push (milliseconds); the DHT if it failed."""
+        """This peer finished its inner phase of ``round_``: gossip push (milliseconds); the DHT if it failed. Said
+        once per round (a second call for the same round sends nothing)."""
+        if round_ == self._said_ready:
+            return
+        self._said_ready = round_
         me = self.identity.peer_id
         self.closes.mark(round_, self._committed(), me)
         try:

@@ -215,6 +215,10 @@ def run_overlapped_round(
     ahead = _inner_phase(peer, exchange, round_ + 1, interrupted, on_step, between_steps)
     if interrupted():
         return None
+    # say so now, not once the commit step below is over: the others' commit step waits for our digest, and a
+    # slower peer's phase of round_ + 1 closes on our "ready" (else a fast peer waits out its whole commit
+    # deadline for a slow one's digest, while the slow one trains on for lack of a "ready")
+    exchange.phase_done(round_ + 1)
     waited = time.perf_counter()
     outcome = exchange_job.result(interrupted)
     if outcome is None:

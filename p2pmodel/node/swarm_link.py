@@ -248,8 +248,11 @@ class SwarmLink:
         grace_s = CLOSE_GRACE * self.cfg.sync.matchmaking_time_s
         return self.pace.round_closed(round_, grace_s) or self._committed_by_others(round_)
 
-    def average(self, round_: int, delta: list[torch.Tensor], weight: float) -> ExchangeOutcome:
+    def phase_done(self, round_: int) -> None:
         self.pace.announce_ready(round_)
+
+    def average(self, round_: int, delta: list[torch.Tensor], weight: float) -> ExchangeOutcome:
+        self.pace.announce_ready(round_)  # once: the overlapped schedule said it at the end of the phase
         sent = [d + r for d, r in zip(delta, self.residuals, strict=True)] if self.residuals else delta
         expected = self.expected_group(round_)
         if self.cfg.sync.mode == "broadcast":

@@ -35,6 +35,9 @@ class Alone:
     def round_closed(self, round_: int) -> bool:
         return False
 
+    def phase_done(self, round_: int) -> None:
+        pass
+
     def average(self, round_: int, delta, weight: float) -> ExchangeOutcome:
         return ExchangeOutcome(mean_delta=[d.clone() for d in delta], group_size=1, members=["a"], averaged=True)
 

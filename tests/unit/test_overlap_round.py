@@ -54,6 +54,9 @@ class PeerView:
     def round_closed(self, round_: int) -> bool:
         return False
 
+    def phase_done(self, round_: int) -> None:
+        pass
+
     def average(self, round_: int, delta, weight: float) -> ExchangeOutcome:
         pair, peer = self.pair, self.pair.peers[self.name]
         first = peer.trainer.step
