@@ -2,6 +2,7 @@
 alone applies its own delta; the swarm's exchange is SwarmLink (swarm_link.py). Both return an ExchangeOutcome
 the round can apply without caring."""
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -38,9 +39,13 @@ class Exchange(Protocol):
     def average(self, round_: int, delta: list[torch.Tensor], weight: float) -> ExchangeOutcome:
         """Combine this peer's ``delta`` (weighted by its samples) with the round's other peers'."""
 
-    def agree(self, round_: int, outcome: ExchangeOutcome, patch: bytes | None = None) -> Agreement:
+    def agree(
+        self, round_: int, outcome: ExchangeOutcome, patch: bytes | None = None, then: Callable[[], None] | None = None
+    ) -> Agreement:
         """Commit step: make this peer hold the state most of the round's participants hold. ``patch``: the
-        round's object (versioning/round_object.py), offered with our vote for the peers that must re-sync."""
+        round's object (versioning/round_object.py), offered with our vote for the peers that must re-sync;
+        ``then``: called once the winner is known, before a re-sync (an implementation may skip it: the caller
+        does what it asked after the step)."""
 
     def after_commit(self, round_: int, samples_per_s: float, outcome: ExchangeOutcome) -> None:
         """The round is durable here: serve it, announce it, record who contributed."""
@@ -55,7 +60,7 @@ class SoloExchange:
     def phase_done(self, round_: int) -> None:
         pass
 
-    def agree(self, round_: int, outcome: ExchangeOutcome, patch: bytes | None = None) -> Agreement:
+    def agree(self, round_: int, outcome: ExchangeOutcome, patch: bytes | None = None, then=None) -> Agreement:
         return Agreement(winner="")
 
     def after_commit(self, round_: int, samples_per_s: float, outcome: ExchangeOutcome) -> None:

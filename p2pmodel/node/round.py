@@ -84,9 +84,10 @@ def _inner_phase(peer, exchange: Exchange, round_: int, interrupted, on_step, be
     return peer.trainer.run(peer.stream, peer.cfg.train.inner_steps, stop_inner, on_step, round_=round_)
 
 
-def _step_and_agree(peer, exchange: Exchange, round_: int, outcome: ExchangeOutcome, samples: int):
-    """Outer step on the round's mean and the commit step. Returns the round committed (``round_``, or the
-    swarm's later round when the commit step had to catch up to it), the agreement and the round's object."""
+def _step_and_agree(peer, exchange: Exchange, round_: int, outcome: ExchangeOutcome, samples: int, then=None):
+    """Outer step on the round's mean and the commit step (``then``: see Exchange.agree). Returns the round
+    committed (``round_``, or the swarm's later round when the commit step had to catch up to it), the agreement
+    and the round's object."""
     parent = peer.digest
     adopted = peer.take_adoption(round_)  # a proposed state the quorum accepted (node/proposals.py)
     if adopted is not None:  # every peer, this round: the round's mean is dropped, the momentum starts afresh
@@ -100,7 +101,7 @@ def _step_and_agree(peer, exchange: Exchange, round_: int, outcome: ExchangeOutc
     patch = None
     if outcome.averaged and outcome.applied and adopted is None and peer.cfg.versioning.keep_rounds:
         patch = peer.round_object(round_, parent, outcome.mean_delta, outcome.contributions)
-    agreement = exchange.agree(round_, outcome, patch)  # commit step: the digest most peers hold wins; else re-sync
+    agreement = exchange.agree(round_, outcome, patch, then)  # the digest most peers hold wins; else re-sync
     if peer.digest != ours:  # adopted another state: which updates it used is the others' record, not ours
         outcome.contributions = {}
     peer.samples_total += samples
@@ -227,13 +228,18 @@ def run_overlapped_round(
     if not landed:  # it came back after the phase: the same shift, at the end
         land(outcome)
     next_delta = peer.pseudo_gradient(base=landed[0])  # Δ_{r+1}: from θ_r, where the trajectory now starts
-    committed, agreement, kept = _step_and_agree(peer, exchange, round_, outcome, flight.samples)
-    # after a catch-up to a later round the delta in flight belongs to no round of the swarm's: dropped. Else its
-    # exchange starts now, before this round's evaluation and checkpoint: a peer that evaluates slowly still
-    # reaches the next round's matchmaking window (its group's "base" is the state the commit step settled)
+    # round_ + 1's exchange starts as soon as the commit step knows its winner (before a re-sync to it, if ours
+    # lost) and before this round's evaluation and checkpoint: a peer that re-syncs or evaluates slowly still
+    # reaches the next matchmaking window (its group's "base" is the state the commit step settled on)
+    following = InFlight(round_ + 1, next_delta, ahead.samples)
+    committed, agreement, kept = _step_and_agree(
+        peer, exchange, round_, outcome, flight.samples, then=lambda: following.start(exchange)
+    )
     if committed == round_:
-        peer.in_flight = InFlight(round_ + 1, next_delta, ahead.samples)
-        peer.in_flight.start(exchange)
+        peer.in_flight = following
+        following.start(exchange)  # if the commit step did not already
+    elif following.job is not None:  # caught up to a later round: that exchange belongs to no round we train, and
+        following.job.result(interrupted)  # the averager runs one at a time (its own deadlines bound this)
     report, eval_s = _evaluate_and_checkpoint(peer, round_, committed, outcome, kept)
     round_ = committed
     stats = _merged([*phases, ahead])

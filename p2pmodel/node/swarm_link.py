@@ -92,6 +92,7 @@ class SwarmLink:
         self._peer_cache: tuple[float, list[str]] = (0.0, [])
         self._peers_changed_at = time.monotonic()  # the DHT's peer list changed (or this peer started) then
         self._last_members: list[str] = []  # the last commit step's voters and the participants it did not wait for
+        self._settled: tuple[int, str] = (0, "")  # (round r + 1, the digest round r's commit step settled on)
         self.dht = serialize_calls(
             start_dht(
                 identity.path,
@@ -264,7 +265,10 @@ class SwarmLink:
             return self._alone(sent, weight, "no other peer online")
         if self._too_late(round_):
             return self._alone(sent, weight, "the round's group formed before this peer was ready")
-        base = {"round": round_, "base": self.peer.digest}
+        # the state the round starts from as the commit step settled it: a peer still re-syncing to it (overlap:
+        # its exchange starts before the re-sync, see agree) averages with the others, not alone
+        settled_for, settled = self._settled
+        base = {"round": round_, "base": settled if settled_for == round_ else self.peer.digest}
         timeout = self.cfg.sync.matchmaking_time_s + 2 * self.cfg.sync.request_timeout_s
         log.info("round %d: averaging (expecting %d peers)", round_, len(expected))
         res = self.averager.step(
@@ -355,8 +359,12 @@ class SwarmLink:
                 r.zero_()
         return ExchangeOutcome(mean_delta=sent, reason=reason, contributions={self.identity.peer_id: int(weight)})
 
-    def agree(self, round_: int, outcome: ExchangeOutcome, patch: bytes | None = None) -> Agreement:
-        """The commit step: the digest most of the round's participants hold wins; re-sync if it is not ours."""
+    def agree(
+        self, round_: int, outcome: ExchangeOutcome, patch: bytes | None = None, then: Callable[[], None] | None = None
+    ) -> Agreement:
+        """The commit step: the digest most of the round's participants hold wins; re-sync if it is not ours.
+        ``then`` runs once the winner is known, before a re-sync (the overlapped schedule starts the next round's
+        exchange there: a re-sync of ~6 s at 1 Mbit/s made a slow peer late for every next group, a chase)."""
         sync = self.cfg.sync
         # a group that formed later may still be averaging: give it a matchmaking window, requests and a stall
         deadline_s = sync.matchmaking_time_s + 2 * sync.request_timeout_s + 2 * sync.chunk_timeout_s
@@ -378,6 +386,7 @@ class SwarmLink:
         # for this round's group: the connection check drops the crashed ones
         joined = self.pace.joining(round_) | self.pace.joining(round_ + 1)
         self._last_members = sorted({*agreement.committed_by, *agreement.missing, *joined})
+        self._settled = (round_ + 1, agreement.winner)
         if agreement.winner != self.peer.digest:
             log.warning(
                 "round %d: this peer holds %s but most peers hold %s: re-syncing",
@@ -388,6 +397,8 @@ class SwarmLink:
             # the others did not wait for us: without this they assemble the next round without us too, and a
             # peer that re-synced starts every round late, goes alone and re-syncs again (a chase)
             self.pace.announce_join(round_ + 1)
+            if then is not None:
+                then()
             how = self.offers.resync(round_, agreement.winner)
             if not how and self.catch_up():
                 # the swarm moved past that round before we got its state (we started a round behind): take the

@@ -41,7 +41,7 @@ class Alone:
     def average(self, round_: int, delta, weight: float) -> ExchangeOutcome:
         return ExchangeOutcome(mean_delta=[d.clone() for d in delta], group_size=1, members=["a"], averaged=True)
 
-    def agree(self, round_: int, outcome, patch: bytes | None = None) -> Agreement:
+    def agree(self, round_: int, outcome, patch: bytes | None = None, then=None) -> Agreement:
         return Agreement(winner=self.peer.digest)
 
     def after_commit(self, round_: int, samples_per_s: float, outcome) -> None:

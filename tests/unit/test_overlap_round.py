@@ -81,7 +81,7 @@ class PeerView:
         pair.steps_during_exchange[(self.name, round_)] = peer.trainer.step - first
         return ExchangeOutcome(mean_delta=mean, group_size=2, members=sorted(pair.peers), averaged=True)
 
-    def agree(self, round_: int, outcome, patch: bytes | None = None) -> Agreement:
+    def agree(self, round_: int, outcome, patch: bytes | None = None, then=None) -> Agreement:
         return Agreement(winner=self.pair.peers[self.name].digest)
 
     def after_commit(self, round_: int, samples_per_s: float, outcome) -> None:
@@ -125,3 +125,46 @@ def test_overlapped_rounds_commit_the_same_bits_and_follow_the_blocking_recurren
         flight = peers[name].in_flight
         assert flight.round == 4 and flight.samples > 0
         assert all(torch.isfinite(d).all() for d in flight.delta)
+
+
+class LosingAlone:
+    """One peer whose commit step always ends off the majority: ``agree`` calls ``then`` (the winner is known) and
+    only after it "re-syncs" (here: a pause); it records which exchanges had started by then."""
+
+    def __init__(self, peer: Peer):
+        self.peer, self.started, self.started_during_resync = peer, [], {}
+
+    def round_closed(self, round_: int) -> bool:
+        return False
+
+    def phase_done(self, round_: int) -> None:
+        pass
+
+    def average(self, round_: int, delta, weight: float) -> ExchangeOutcome:
+        self.started.append(round_)
+        return ExchangeOutcome(mean_delta=[d.clone() for d in delta], group_size=1, members=["a"], averaged=True)
+
+    def agree(self, round_: int, outcome, patch: bytes | None = None, then=None) -> Agreement:
+        assert then is not None
+        then()
+        deadline = 500
+        while round_ + 1 not in self.started and deadline:  # the re-sync: the next exchange runs meanwhile
+            threading.Event().wait(0.01)
+            deadline -= 1
+        self.started_during_resync[round_] = round_ + 1 in self.started
+        return Agreement(winner=self.peer.digest)
+
+    def after_commit(self, round_: int, samples_per_s: float, outcome) -> None:
+        pass
+
+
+def test_a_peer_that_must_re_sync_starts_the_next_exchange_before_its_re_sync(tmp_path):
+    """Overlapped, a re-sync (~6 s for a round object at 1 Mbit/s) must not make the peer late for the next group:
+    the next exchange starts once the commit step knows the winner."""
+    torch.set_num_threads(1)
+    peer = Peer(load_config(TINY, SETTINGS), tmp_path, "a")
+    link = LosingAlone(peer)
+    for r in (1, 2, 3):
+        assert run_round(peer, link, r, lambda: False).round == r
+    assert link.started_during_resync == {1: True, 2: True, 3: True}
+    assert link.started == [1, 2, 3, 4]  # each exchange once: the round loop does not start it again
