@@ -26,10 +26,16 @@ Donchev, 2025), arranged so that every peer still commits the same bits:
 
 A peer that has no delta in flight for the round it commits (it just started, caught up or re-synced) trains
 that round's inner phase first, without overlap; a delta in flight when the peer stops is dropped (one inner
-phase of this peer's work, as a blocking peer loses the phase it is in). Round r + 1's exchange starts right
-after round r's commit step, before r's evaluation and checkpoint: those no longer delay the peer's arrival in
-the next matchmaking window (a peer at half CPU evaluated ~2.5 s at configs/tiny.toml and came ~4 s after a 3 s
-window, so it averaged alone every round: benchmarks/links.py --slow 3=2)."""
+phase of this peer's work, as a blocking peer loses the phase it is in).
+
+What a slower peer needs to stay in the groups (benchmarks/links.py --slow 3=2: one peer at half CPU, 1 Mbit/s):
+- "ready" for round r + 1 is said when the phase ends (``Exchange.phase_done``), before round r's commit step:
+  the others' commit step waits for the slow peer's digest, and the slow peer's phase closes on a "ready";
+  said after the commit step, a fast peer waited out its whole commit deadline (17 s) for the slow one.
+- Round r + 1's exchange starts as soon as round r's commit step knows its winner: before a re-sync to it (a
+  round object's replay takes ~6 s at 1 Mbit/s) and before r's evaluation and checkpoint (~2.5 s at 0.2 core);
+  its group's "base" is the winner's digest. Started after them, the slow peer came seconds after the 3 s
+  matchmaking window every round, averaged alone, and re-synced every round (a chase)."""
 
 import threading
 import time
