@@ -4,7 +4,9 @@ round, and return the run summary. Stopping: core/stopper.py; children that die 
 
 import asyncio
 import logging
+import os
 import threading
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -23,6 +25,24 @@ from p2pmodel.node.swarm_link import SwarmLink
 from p2pmodel.swarm.node import check_ports_free, daemon_pid, stop_dht
 
 log = logging.getLogger("p2pmodel.peer")
+SLOW_STEP_ENV = "P2PMODEL_TEST_SLOW_STEP_S"  # test fault: every inner step takes this many seconds longer
+
+
+def _step_hook(display) -> Callable[[int, float], None] | None:
+    """What runs after each inner step: the progress bar's update, and the test fault of a slower peer."""
+    slow = float(os.environ.get(SLOW_STEP_ENV) or 0)
+    if slow > 0:
+        log.warning("TEST FAULT: every inner step sleeps %g s more (%s is set)", slow, SLOW_STEP_ENV)
+    if display is None and slow <= 0:
+        return None
+
+    def on_step(step: int, loss: float) -> None:
+        if display is not None:
+            display.on_step(step, loss)
+        if slow > 0:
+            time.sleep(slow)
+
+    return on_step
 
 
 def _status_server(status: PeerStatus, host: str, port: int) -> StatusServer:
@@ -134,14 +154,13 @@ async def _serve(
             peer.last_report.val_loss,
         )
         display = _Progress(cfg.train.inner_steps) if progress else None
+        on_step = _step_hook(display)
         with display or nullcontext():
             while not stop.is_set() and (max_rounds is None or peer.round < max_rounds):
                 r = peer.round + 1
                 if display:
                     display.start_round(r)
-                result = await asyncio.to_thread(
-                    run_round, peer, exchange, r, stop.is_set, display.on_step if display else None
-                )
+                result = await asyncio.to_thread(run_round, peer, exchange, r, stop.is_set, on_step)
                 if result is None:
                     break
                 _log_round(result, peer)

@@ -139,3 +139,32 @@ def test_overlapped_rounds_agree_every_round(tmp_path):
             assert events[0]["steps"] > 10  # round 1: its own phase, then round 2's, during round 1's exchange
             assert p.last["inner_steps"] > ROUNDS * 10  # the lr schedule's position: into the phase after the last
             assert all(0 <= e["exchange_wait_s"] for e in events)
+
+
+@pytest.mark.scenario  # ~40 s: make test-scenarios
+@pytest.mark.timeout(300)
+def test_overlapped_slow_peer_stays_in_every_group(tmp_path):
+    """sync.overlap with a peer whose inner steps take 1 s more each (the test fault P2PMODEL_TEST_SLOW_STEP_S; 10
+    steps would take it past the 8 s commit deadline): it stops its phase on the other's "ready", averages in
+    every round's group with the samples it has, and the fast peer's commit step never gives up on its digest.
+    Before "ready" was said at the end of the phase (node/round.py), the fast peer waited out its commit deadline
+    for the slow one's digest every round while the slow one trained on for lack of a "ready"."""
+    from p2pmodel.node.runner import SLOW_STEP_ENV
+
+    with LocalSwarm(tmp_path / "swarm", TINY, FAST + ["sync.overlap=true"]) as swarm:
+        swarm.start_bootstrap()
+        fast = swarm.start_peer("fast", max_rounds=ROUNDS)
+        slow = swarm.start_peer("slow", max_rounds=ROUNDS, env={SLOW_STEP_ENV: "1.0"})
+        peers = [fast, slow]
+        for p in peers:
+            assert p.proc.wait(240) == 0, f"{p.name} failed:\n{p.stderr_tail()}"
+            p.stop()
+        table = _same_digest_every_round(peers)
+        assert sorted(table) == list(range(1, ROUNDS + 1)), f"rounds committed: {sorted(table)}"
+        for r in range(2, ROUNDS + 1):
+            for p in peers:
+                ev = round_event(p, r)
+                assert (ev["group_size"], ev["commit_missing"], ev["resync"]) == (2, 0, ""), (p.name, r, ev)
+        slow_steps = sum(round_event(slow, r)["steps"] for r in range(2, ROUNDS + 1))
+        fast_steps = sum(round_event(fast, r)["steps"] for r in range(2, ROUNDS + 1))
+        assert 0 < slow_steps < fast_steps / 2, (slow_steps, fast_steps)  # it contributed what it had
