@@ -149,6 +149,37 @@ One peer at half CPU (``--slow 3=2``, same caps, seed 0):
                steps to 350; fast peers 0.856-0.880 (seed 1) and 0.626-0.701 (seed 0: partial all-reduces in
                round 6, repaired by replay). An overlapped exchange's matchmaking wait is hidden behind compute,
                so a wider window costs little there.
+After the overlapped schedule's reordering for slower peers (2026-12-07, 14:43-15:11 UTC, 2 cores, nothing else of
+this session running; code at 12c05ae/8dcfd9a): "ready" at the end of the phase, the next exchange started once
+the commit step knows its winner (before re-sync, evaluation, checkpoint), and --set eval.every_rounds=3 (an
+evaluation of this recipe costs ~10 % of its inner phase; ``utilisation_without_eval`` takes the events' eval_s
+out). ``--peers 4 --rounds 6 --cpu 0.4 --rate-mbit 1 --arms blocking,overlap --seeds 0,1,2 --set
+eval.every_rounds=3`` (solo: 3.66 inner steps/s, utilisation 0.948):
+  arm/seed    utilisation (per peer)  without eval   steps vs solo  val loss (vs blocking)  round wall  re-syncs
+  blocking/0  0.537-0.629             0.551-0.645    0.550-0.625    2.138                   21.3 s      1 (partial)
+  blocking/1  0.543-0.604             0.556-0.619    0.639-0.680    2.173                   20.2 s      1 (partial)
+  blocking/2  0.578-0.615             0.591-0.632    0.673-0.683    2.180                   20.3 s      0
+  overlap/0   0.891-0.936             0.928-0.977    0.959-0.968    2.225 (1.041)           14.0 s      0
+  overlap/1   0.909-0.935             0.945-0.975    0.975-0.987    2.225 (1.024)           14.3 s      0
+  overlap/2   0.891-0.930             0.931-0.975    0.934-0.937    2.335 (1.071)           14.8 s      0
+  Digests agree in all 6 runs; the blocking exchange costs 0.63-0.67 of the inner phase. What is left of an
+  overlapped round beyond its inner phase is the solo daemon's own work (evaluation every third round, checkpoint,
+  outer step, round object: ~0.25 s a round at 0.4 core) and the commit step's wait for the majority's digests.
+  The val loss cost of the one-phase delay: 2.4-7.1 % (the mean lands ~2/3 into a 1 Mbit/s phase).
+One peer at half CPU, overlapped (``--arms overlap --slow 3=2 --seeds 0,1 --no-solo --set eval.every_rounds=3``):
+  group of 4 in every round of both seeds, no re-sync, one digest per round; the slow peer contributes 147 and 135
+  inner steps to the fast peers' 350; fast peers' utilisation 0.917-0.939 and 0.898-0.932 (without eval 0.954-0.976
+  and 0.939-0.973). The same command before (code at 439000d, whose exchange already started before the
+  evaluation): the slow peer was alone in every round and re-synced every round; in seed 0 the fast peers' commit
+  steps waited out their 17 s deadline for its digest (utilisation 0.10-0.32, digests split); in seed 1 a fast
+  peer's partial all-reduce left the fast three without a majority among themselves, with the same wait
+  (0.50-0.58).
+One peer on a 10x slower link, overlapped (``--arms overlap --slow-link 3=10 --seeds 0 --no-solo``, 0.1 Mbit/s): not
+  handled. Its parts and gossip pushes stall (a 0.48 MB round object alone is 38 s at 0.1 Mbit/s against 14 s
+  rounds, so it cannot even follow by replay); the fast peers' groups fragmented from round 2 and they chased one
+  another's states (after 480 s the peers were at rounds 9, 4 and 7, the slow one at 2; digests split). Leaving
+  such a peer out of the groups (a measured link rate, hivemind's bandwidth-weighted parts, or client mode for
+  it) is still to do.
 Scale (--cpu 0 --rate-mbit 0 --no-solo, H = 20, eval.batches=2, data.max_corpus_bytes=2000000, 5 rounds):
   peers  round wall (median, min-max)  wire bytes/peer (total; per round)  payload/round  digests  RSS (sum)
   4      12.3 s (12.0-14.9)            11.7 MB; 2.42 MB                    1.43 MB        agree    2.3 GB
