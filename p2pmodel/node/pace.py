@@ -131,16 +131,17 @@ class Pace:
         self._thread.start()
 
     # --- what this peer says ------------------------------------------------------------------------
-    def announce_ready(self, round_: int) -> None:
-        """This peer finished its inner phase of ``round_``: gossip push (milliseconds); the DHT if it failed. Said
-        once per round (a second call for the same round sends nothing)."""
+    def announce_ready(self, round_: int, timeout_s: float | None = None) -> None:
+        """This peer finished its inner phase of ``round_``: gossip push (milliseconds; given up after
+        ``timeout_s``, the gossip's own default if None); the DHT if it failed. Said once per round (a second call
+        for the same round sends nothing)."""
         if round_ == self._said_ready:
             return
         self._said_ready = round_
         me = self.identity.peer_id
         self.closes.mark(round_, self._committed(), me)
         try:
-            self.gossip.publish(READY_KIND, {"run_id": self.run_id, "round": round_})
+            self.gossip.publish(READY_KIND, {"run_id": self.run_id, "round": round_}, timeout_s=timeout_s)
             return
         except P2PModelError as e:  # the others see the DHT record at their next poll
             log.warning("could not push ready for round %d: %s", round_, e)

@@ -51,6 +51,7 @@ from p2pmodel.sync import DeterministicAverager
 
 log = logging.getLogger("p2pmodel.swarm")
 CLOSE_GRACE = 1 / 3  # of sync.matchmaking_time_s: joins the group well inside the window
+READY_PUSH_TIMEOUT_S = 1.0  # how long the training thread waits for a "ready" push before the DHT fallback
 PACE_POLL_S = 60.0  # DHT fallback for a "ready" whose push failed (each poll ~5 KB on the wire)
 MAX_ADDRS = 32  # a peer record carries at most this many (swarm/records.py)
 # test-only: rounds ("3,5") whose all-reduce mean this peer corrupts, as if a part's reply never came (the
@@ -250,7 +251,9 @@ class SwarmLink:
         return self.pace.round_closed(round_, grace_s) or self._committed_by_others(round_)
 
     def phase_done(self, round_: int) -> None:
-        self.pace.announce_ready(round_)
+        # on the training thread (overlap): a push that stalls (a peer behind a saturated link measured 5 s, the
+        # gossip's default timeout) gives way to the DHT in the background after READY_PUSH_TIMEOUT_S
+        self.pace.announce_ready(round_, timeout_s=READY_PUSH_TIMEOUT_S)
 
     def average(self, round_: int, delta: list[torch.Tensor], weight: float) -> ExchangeOutcome:
         self.pace.announce_ready(round_)  # once: the overlapped schedule said it at the end of the phase

@@ -39,3 +39,44 @@ def test_announcers_are_the_peers_of_the_rounds_kept():
     assert closes.announcers() == {"a", "b"}
     closes.mark(5, committed=4, peer="c")  # after commits up to 4, rounds 3 and 4 are dropped
     assert closes.announcers() == {"c"}
+
+
+class RecordingGossip:
+    """What Pace needs of Gossip: subscriptions, and a publish that records its calls."""
+
+    def __init__(self):
+        self.published: list[tuple[str, dict, float | None]] = []
+
+    def subscribe(self, kind, handler, direct=False):
+        pass
+
+    def unsubscribe(self, kind):
+        pass
+
+    def publish(self, kind, body, timeout_s=None):
+        self.published.append((kind, body, timeout_s))
+        return "id"
+
+
+@pytest.mark.timeout(10)
+def test_ready_is_said_once_per_round_with_the_callers_timeout():
+    """The overlapped schedule says "ready" at the end of the phase (on the training thread, with a short push
+    timeout) and the exchange says it again when it starts: only the first goes out."""
+    from types import SimpleNamespace
+
+    from p2pmodel.node.pace import Pace
+    from p2pmodel.swarm.keys import READY_KIND
+
+    gossip = RecordingGossip()
+    pace = Pace(None, gossip, SimpleNamespace(peer_id="me"), "run", lambda: 2, poll_s=3600, ready_ttl_s=60)
+    try:
+        pace.announce_ready(3, timeout_s=1.0)
+        pace.announce_ready(3)
+        pace.announce_ready(4)
+        assert gossip.published == [
+            (READY_KIND, {"run_id": "run", "round": 3}, 1.0),
+            (READY_KIND, {"run_id": "run", "round": 4}, None),
+        ]
+        assert 3 in pace.closes and pace.ready(3) == {"me"}
+    finally:
+        pace.close()
