@@ -93,7 +93,7 @@ def _inner_phase(peer, exchange: Exchange, round_: int, interrupted, on_step, be
 def _step_and_agree(peer, exchange: Exchange, round_: int, outcome: ExchangeOutcome, samples: int, then=None):
     """Outer step on the round's mean and the commit step (``then``: see Exchange.agree). Returns the round
     committed (``round_``, or the swarm's later round when the commit step had to catch up to it), the agreement
-    and the round's object."""
+    and what to keep for patches once checkpointed (``keep_round``'s arguments, or None)."""
     parent = peer.digest
     adopted = peer.take_adoption(round_)  # a proposed state the quorum accepted (node/proposals.py)
     if adopted is not None:  # every peer, this round: the round's mean is dropped, the momentum starts afresh
@@ -113,11 +113,13 @@ def _step_and_agree(peer, exchange: Exchange, round_: int, outcome: ExchangeOutc
     peer.samples_total += samples
     peer.counters["bytes_sent"] += outcome.bytes_sent
     peer.counters["bytes_received"] += outcome.bytes_received
-    kept = (patch, parent, ours) if patch is not None and peer.digest == ours else None
-    return max(round_, peer.round), agreement, kept  # peer.round moves only on a catch-up
+    committed = max(round_, peer.round)  # peer.round moves only on a catch-up
+    # our object is kept for patches unless the commit step replaced our state (a re-sync keeps the winner's)
+    kept = (round_, patch, parent, ours) if patch is not None and peer.digest == ours and committed == round_ else None
+    return committed, agreement, kept
 
 
-def _evaluate_and_checkpoint(peer, round_: int, committed: int, outcome: ExchangeOutcome, kept):
+def _evaluate_and_checkpoint(peer, committed: int, outcome: ExchangeOutcome, kept):
     """Evaluation (every eval.every_rounds and every release candidate) and the atomic checkpoint. Returns the
     report (None between evaluations) and the evaluation's seconds."""
     candidate = peer.is_release_round(committed)  # evaluated always, and on the named sets too
@@ -126,8 +128,8 @@ def _evaluate_and_checkpoint(peer, round_: int, committed: int, outcome: Exchang
         report = peer.evaluate(with_sets=candidate)
     eval_s = time.perf_counter() - started
     peer.commit(committed, members=outcome.members, evaluated=report is not None)  # a restart resumes here
-    if kept is not None and committed == round_:  # our object, or the one a re-sync by replay kept
-        peer.keep_round(round_, *kept)
+    if kept is not None:
+        peer.keep_round(*kept)
     return report, eval_s
 
 
@@ -150,7 +152,7 @@ def run_round(
     outcome = exchange.average(round_, delta, weight=float(stats.samples))  # weighted mean Δ of the group
     wait_s = time.perf_counter() - waited
     committed, agreement, kept = _step_and_agree(peer, exchange, round_, outcome, stats.samples)
-    report, eval_s = _evaluate_and_checkpoint(peer, round_, committed, outcome, kept)
+    report, eval_s = _evaluate_and_checkpoint(peer, committed, outcome, kept)
     round_ = committed
     exchange.after_commit(round_, stats.samples / max(stats.seconds, 1e-9), outcome)  # serve it
     return RoundResult(round_, stats, outcome, report, agreement, time.perf_counter() - started, wait_s, eval_s)
@@ -246,7 +248,7 @@ def run_overlapped_round(
         following.start(exchange)  # if the commit step did not already
     elif following.job is not None:  # caught up to a later round: that exchange belongs to no round we train, and
         following.job.result(interrupted)  # the averager runs one at a time (its own deadlines bound this)
-    report, eval_s = _evaluate_and_checkpoint(peer, round_, committed, outcome, kept)
+    report, eval_s = _evaluate_and_checkpoint(peer, committed, outcome, kept)
     round_ = committed
     stats = _merged([*phases, ahead])
     exchange.after_commit(round_, stats.samples / max(stats.seconds, 1e-9), outcome)
