@@ -138,6 +138,7 @@ class Agreement:
     # how this peer reached the winner when it held another digest (node/swarm_link.py): "replay" (the round's
     # object), "download" (the state), "catch-up" (the swarm's latest round instead), "failed"; "" when it held it
     resync: str = ""
+    winner_votes: int = 0  # how many voters held the winner (this peer included when it did)
 
 
 class CommitStep:
@@ -182,6 +183,7 @@ class CommitStep:
         deadline_s: float,
         former: Callable[[], Iterable[str]] = frozenset,
         offer: dict | None = None,
+        vote: bool = True,
     ) -> Agreement:
         """Announce ``digest`` for ``round_`` (with ``offer``: {"blob", "size"} of the package this peer serves for
         it) and wait (at most ``deadline_s``) for the digests of the round's ``participants()`` (re-read while
@@ -195,12 +197,14 @@ class CommitStep:
 
         It stops waiting as soon as one digest is held by more than half of everyone who could vote (the
         participants and the eligible peers as known when the step began): no later answer can outvote it. A
-        peer that restarted and trained the round alone no longer holds the others up for the whole deadline."""
+        peer that restarted and trained the round alone no longer holds the others up for the whole deadline.
+
+        ``vote=False`` (a peer sitting out, node/sit_out.py): our digest is neither pushed nor stored, only read."""
         me = self.identity.peer_id
         start = time.monotonic()
         deadline = start + deadline_s
-        pushed = self._push(round_, digest, offer or {})
-        if self.gossip is None or not pushed:
+        pushed = self._push(round_, digest, offer or {}) if vote else True
+        if vote and (self.gossip is None or not pushed):
             self._store(round_, digest)  # without gossip (or when the push failed) the DHT carries our vote
         poll_s = POLL_S if self.gossip is None else LOCAL_POLL_S
         fallback_at = start if self.gossip is None else start + self.fallback_after_s
@@ -218,7 +222,7 @@ class CommitStep:
                         fell_back = True
                         self.fallbacks += 1
                         log.info("round %d: no digest yet from %s: asking them, and the DHT", round_, missing[:4])
-                        if pushed:
+                        if pushed and vote:
                             _in_thread(lambda: self._store(round_, digest))
                     _in_thread(lambda m=missing: self.gossip.catch_up(DIGEST_KIND, len(m), peers=m, limit=PULL_IDS))
                 if self.gossip is None or missing:
@@ -239,7 +243,8 @@ class CommitStep:
         missing = sorted(expected - set(digests))
         if missing:
             log.info("round %d: no digest from %d participant(s) in time: %s", round_, len(missing), missing[:4])
-        return Agreement(majority(votes) or digest, sorted(votes), missing)
+        winner = majority(votes) or digest
+        return Agreement(winner, sorted(votes), missing, winner_votes=sum(d == winner for d in votes.values()))
 
     def offers(self, round_: int, digest: str) -> dict[str, dict]:
         """Packages of ``round_``'s state ``digest`` that peers announced with their vote, by peer."""

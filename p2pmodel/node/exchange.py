@@ -19,6 +19,8 @@ class ExchangeOutcome:
     averaged: bool = False  # True when the delta is the group's weighted mean
     applied: bool = True  # False: the safety net refused the mean (aggregate/guard.py); the state stays as it was
     reason: str = ""  # why the peer ended alone, when it did
+    sat_out: bool = False  # it did not try: its link could not keep up lately (node/sit_out.py)
+    failed_reducers: int = 0  # the group's reducers whose parts never reached this peer (zeroed)
     bytes_sent: int = 0
     bytes_received: int = 0
     refused: dict[str, str] = field(default_factory=dict)  # broadcast: peers whose update was not used, and why

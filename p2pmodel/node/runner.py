@@ -175,6 +175,7 @@ async def _serve(
                                 **({} if result.report else {"val_loss": None, "perplexity": None}),  # not evaluated
                                 "train_loss": result.stats.loss,
                                 "group_size": result.outcome.group_size,
+                                "sat_out": result.outcome.sat_out,  # it left this round to the others
                                 "committed_by": len(result.agreement.committed_by),
                                 "commit_missing": len(result.agreement.missing),
                                 "resync": result.agreement.resync,  # "" or how it reached the round's majority

@@ -30,7 +30,12 @@ class PeerStatus:
         self.g_group = Gauge("p2pmodel_group_size", "Peers in the last averaging group", registry=r)
         self.c_sent = Counter("p2pmodel_bytes_sent", "Averaging payload bytes sent", registry=r)
         self.c_recv = Counter("p2pmodel_bytes_received", "Averaging payload bytes received", registry=r)
-        self.c_rounds = Counter("p2pmodel_rounds", "Committed rounds by outcome", ["outcome"], registry=r)
+        self.c_rounds = Counter(
+            "p2pmodel_rounds",
+            "Committed rounds by outcome (averaged, alone, not_applied, sat_out: left to the others, node/sit_out.py)",
+            ["outcome"],
+            registry=r,
+        )
         self.c_refused = Counter(
             "p2pmodel_refused_updates", "Updates of other peers refused (broadcast mode)", ["peer"], registry=r
         )
@@ -71,7 +76,8 @@ class PeerStatus:
         self.g_group.set(o.group_size)
         self.c_sent.inc(o.bytes_sent)
         self.c_recv.inc(o.bytes_received)
-        self.c_rounds.labels("not_applied" if not o.applied else "averaged" if o.averaged else "alone").inc()
+        outcome = "sat_out" if o.sat_out else "not_applied" if not o.applied else "averaged" if o.averaged else "alone"
+        self.c_rounds.labels(outcome).inc()
         for peer_id in o.refused:
             self.c_refused.labels(peer_id).inc()
         resync = res.agreement.resync
@@ -97,6 +103,7 @@ class PeerStatus:
                 "group_size": o.group_size,
                 "members": o.members,
                 "reason": o.reason,  # why this peer was left out of a group, when it was
+                "sat_out": o.sat_out,  # it left the round to the others: its link could not keep up (node/sit_out.py)
                 "exchange_wait_s": round(res.wait_s, 3),
                 "refused": o.refused,  # broadcast mode: peers whose update was not used, and why
                 "inner_steps": res.stats.steps,  # fewer than train.inner_steps: another peer closed the round

@@ -16,6 +16,7 @@ every ``PACE_POLL_S``. Measured (benchmarks/communication.py, 5 DHT nodes in a n
 costs ~5 KB on the wire, one store of a signed record ~24 KB, so polling every 1.5 s cost more per round than
 the averaging payload at H=250; a gossip push costs one small message per peer."""
 
+import collections
 import logging
 import os
 import queue
@@ -39,6 +40,7 @@ from p2pmodel.node.broadcast import Broadcast
 from p2pmodel.node.commit import Agreement, CommitStep
 from p2pmodel.node.exchange import ExchangeOutcome
 from p2pmodel.node.pace import Pace
+from p2pmodel.node.sit_out import SitOut, missed
 from p2pmodel.node.state_offers import StateOffers
 from p2pmodel.swarm.blobs import BlobServer, fetch_blob
 from p2pmodel.swarm.connections import connected_peers
@@ -57,6 +59,8 @@ MAX_ADDRS = 32  # a peer record carries at most this many (swarm/records.py)
 # test-only: rounds ("3,5") whose all-reduce mean this peer corrupts, as if a part's reply never came (the
 # integration test of a re-sync by replay); never set in use
 LOSE_PART_ENV = "P2PMODEL_TEST_LOSE_PART"
+# test-only: rounds ("1,2") whose group this peer misses, as if its link were too slow for any to form in time
+MISS_ROUNDS_ENV = "P2PMODEL_TEST_MISS_ROUNDS"
 PEER_LIST_CACHE_S = 300.0  # gossip's view of who is online (each refresh ~22 KB on the wire at 4 peers); gossip
 # also targets the peers that talked to it lately, and the round engine checks connections itself
 PEER_LIST_FRESH_S = 30.0  # ... refreshed this often instead after a change (or the start) until it holds for
@@ -86,7 +90,9 @@ class SwarmLink:
         self.residuals = [torch.zeros_like(p) for p in peer.global_params] if cfg.compress.error_feedback else None
         self.encoded_bytes = sum(len(self.codec.compress(t, _info(t)).SerializeToString()) for t in self._buffers)
         self.committed = Committed(peer.round, peer.digest)
-        self._lose_part = {int(r) for r in os.environ.get(LOSE_PART_ENV, "").split(",") if r.strip()}
+        self._lose_part = _rounds_from_env(LOSE_PART_ENV)
+        self._miss_rounds = _rounds_from_env(MISS_ROUNDS_ENV)
+        self.sit_out = SitOut()  # rounds this peer leaves to the others while its link cannot keep up
         # fire-and-forget DHT stores (ready fallback, state offers, run records), in order, off the round's path
         self._publisher = Publisher()
         self.commit_hooks: list = []  # called with (round, members, contributions) after each commit (releases)
@@ -251,13 +257,18 @@ class SwarmLink:
         return self.pace.round_closed(round_, grace_s) or self._committed_by_others(round_)
 
     def phase_done(self, round_: int) -> None:
+        if self.sit_out.sits_out(round_):
+            return
         # on the training thread (overlap): a push that stalls (a peer behind a saturated link measured 5 s, the
         # gossip's default timeout) gives way to the DHT in the background after READY_PUSH_TIMEOUT_S
         self.pace.announce_ready(round_, timeout_s=READY_PUSH_TIMEOUT_S)
 
     def average(self, round_: int, delta: list[torch.Tensor], weight: float) -> ExchangeOutcome:
-        self.pace.announce_ready(round_)  # once: the overlapped schedule said it at the end of the phase
         sent = [d + r for d, r in zip(delta, self.residuals, strict=True)] if self.residuals else delta
+        if self.sit_out.sits_out(round_):  # the others do not expect us (we said "leave"): no "ready", no group
+            why = f"sitting out until round {self.sit_out.until}: this peer's exchange could not keep up"
+            return replace(self._alone(sent, weight, why), sat_out=True)
+        self.pace.announce_ready(round_)  # once: the overlapped schedule said it at the end of the phase
         expected = self.expected_group(round_)
         if self.cfg.sync.mode == "broadcast":
             return self._broadcast(round_, sent, int(weight), expected)
@@ -268,6 +279,9 @@ class SwarmLink:
             return self._alone(sent, weight, "no other peer online")
         if self._too_late(round_):
             return self._alone(sent, weight, "the round's group formed before this peer was ready")
+        if round_ in self._miss_rounds:
+            log.warning("TEST FAULT: round %d: no group for this peer (%s is set)", round_, MISS_ROUNDS_ENV)
+            return self._alone(sent, weight, "no group found (test fault)")
         # the state the round starts from as the commit step settled it: a peer still re-syncing to it (overlap:
         # its exchange starts before the re-sync, see agree) averages with the others, not alone
         settled_for, settled = self._settled
@@ -280,7 +294,7 @@ class SwarmLink:
             gather={**base, "samples": int(weight)},
             expected_size=len(expected),
             round_=round_,
-            give_up=lambda: self._committed_by_others(round_),
+            give_up=lambda: self._averaged_without_us(round_, expected),
         )
         mixed = res.succeeded and not all(_same_base(v, base) for v in res.gathered.values())
         if not res.succeeded or mixed or res.group_size < 2:
@@ -306,6 +320,7 @@ class SwarmLink:
             averaged=True,
             applied=not unsafe,
             reason=unsafe or ("" if res.complete else f"reducers failed: {len(res.failed_reducers)}"),
+            failed_reducers=len(res.failed_reducers),
             bytes_sent=moved,
             bytes_received=moved,
             contributions={peer: _claimed_samples(v) for peer, v in sorted(res.gathered.items())},
@@ -337,6 +352,18 @@ class SwarmLink:
         """Another peer announced its round-``round_`` digest: its group averaged already, so one still looking
         for a group (a restarted peer whose "join" came after the group formed) will not find one this round."""
         return bool(set(self.commit.box.digests(round_)) - {self.identity.peer_id})
+
+    def _averaged_without_us(self, round_: int, expected: set[str]) -> bool:
+        """Stop looking for a group of ``round_``: the others averaged it already, as a group (two or more announced
+        one digest) or all of them (every peer expected in it committed). One peer that committed alone is no
+        reason: measured (benchmarks/links.py --slow-link 3=10), a slow peer's lone commit made every fast peer
+        give up its matchmaking, each committed alone, and the tie of four digests went to the slow one's."""
+        me = self.identity.peer_id
+        digests = {p: d for p, d in self.commit.box.digests(round_).items() if p != me}
+        if not digests:
+            return False
+        counts = collections.Counter(digests.values())
+        return max(counts.values()) >= 2 or expected - {me} <= digests.keys()
 
     def _too_late(self, round_: int) -> bool:
         """Whether the others have averaged ``round_`` without us already, so that matchmaking could only time out
@@ -374,14 +401,16 @@ class SwarmLink:
         # our vote names the package (and round object) we serve: a re-sync needs no DHT lookup
         offer = self.offers.prepare(round_, patch)
         fallbacks = self.commit.fallbacks
+        ours = self.peer.digest
         agreement = self.commit.agree(
             round_,
-            self.peer.digest,
+            ours,
             participants=lambda: self.participants(round_, outcome),
             eligible=self.peer_ids,  # cached: a participant new since then is in participants() (ready or group)
             deadline_s=deadline_s,
             former=self.pace.left,  # a peer that stopped right after its commit voted for this round too
             offer=offer,
+            vote=not outcome.sat_out,  # the others do not count on us: our state would only tip their ties
         )
         self._fell_back = self.commit.fallbacks > fallbacks
         # the next round expects the peers not waited for too (the commit step ends once a majority agrees; a
@@ -390,6 +419,8 @@ class SwarmLink:
         joined = self.pace.joining(round_) | self.pace.joining(round_ + 1)
         self._last_members = sorted({*agreement.committed_by, *agreement.missing, *joined})
         self._settled = (round_ + 1, agreement.winner)
+        self._judge_own_pace(round_, outcome, agreement, ours)
+        back = not self.sit_out.sits_out(round_ + 1)  # we train round_ + 1 with the others
         if agreement.winner != self.peer.digest:
             log.warning(
                 "round %d: this peer holds %s but most peers hold %s: re-syncing",
@@ -399,7 +430,8 @@ class SwarmLink:
             )
             # the others did not wait for us: without this they assemble the next round without us too, and a
             # peer that re-synced starts every round late, goes alone and re-syncs again (a chase)
-            self.pace.announce_join(round_ + 1)
+            if back:
+                self.pace.announce_join(round_ + 1)
             if then is not None:
                 then()
             how = self.offers.resync(round_, agreement.winner)
@@ -409,7 +441,28 @@ class SwarmLink:
                 log.warning("round %d: caught up to the swarm's round %d instead", round_, self.peer.round)
                 how = "catch-up"
             agreement = replace(agreement, resync=how or "failed")
+        elif back and self.sit_out.sits_out(round_):  # the sit-out is over: expect us in the next group again
+            self.pace.announce_join(round_ + 1)
         return agreement
+
+    def _judge_own_pace(self, round_: int, outcome: ExchangeOutcome, agreement: Agreement, ours: str) -> None:
+        """Sit the next rounds out when the others keep agreeing without us (node/sit_out.py)."""
+        miss = missed(
+            outcome.averaged,
+            outcome.failed_reducers,
+            outcome.group_size,
+            agreement.winner == ours,
+            agreement.winner_votes,
+        )
+        if self.sit_out.record(round_, miss):
+            log.warning(
+                "round %d: the others agreed without this peer again (its link or pace cannot keep up with their"
+                " exchange): sitting out rounds %d-%d, following their state",
+                round_,
+                round_ + 1,
+                self.sit_out.until,
+            )
+            self._in_background(self.pace.announce_leave)  # they stop expecting us in groups and commit steps
 
     def after_commit(self, round_: int, samples_per_s: float, outcome: ExchangeOutcome) -> None:
         """Serve the committed state (our "digest" message announced it); offer it in the DHT only every third of
@@ -441,7 +494,8 @@ class SwarmLink:
         # the state this peer trains from, packed: a first round that ends off the majority (its all-reduce missed
         # parts) re-syncs by replaying that round's object on it (node/state_offers.py), not by a whole download
         self.offers.prepare(self.peer.round)
-        self.pace.announce_join(self.peer.round + 1)
+        if not self.sit_out.sits_out(self.peer.round + 1):
+            self.pace.announce_join(self.peer.round + 1)
         return caught_up
 
     # --- records ---------------------------------------------------------------------------------------
@@ -506,6 +560,11 @@ class Publisher:
             self._jobs.put_nowait(None)
         except queue.Full:
             pass
+
+
+def _rounds_from_env(name: str) -> set[int]:
+    """A test fault's rounds ("3,5")."""
+    return {int(r) for r in os.environ.get(name, "").split(",") if r.strip()}
 
 
 def _info(t: torch.Tensor) -> CompressionInfo:

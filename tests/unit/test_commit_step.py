@@ -210,3 +210,15 @@ def test_digests_of_strangers_and_other_runs_are_refused(gossip_step):
     assert not g.deliver("p1", _body(500))  # far from our commit: not stored, not forwarded
     agreement = cs.agree(5, B, participants=set, eligible=set, deadline_s=0.1)
     assert agreement.winner == B  # p1's round-500 message is not a vote for round 5
+
+
+def test_a_peer_sitting_out_reads_the_others_votes_without_casting_one(gossip_step):
+    """node/sit_out.py: its state would only tip the others' ties, and its link is the slow one; it still learns the
+    winner, and how many held it (what judges its next rounds)."""
+    cs, g, stored, _, _ = gossip_step
+    g.fail = True  # any push would raise: none is tried
+    g.deliver("p1", _body(5))
+    g.deliver("p2", _body(5))
+    agreement = cs.agree(5, B, participants=lambda: {"p1", "p2"}, eligible=set, deadline_s=0.5, vote=False)
+    assert agreement.winner == A and agreement.winner_votes == 2
+    assert stored == [] and "me" not in cs.box.digests(5)  # neither pushed nor stored in the DHT

@@ -1,0 +1,57 @@
+"""When a peer cannot keep up with the swarm's exchange, it sits rounds out instead of stalling the others.
+
+A peer on a link ~10x slower than the swarm's (benchmarks/links.py --slow-link 3=10: 0.1 Mbit/s against 1 Mbit/s)
+never completes an all-reduce in time: it averages alone, its digest loses every commit step, and while it
+still says "ready" and votes, the others wait for its digest and expect it in every group. Measured before this
+existed: from the second round on the fast peers' groups fragmented, four peers held four digests, and the tie
+went to the slow peer's own state, which nobody could then download from it in time.
+
+So a peer judges itself, from what it saw of its own rounds: a *miss* is a round it did not average in (or whose
+all-reduce lost most of the other reducers' parts) while at least two other peers agreed on a state without it.
+After ``after_misses`` misses in a row it sits out the next ``span`` rounds: it announces "leave" (the others stop
+expecting it in groups and in the commit step), keeps training in step with them (that work is dropped) and
+takes their committed state after each round (a re-sync). Then it announces "join" and tries again; a miss on
+that first try doubles the span (up to ``max_span``), a round averaged in resets it. Only the peer itself is
+judged: one slow peer cannot talk a fast one out of the swarm."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def missed(averaged: bool, failed_reducers: int, group_size: int, won: bool, winner_votes: int) -> bool:
+    """Whether a round was a miss for this peer (module doc): the others agreed without it (``winner_votes`` >= 2,
+    not its digest) and it either did not average or lost parts from most other reducers of its group."""
+    if won or winner_votes < 2:
+        return False
+    return not averaged or 2 * failed_reducers > group_size - 1
+
+
+@dataclass
+class SitOut:
+    after_misses: int = 2
+    first_span: int = 2
+    max_span: int = 32
+    misses: int = 0  # in a row, in rounds this peer tried
+    span: int = 0  # the next sit-out's length (first_span until a sit-out happened)
+    until: int = 0  # sits out every round <= until
+    trying: bool = False  # the first round after a sit-out: one miss sends it back out
+
+    def sits_out(self, round_: int) -> bool:
+        return round_ <= self.until
+
+    def record(self, round_: int, miss: bool) -> bool:
+        """The outcome of committed round ``round_``; True when a sit-out starts now (rounds round_ + 1 ..
+        ``until``). Rounds sat out count for nothing."""
+        if self.sits_out(round_):
+            self.trying = round_ == self.until
+            return False
+        if not miss:
+            self.misses, self.span, self.trying = 0, 0, False
+            return False
+        self.misses += 1
+        if self.misses < self.after_misses and not self.trying:
+            return False
+        self.span = min(self.max_span, 2 * self.span if self.span else self.first_span)
+        self.until, self.misses, self.trying = round_ + self.span, 0, False
+        return True
