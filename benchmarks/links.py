@@ -365,6 +365,7 @@ def peer_metrics(evs: list[tuple[float, dict]], samples: Samples | None = None, 
         "inner_steps_total": int(evs[-1][1].get("inner_steps", 0)) if evs else None,
         "group_size_by_round": {int(e["round"]): e.get("group_size") for _t, e in evs},
         "commit_missing_total": sum(int(e.get("commit_missing") or 0) for _t, e in evs),
+        "sat_out_rounds": sorted(int(e["round"]) for _t, e in evs if e.get("sat_out")),  # node/sit_out.py
         "inner_steps_per_s": None,
         "utilisation": None,
         "utilisation_without_eval": None,

@@ -21,6 +21,7 @@ class ExchangeOutcome:
     reason: str = ""  # why the peer ended alone, when it did
     sat_out: bool = False  # it did not try: its link could not keep up lately (node/sit_out.py)
     failed_reducers: int = 0  # the group's reducers whose parts never reached this peer (zeroed)
+    replayable: bool = False  # alone in a swarm: the round still gets an object a peer that lost to it replays
     bytes_sent: int = 0
     bytes_received: int = 0
     refused: dict[str, str] = field(default_factory=dict)  # broadcast: peers whose update was not used, and why

@@ -105,7 +105,12 @@ def _step_and_agree(peer, exchange: Exchange, round_: int, outcome: ExchangeOutc
     # the round as an object (versioning/round_object.py), served with our vote: a peer of the round whose
     # all-reduce was partial replays it (~0.14 of the state at int4) instead of downloading the state
     patch = None
-    if outcome.averaged and outcome.applied and adopted is None and peer.cfg.versioning.keep_rounds:
+    if (
+        (outcome.averaged or outcome.replayable)
+        and outcome.applied
+        and adopted is None
+        and peer.cfg.versioning.keep_rounds
+    ):
         patch = peer.round_object(round_, parent, outcome.mean_delta, outcome.contributions)
     agreement = exchange.agree(round_, outcome, patch, then)  # the digest most peers hold wins; else re-sync
     if peer.digest != ours:  # adopted another state: which updates it used is the others' record, not ours

@@ -7,24 +7,27 @@ existed: from the second round on the fast peers' groups fragmented, four peers 
 went to the slow peer's own state, which nobody could then download from it in time.
 
 So a peer judges itself, from what it saw of its own rounds: a *miss* is a round it did not average in (or whose
-all-reduce lost most of the other reducers' parts) while at least two other peers agreed on a state without it.
-After ``after_misses`` misses in a row it sits out the next ``span`` rounds: it announces "leave" (the others stop
-expecting it in groups and in the commit step), keeps training in step with them (that work is dropped) and
-takes their committed state after each round (a re-sync). Then it announces "join" and tries again; a miss on
-that first try doubles the span (up to ``max_span``), a round averaged in resets it. Only the peer itself is
-judged: one slow peer cannot talk a fast one out of the swarm."""
+all-reduce lost most of the other reducers' parts: that counts twice) while at least two other peers agreed on a
+state without it. After ``after_misses`` misses in a row it sits out the next ``span`` rounds: it announces
+"leave" (the others stop expecting it in groups and in the commit step), keeps training in step with them (that
+work is dropped) and takes their committed state after each round (a re-sync). Then it announces "join" and
+tries again; a miss on that first try doubles the span (up to ``max_span``), a round averaged in resets it. Only
+the peer itself is judged: one slow peer cannot talk a fast one out of the swarm."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 
-def missed(averaged: bool, failed_reducers: int, group_size: int, won: bool, winner_votes: int) -> bool:
-    """Whether a round was a miss for this peer (module doc): the others agreed without it (``winner_votes`` >= 2,
-    not its digest) and it either did not average or lost parts from most other reducers of its group."""
+def misses(averaged: bool, failed_reducers: int, group_size: int, won: bool, winner_votes: int) -> int:
+    """How much a round counts against this peer (module doc), when the others agreed without it (``winner_votes``
+    >= 2, not its digest): 2 when its all-reduce ran and most other reducers' parts never reached it (the exchange
+    itself measured its link as the one too slow), 1 when it did not average (a late start is one too), else 0."""
     if won or winner_votes < 2:
-        return False
-    return not averaged or 2 * failed_reducers > group_size - 1
+        return 0
+    if not averaged:
+        return 1
+    return 2 if 2 * failed_reducers > group_size - 1 else 0
 
 
 @dataclass
@@ -40,16 +43,16 @@ class SitOut:
     def sits_out(self, round_: int) -> bool:
         return round_ <= self.until
 
-    def record(self, round_: int, miss: bool) -> bool:
-        """The outcome of committed round ``round_``; True when a sit-out starts now (rounds round_ + 1 ..
-        ``until``). Rounds sat out count for nothing."""
+    def record(self, round_: int, missed: int) -> bool:
+        """How much committed round ``round_`` counted against this peer (``misses``); True when a sit-out starts now
+        (rounds round_ + 1 .. ``until``). Rounds sat out count for nothing."""
         if self.sits_out(round_):
             self.trying = round_ == self.until
             return False
-        if not miss:
+        if not missed:
             self.misses, self.span, self.trying = 0, 0, False
             return False
-        self.misses += 1
+        self.misses += missed
         if self.misses < self.after_misses and not self.trying:
             return False
         self.span = min(self.max_span, 2 * self.span if self.span else self.first_span)

@@ -68,6 +68,27 @@ def part_sizes(numel: int, codec: Codec, index: int = 0) -> list[int]:
     return sizes + [numel % per_part] if numel % per_part else sizes or [0]
 
 
+def on_grid(aggregate: Mapping[str, torch.Tensor], codec_name: str, block_size: int) -> dict[str, torch.Tensor]:
+    """``aggregate`` moved to the nearest values its round object stores as codec bytes: each part (as
+    ``encode_round`` cuts it) encoded and decoded once; unchanged for a codec without a grid. A peer that averages
+    alone applies these, so its round's object is as small as an averaged round's (0.14 of float32 at int4), not
+    raw float32: a peer that lost to it replays ~0.5 MB instead of downloading a 6.7 MB state (configs/tiny.toml)."""
+    if codec_name not in GRID_CODECS:
+        return dict(aggregate)
+    codec, out = make_codec(codec_name, block_size), {}
+    for index, name in enumerate(sorted(aggregate)):
+        t = aggregate[name]
+        flat, parts, start = t.detach().to("cpu", torch.float32).reshape(-1), [], 0
+        for size in part_sizes(flat.numel(), codec, index):
+            part = flat[start : start + size].contiguous()
+            start += size
+            if part.numel() and bool(torch.isfinite(part).all()):
+                part = codec.extract(codec.compress(part, CompressionInfo.from_tensor(part))).reshape(-1)
+            parts.append(part)
+        out[name] = torch.cat(parts).reshape(t.shape).to(t.dtype)
+    return out
+
+
 def encode_round(
     *,
     run_id: str,

@@ -192,7 +192,8 @@ def test_a_peer_that_keeps_missing_the_groups_sits_out_then_rejoins(tmp_path):
         table = _same_digest_every_round(peers)  # the peer sitting out holds the others' state every round
         assert sorted(table) == list(range(1, rounds + 1)), f"rounds committed: {sorted(table)}"
         sat_out = [r for r in table if round_event(slow, r).get("sat_out")]
-        seen = {r: {k: round_event(slow, r).get(k) for k in ("group_size", "resync", "committed_by", "sat_out")} for r in table}
+        keys = ("group_size", "resync", "committed_by", "sat_out")
+        seen = {r: {k: round_event(slow, r).get(k) for k in keys} for r in table}
         assert sat_out == [4, 5], seen
         for r in (4, 5):
             assert round_event(slow, r)["group_size"] == 1

@@ -16,7 +16,14 @@ from p2pmodel.swarm.identity import Identity
 from p2pmodel.swarm.signed import sign_message
 from p2pmodel.sync.outer import OuterOptimizer
 from p2pmodel.versioning.patch_store import PatchStore
-from p2pmodel.versioning.round_object import PART_SIZE_BYTES, decode_round, encode_round, part_sizes, replay
+from p2pmodel.versioning.round_object import (
+    PART_SIZE_BYTES,
+    decode_round,
+    encode_round,
+    on_grid,
+    part_sizes,
+    replay,
+)
 from p2pmodel.versioning.tag import build_tag, patch_refs, verify_tag
 from p2pmodel.versioning.votes import VOTE_KIND, check_vote_body, make_vote
 
@@ -90,6 +97,21 @@ def test_an_allreduce_aggregate_is_stored_at_codec_size_and_decodes_bit_for_bit(
         assert torch.equal(obj.aggregate[name].view(torch.int32), t.view(torch.int32)), name
     assert (obj.round, obj.parent, obj.child, obj.outer) == (3, state_digest(parent), state_digest(child), OUTER)
     assert obj.contributors == [["peerA", 40], ["peerB", 20]]
+
+
+@pytest.mark.timeout(60)
+def test_a_lone_peer_s_delta_moved_on_the_grid_is_what_an_all_reduce_leaves_and_is_stored_small():
+    """SwarmLink applies ``on_grid`` of its own delta when it averages alone, so a peer that lost to that round
+    replays a small object (node/swarm_link.py ``_alone``)."""
+    g = torch.Generator().manual_seed(1)
+    delta = {n: torch.randn(s, generator=g) * 1e-3 for n, s in sorted(SHAPES.items())}
+    moved = on_grid(delta, "int4", 64)
+    expected = _allreduced(SHAPES, seed=1)  # the same draws, each part through the codec once
+    assert all(torch.equal(moved[n], expected[n]) and moved[n].shape == delta[n].shape for n in SHAPES)
+    assert not torch.equal(moved["c.big"], delta["c.big"])  # it did move
+    blob = _object(2, _state(SHAPES, 0), _state(SHAPES, 1), moved)
+    assert len(blob) < 0.15 * 4 * sum(t.numel() for t in moved.values())
+    assert on_grid(delta, "none", 64)["c.big"] is delta["c.big"]  # no grid: untouched
 
 
 @pytest.mark.timeout(60)
