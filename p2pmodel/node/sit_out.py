@@ -6,9 +6,10 @@ still says "ready" and votes, the others wait for its digest and expect it in ev
 existed: from the second round on the fast peers' groups fragmented, four peers held four digests, and the tie
 went to the slow peer's own state, which nobody could then download from it in time.
 
-So a peer judges itself, from what it saw of its own rounds: a *miss* is a round it did not average in (or whose
-all-reduce lost most of the other reducers' parts: that counts twice) while at least two other peers agreed on a
-state without it. After ``after_misses`` misses in a row it sits out the next ``span`` rounds: it announces
+So a peer judges itself, from what it saw of its own rounds: a *miss* is a round it did not average in while at
+least two other peers agreed on a state without it. After ``after_misses`` misses in a row, or at once when its
+all-reduce ran but lost most of the other reducers' parts (the exchange itself measured its link as the one too
+slow), it sits out the next ``span`` rounds: it announces
 "leave" (the others stop expecting it in groups and in the commit step), keeps training in step with them (that
 work is dropped) and takes their committed state after each round (a re-sync). Then it announces "join" and
 tries again; a miss on that first try doubles the span (up to ``max_span``), a round averaged in resets it. Only
@@ -18,21 +19,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+LINK = 2  # what ``misses`` returns for a round whose all-reduce lost most parts
+
 
 def misses(averaged: bool, failed_reducers: int, group_size: int, won: bool, winner_votes: int) -> int:
     """How much a round counts against this peer (module doc), when the others agreed without it (``winner_votes``
-    >= 2, not its digest): 2 when its all-reduce ran and most other reducers' parts never reached it (the exchange
-    itself measured its link as the one too slow), 1 when it did not average (a late start is one too), else 0."""
+    >= 2, not its digest): ``LINK`` when its all-reduce ran and most other reducers' parts never reached it (the
+    exchange itself measured its link as the one too slow: sit out now), 1 when it did not average (a late start,
+    or a matchmaking window missed, is one too), else 0."""
     if won or winner_votes < 2:
         return 0
     if not averaged:
         return 1
-    return 2 if 2 * failed_reducers > group_size - 1 else 0
+    return LINK if 2 * failed_reducers > group_size - 1 else 0
 
 
 @dataclass
 class SitOut:
-    after_misses: int = 2
+    after_misses: int = 3
     first_span: int = 2
     max_span: int = 32
     misses: int = 0  # in a row, in rounds this peer tried
@@ -52,8 +56,8 @@ class SitOut:
         if not missed:
             self.misses, self.span, self.trying = 0, 0, False
             return False
-        self.misses += missed
-        if self.misses < self.after_misses and not self.trying:
+        self.misses += 1
+        if self.misses < self.after_misses and not self.trying and missed != LINK:
             return False
         self.span = min(self.max_span, 2 * self.span if self.span else self.first_span)
         self.until, self.misses, self.trying = round_ + self.span, 0, False

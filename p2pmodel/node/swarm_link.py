@@ -244,7 +244,8 @@ class SwarmLink:
         who = set(outcome.members) | self.pace.ready(round_)
         if not outcome.averaged:
             who |= set(self.peer_ids())  # cached: this is re-read while the commit step waits
-        who -= self.pace.left()
+        # and those that said they join a later round (one sitting out says so a round ahead, node/sit_out.py)
+        who -= self.pace.left() | self.pace.joining(round_ + 1) | self.pace.joining(round_ + 2)
         connected = connected_peers(self.dht)
         if connected is not None:
             who &= connected
@@ -431,6 +432,10 @@ class SwarmLink:
         self._settled = (round_ + 1, agreement.winner)
         self._judge_own_pace(round_, outcome, agreement, ours)
         back = not self.sit_out.sits_out(round_ + 1)  # we train round_ + 1 with the others
+        if self.sit_out.sits_out(round_ + 1) and not self.sit_out.sits_out(round_ + 2):
+            # a round ahead: overlapped, the others' round_ + 2 group forms at their commit of round_ + 1, the moment
+            # ours ends; said then, our "join" came after a group of those expected had formed (measured)
+            self.pace.announce_join(round_ + 2)
         if agreement.winner != self.peer.digest:
             log.warning(
                 "round %d: this peer holds %s but most peers hold %s: re-syncing",
@@ -451,8 +456,6 @@ class SwarmLink:
                 log.warning("round %d: caught up to the swarm's round %d instead", round_, self.peer.round)
                 how = "catch-up"
             agreement = replace(agreement, resync=how or "failed")
-        elif back and self.sit_out.sits_out(round_):  # the sit-out is over: expect us in the next group again
-            self.pace.announce_join(round_ + 1)
         return agreement
 
     def _judge_own_pace(self, round_: int, outcome: ExchangeOutcome, agreement: Agreement, ours: str) -> None:
