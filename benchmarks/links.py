@@ -245,6 +245,17 @@ def parse_arm(spec: str) -> tuple[str, list[str]]:
     return name, overrides
 
 
+def parse_peer_sets(specs: list[str], peers: int) -> dict[int, list[str]]:
+    """``I=k=v`` (repeatable) -> {I: ["k=v", ...]} with 0 <= I < peers."""
+    out: dict[int, list[str]] = {}
+    for spec in specs:
+        i, _, override = spec.partition("=")
+        if not i.strip().isdigit() or not 0 <= int(i) < peers or "=" not in override:
+            raise ValueError(f"--peer-set {spec!r}: want I=key=value with 0 <= I < {peers}")
+        out.setdefault(int(i), []).append(override)
+    return out
+
+
 def parse_factor(spec: str, peers: int) -> tuple[int, float]:
     """``I=F`` -> (I, F) with 0 <= I < peers and F >= 1."""
     i, _, f = spec.partition("=")
@@ -271,6 +282,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--cpu", type=float, default=0.4, help="cores per peer (cgroup cpu quota); 0 = no limit")
     ap.add_argument("--slow", action="append", default=[], metavar="I=F", help="peer I gets cpu/F (repeatable)")
     ap.add_argument("--slow-link", action="append", default=[], metavar="I=F", help="peer I's rates / F (repeatable)")
+    ap.add_argument(
+        "--peer-set", action="append", default=[], metavar="I=k=v", help="override for peer I only (repeatable)"
+    )
     ap.add_argument("--arm", action="append", default=[], metavar="NAME=k=v,k=v", help="define an arm (repeatable)")
     ap.add_argument("--arms", default="blocking,overlap", help="swarm arms to run, in order")
     ap.add_argument("--seeds", default=None, help="e.g. 0,1,2: repeat the swarm arms with train.seed=S")
@@ -296,6 +310,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.arm_names = [a.strip() for a in args.arms.split(",") if a.strip()]
         args.slow_cpu = dict(parse_factor(s, args.peers) for s in args.slow)
         args.slow_net = dict(parse_factor(s, args.peers) for s in args.slow_link)
+        args.peer_sets = parse_peer_sets(args.peer_set, args.peers)
     except ValueError as e:
         ap.error(str(e))
     unknown = [a for a in args.arm_names if a not in arms]
@@ -589,7 +604,7 @@ class LinkHarness(Harness):
         self.maddr = next((m for m in ev["maddrs"] if f"/ip4/{ip}/" in m), ev["maddrs"][0])
         return self.maddr
 
-    def start_node_peer(self, node: str, max_rounds: int | None = None, join: bool = True):
+    def start_node_peer(self, node: str, max_rounds: int | None = None, join: bool = True, extra: list[str] = ()):
         ip = self.topo.nodes[node].ip
         argv = cli_argv() + [
             "peer",
@@ -606,7 +621,7 @@ class LinkHarness(Harness):
             argv += ["--max-rounds", str(max_rounds)]
         if join and self.maddr:
             argv += ["--initial-peers", self.maddr]
-        for o in self.overrides:
+        for o in [*self.overrides, *extra]:
             argv += ["--set", o]
         p = self.peers[node] = self._spawn(node, self.topo.wrap(node, argv))
         return p
@@ -656,6 +671,8 @@ def run_arm(args, topo: net.Topology, workdir: Path, arm: str, rate: float | Non
     topo.reset_mem_peak()
     sampler = net.Sampler(topo, args.sample_s).start()
     result: dict = {"arm": arm, "seed": seed, "rate_mbit": rate, "overrides": overrides}
+    if args.peer_sets and not is_solo:
+        result["peer_overrides"] = {f"p{i}": ov for i, ov in sorted(args.peer_sets.items())}
     if not is_solo:
         result["down_mbit"] = down_rate(args, rate)
     run_dir = workdir / re.sub(r"[^\w.@-]", "_", label)
@@ -664,7 +681,10 @@ def run_arm(args, topo: net.Topology, workdir: Path, arm: str, rate: float | Non
             if not is_solo:
                 h.start_bootstrap()
             # no --max-rounds: nobody leaves while another peer may still need its state; stopped at round R
-            procs = [h.start_node_peer(n, join=not is_solo) for n in nodes]
+            procs = [
+                h.start_node_peer(n, join=not is_solo, extra=[] if is_solo else args.peer_sets.get(i, []))
+                for i, n in enumerate(nodes)
+            ]
             timed_out = not _wait(procs, args.rounds, deadline, label)
             if timed_out:
                 progress(f"{label}: timed out at round {h.swarm_round()}")

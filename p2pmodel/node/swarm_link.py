@@ -62,6 +62,9 @@ MAX_ADDRS = 32  # a peer record carries at most this many (swarm/records.py)
 LOSE_PART_ENV = "P2PMODEL_TEST_LOSE_PART"
 # test-only: rounds ("1,2") whose group this peer misses, as if its link were too slow for any to form in time
 MISS_ROUNDS_ENV = "P2PMODEL_TEST_MISS_ROUNDS"
+# measured (benchmarks/links.py --slow-link 3=10): a DHT node behind a slow link answers the others' matchmaking
+# lookups seconds late, and their groups failed to form even while it sat out; as a DHT client it asks, never answers
+CLIENT_MODE_HINT = "; on a link much slower than the others', set swarm.client_mode = true"
 PEER_LIST_CACHE_S = 300.0  # gossip's view of who is online (each refresh ~22 KB on the wire at 4 peers); gossip
 # also targets the peers that talked to it lately, and the round engine checks connections itself
 PEER_LIST_FRESH_S = 30.0  # ... refreshed this often instead after a change (or the start) until it holds for
@@ -464,12 +467,14 @@ class SwarmLink:
         if self.sit_out.record(
             round_, misses(o.averaged, o.failed_reducers, o.group_size, won, agreement.winner_votes)
         ):
+            hint = "" if self.cfg.swarm.client_mode else CLIENT_MODE_HINT
             log.warning(
                 "round %d: the others agreed without this peer (its link or pace cannot keep up with their"
-                " exchange): sitting out rounds %d-%d, following their state",
+                " exchange): sitting out rounds %d-%d, following their state%s",
                 round_,
                 round_ + 1,
                 self.sit_out.until,
+                hint,
             )
             self._in_background(self.pace.announce_leave)  # they stop expecting us in groups and commit steps
 

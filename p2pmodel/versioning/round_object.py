@@ -7,8 +7,9 @@ Why the aggregate is small: in all-reduce mode every peer applies the decoded by
 allreduce.py), i.e. values on the codec's grid (int4: a code times a block scale). Encoding the aggregate again
 with the same codec, over the same parts hivemind cut the tensors into (``part_sizes``), gives back exactly the
 same values, so the object stores those codec bytes (int4 with 64-element blocks: 0.14 of float32). Every part is
-checked bit for bit after encoding; a part that does not come back identical (a broadcast aggregate, a round a
-peer averaged alone, another layout) is stored as raw float32. The object is never lossy, only larger.
+checked bit for bit after encoding; a part that does not come back identical (a broadcast aggregate, another
+layout) is stored as raw float32. The object is never lossy, only larger. A peer that averages alone applies its
+own delta moved onto the same grid (``on_grid``), so its round's object is as small.
 
 Layout (msgpack, hostile-input safe: size-bounded, no extension types, every field checked)::
 

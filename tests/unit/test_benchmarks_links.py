@@ -43,6 +43,7 @@ def test_options():
             "--peers", "8", "--rounds", "5", "--rate-mbit", "1,2.5", "--down-mbit", "10", "--cpu", "0",
             "--slow", "3=2", "--slow-link", "1=10", "--arm", "fat=compress.codec=int8,sync.matchmaking_time_s=2",
             "--arms", "blocking,fat", "--seeds", "0,1,2", "--fast-rounds", "--set", "train.lr=1e-3",
+            "--peer-set", "1=swarm.client_mode=true", "--peer-set", "1=train.lr=2e-3",
         ]
     )  # fmt: skip
     assert a.rates == [1.0, 2.5] and links.down_rate(a, 1.0) == 10.0 and a.cpu == 0
@@ -52,6 +53,7 @@ def test_options():
     assert ov[0] == "train.torch_threads=1" and "train.inner_steps=20" in ov
     assert ov[-3:] == ["compress.codec=int8", "sync.matchmaking_time_s=2", "train.seed=1"]
     assert ov.index("train.lr=1e-3") < ov.index("compress.codec=int8")  # the arm's overrides win over --set
+    assert a.peer_sets == {1: ["swarm.client_mode=true", "train.lr=2e-3"]}  # after those, for peer 1 only
 
 
 @pytest.mark.parametrize(
@@ -68,6 +70,8 @@ def test_options():
         ["--arm", "x=notakey"],
         ["--rate-mbit", "-1"],
         ["--cpu", "-0.1"],
+        ["--peer-set", "4=a.b=1"],
+        ["--peer-set", "1=notakey"],
     ],
 )
 def test_bad_arguments(argv):
