@@ -174,12 +174,23 @@ One peer at half CPU, overlapped (``--arms overlap --slow 3=2 --seeds 0,1 --no-s
   steps waited out their 17 s deadline for its digest (utilisation 0.10-0.32, digests split); in seed 1 a fast
   peer's partial all-reduce left the fast three without a majority among themselves, with the same wait
   (0.50-0.58).
-One peer on a 10x slower link, overlapped (``--arms overlap --slow-link 3=10 --seeds 0 --no-solo``, 0.1 Mbit/s): not
-  handled. Its parts and gossip pushes stall (a 0.48 MB round object alone is 38 s at 0.1 Mbit/s against 14 s
-  rounds, so it cannot even follow by replay); the fast peers' groups fragmented from round 2 and they chased one
-  another's states (after 480 s the peers were at rounds 9, 4 and 7, the slow one at 2; digests split). Leaving
-  such a peer out of the groups (a measured link rate, hivemind's bandwidth-weighted parts, or client mode for
-  it) is still to do.
+One peer on a 10x slower link, overlapped (``--arms overlap --slow-link 3=10 --seeds 0 --no-solo --set
+eval.every_rounds=3``: 0.1 Mbit/s up, 0.4 down; 2026-12-07, 17:00-17:43 UTC, one invocation at a time):
+  before (code at fcc5aee): its parts and gossip pushes stalled; a lone commit of it made every fast peer give up
+               its matchmaking, four peers held four digests and the tie went to its state, which nobody could then
+               download from it in time; after 480 s the peers were at rounds 9, 4 and 7, the slow one at 2.
+  sit-out (7b007a2-5fa4079: node/sit_out.py; matchmaking gives up only on a group's or everyone's commit; a lone
+               round applies its delta on the codec's grid and gets a round object): the slow peer's round-1
+               all-reduce lost most parts (23.5 % of its results) and it sat out from round 2; every re-sync was a
+               476 KB replay and digests agreed (three runs). But the fast peers' matchmaking still failed in
+               several rounds (all three "no group" in round 2 of every run, while the slow one was not even
+               looking): lone rounds, ties, and a fast peer sent to sit out too; in the last run the fast peers
+               fell to 1-group-per-peer rounds again.
+  --peer-set 3=swarm.client_mode=true on top (its DHT node asks, never answers): group of 3 in every round from
+               round 2, one digest every round, fast peers' utilisation 0.916-0.937 (0.958-0.978 without eval),
+               round wall 12.5 s (median); the slow peer sat out rounds 2-3 and 5-6 (its try in round 4 missed),
+               following by replay. So the slow peer's DHT node, answering the others' matchmaking lookups seconds
+               late, is what broke their groups; the peer now says so in its log when it starts sitting out.
 Scale (--cpu 0 --rate-mbit 0 --no-solo, H = 20, eval.batches=2, data.max_corpus_bytes=2000000, 5 rounds):
   peers  round wall (median, min-max)  wire bytes/peer (total; per round)  payload/round  digests  RSS (sum)
   4      12.3 s (12.0-14.9)            11.7 MB; 2.42 MB                    1.43 MB        agree    2.3 GB

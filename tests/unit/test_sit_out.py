@@ -42,3 +42,31 @@ def test_a_miss_between_rounds_averaged_in_starts_nothing_and_the_span_is_capped
 def test_a_round_whose_all_reduce_lost_most_parts_starts_a_sit_out_at_once():
     s = SitOut()
     assert s.record(1, missed=LINK) and s.until == 3
+
+
+def test_matchmaking_gives_up_on_a_group_s_or_everyone_s_commit_not_on_one_lone_peer_s():
+    """SwarmLink._averaged_without_us (the averager's give_up): measured before, a slow peer's lone commit made
+    every fast peer give up its matchmaking, and four peers held four digests."""
+    from types import SimpleNamespace
+
+    from p2pmodel.node.swarm_link import SwarmLink
+
+    A, B = "a" * 64, "b" * 64
+    box: dict[str, str] = {}
+    link = SimpleNamespace(identity=SimpleNamespace(peer_id="me"), commit=SimpleNamespace(box=SimpleNamespace()))
+    link.commit.box.digests = lambda r: dict(box)
+    expected = {"me", "p1", "p2", "slow"}
+
+    def gives_up() -> bool:
+        return SwarmLink._averaged_without_us(link, 5, expected)
+
+    assert not gives_up()
+    box.update(slow=A, me=B)
+    assert not gives_up()  # one lone peer committed (ours does not count)
+    box.update(p1=B)
+    assert not gives_up()  # two lone peers, two digests
+    box.update(p2=B)
+    assert gives_up()  # p1 and p2 averaged without us
+    box.clear()
+    box.update(p1=A, p2=B, slow="c" * 64)
+    assert gives_up()  # everyone expected committed already
