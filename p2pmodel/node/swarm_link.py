@@ -65,6 +65,9 @@ MISS_ROUNDS_ENV = "P2PMODEL_TEST_MISS_ROUNDS"
 # measured (benchmarks/links.py --slow-link 3=10): a DHT node behind a slow link answers the others' matchmaking
 # lookups seconds late, and their groups failed to form even while it sat out; as a DHT client it asks, never answers
 CLIENT_MODE_HINT = "; on a link much slower than the others', set swarm.client_mode = true"
+# a DHT node that has not answered in this long is skipped (and hivemind blacklists it for a while): with 10 s, a
+# peer behind a 0.1 Mbit/s uplink held every matchmaking lookup of the others past their 5 s window
+DHT_RPC_TIMEOUT_S = 3.0
 PEER_LIST_CACHE_S = 300.0  # gossip's view of who is online (each refresh ~22 KB on the wire at 4 peers); gossip
 # also targets the peers that talked to it lately, and the round engine checks connections itself
 PEER_LIST_FRESH_S = 30.0  # ... refreshed this often instead after a change (or the start) until it holds for
@@ -113,6 +116,7 @@ class SwarmLink:
                 s.client_mode,
                 wait_timeout_s=min(s.join_timeout_s, 10.0),
                 startup_timeout_s=s.join_timeout_s,
+                rpc_timeout_s=DHT_RPC_TIMEOUT_S,
                 use_relay=s.use_relay,
                 use_auto_relay=s.use_auto_relay,
                 relays=s.relays,

@@ -144,20 +144,21 @@ def start_dht(
     wait_timeout_s: float = 5.0,
     startup_timeout_s: float = 30.0,
     use_relay: bool = True,
+    rpc_timeout_s: float | None = None,
     use_auto_relay: bool = False,
     relays: Sequence[str] | None = None,
 ) -> hivemind.DHT:
     """Start a DHT peer in a background process and wait until it joined the swarm.
 
     ``identity_path`` is created on first run (see Identity.load_or_create); None means an ephemeral PeerID.
-    ``wait_timeout_s`` bounds each DHT RPC and the bootstrap ping. Relay settings: ``relay_options``. The
-    caller owns the DHT and must call ``dht.shutdown()``.
+    ``wait_timeout_s`` bounds the bootstrap ping, and each DHT RPC unless ``rpc_timeout_s`` is given. Relay
+    settings: ``relay_options``. The caller owns the DHT and must call ``dht.shutdown()``.
     """
     initial_peers = parse_maddrs(initial_peers, "initial peers", need_peer_id=True)
     host_maddrs = parse_maddrs(host_maddrs, "host multiaddrs") or list(DEFAULT_HOST_MADDRS)
     announce_maddrs = parse_maddrs(announce_maddrs, "announce multiaddrs") or None
-    if wait_timeout_s <= 0 or startup_timeout_s <= 0:
-        raise UsageError("wait_timeout_s and startup_timeout_s must be positive")
+    if wait_timeout_s <= 0 or startup_timeout_s <= 0 or (rpc_timeout_s is not None and rpc_timeout_s <= 0):
+        raise UsageError("wait_timeout_s, startup_timeout_s and rpc_timeout_s must be positive")
     kwargs = relay_options(use_relay, use_auto_relay, relays, initial_peers)
     check_ports_free(host_maddrs)
     if identity_path is not None:
@@ -169,7 +170,7 @@ def start_dht(
             host_maddrs=host_maddrs,
             announce_maddrs=announce_maddrs,
             client_mode=client_mode or use_auto_relay,  # reached only through a (capped) relay: serves no DHT requests
-            wait_timeout=wait_timeout_s,
+            wait_timeout=wait_timeout_s if rpc_timeout_s is None else rpc_timeout_s,
             bootstrap_timeout=wait_timeout_s,
             startup_timeout=startup_timeout_s,
             **kwargs,
