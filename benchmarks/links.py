@@ -191,6 +191,19 @@ eval.every_rounds=3``: 0.1 Mbit/s up, 0.4 down; 2026-12-07, 17:00-17:43 UTC, one
                round wall 12.5 s (median); the slow peer sat out rounds 2-3 and 5-6 (its try in round 4 missed),
                following by replay. So the slow peer's DHT node, answering the others' matchmaking lookups seconds
                late, is what broke their groups; the peer now says so in its log when it starts sitting out.
+  DHT RPC timeout 3 s instead of 10 (a7837f3), no client mode: groups of 3 in rounds 2-3 (before: none in round 2
+               of every run), one digest every round; but the slow peer's try in round 4 broke the fast peers'
+               matchmaking again (groups of 2, 1) and rounds 5-6 fragmented: fast peers 0.54-0.79. Its tries come
+               after 2, then 4, 8, ... rounds out.
+With both (final code a7837f3), ``--arms blocking,overlap --slow-link 3=10 --peer-set 3=swarm.client_mode=true
+--seeds 0,1 --no-solo --set eval.every_rounds=3`` (18:02-18:14 UTC): one digest every round in all four runs; the
+  slow peer sat out rounds 2-3 and 5-6 in each (its try in round 4 missed); the fast peers averaged as a group of 3
+  in rounds 2-6 (blocking: of 4 in round 4, the try). Fast peers' utilisation: blocking 0.604-0.611 / 0.605-0.628
+  (as without a slow peer: link-bound), overlapped 0.807-0.917 / 0.878-0.931 (without eval 0.844-0.955 /
+  0.916-0.973); round wall (median) blocking 16.1 / 12.6 s (3 peers' payload), overlapped 15.7 / 11.7 s.
+No slow peer, same code (a7837f3 / dc53fc1, ``--arms blocking,overlap --seeds 1`` / ``--seeds 0``, --no-solo):
+  blocking 0.613-0.636 / 0.607-0.634, overlapped 0.899-0.933 / 0.871-0.936 (without eval 0.936-0.975 /
+  0.909-0.977), group of 4 in every round, one digest every round, val loss overlap/blocking 1.023 / 1.019.
 Scale (--cpu 0 --rate-mbit 0 --no-solo, H = 20, eval.batches=2, data.max_corpus_bytes=2000000, 5 rounds):
   peers  round wall (median, min-max)  wire bytes/peer (total; per round)  payload/round  digests  RSS (sum)
   4      12.3 s (12.0-14.9)            11.7 MB; 2.42 MB                    1.43 MB        agree    2.3 GB
