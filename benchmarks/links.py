@@ -201,6 +201,13 @@ With both (final code a7837f3), ``--arms blocking,overlap --slow-link 3=10 --pee
   in rounds 2-6 (blocking: of 4 in round 4, the try). Fast peers' utilisation: blocking 0.604-0.611 / 0.605-0.628
   (as without a slow peer: link-bound), overlapped 0.807-0.917 / 0.878-0.931 (without eval 0.844-0.955 /
   0.916-0.973); round wall (median) blocking 16.1 / 12.6 s (3 peers' payload), overlapped 15.7 / 11.7 s.
+One peer at a tenth of the CPU, overlapped (``--arms overlap --slow 3=10 --seeds 0 --no-solo --set
+eval.every_rounds=3``, 0.04 core; code at 2e14a77, 18:46-18:54 UTC): the fast peers were not held up (group of 3
+  in every round, one digest, 0.901-0.939 utilisation, 0.937-0.980 without eval; 29 rounds in 7.5 min). The slow
+  peer took 2.5 min to start (imports at 0.04 core), caught up to round 8 by downloading the state (70 s), then
+  trained round 9's whole phase (57 steps at 0.3 steps/s) while the swarm went on to round ~28: it never heard
+  that round 9 was over (it joined after the others' round-9 messages), and its commit step ended alone with its
+  own state: a fork that only a restart repairs. Not handled.
 No slow peer, same code (a7837f3 / dc53fc1, ``--arms blocking,overlap --seeds 1`` / ``--seeds 0``, --no-solo):
   blocking 0.613-0.636 / 0.607-0.634, overlapped 0.899-0.933 / 0.871-0.936 (without eval 0.936-0.975 /
   0.909-0.977), group of 4 in every round, one digest every round, val loss overlap/blocking 1.023 / 1.019.
