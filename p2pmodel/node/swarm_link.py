@@ -263,7 +263,7 @@ class SwarmLink:
         """True once another peer finished ``round_`` at least the grace period ago, or already committed it (a
         peer that started or caught up while the others were finishing the round): stop the inner phase."""
         grace_s = CLOSE_GRACE * self.cfg.sync.matchmaking_time_s
-        return self.pace.round_closed(round_, grace_s) or self._committed_by_others(round_)
+        return self.pace.round_closed(round_, grace_s) or self._committed_by_others(round_) or self._swarm_past(round_)
 
     def phase_done(self, round_: int) -> None:
         if self.sit_out.sits_out(round_):
@@ -361,6 +361,14 @@ class SwarmLink:
         """Another peer announced its round-``round_`` digest: its group averaged already, so one still looking
         for a group (a restarted peer whose "join" came after the group formed) will not find one this round."""
         return bool(set(self.commit.box.digests(round_)) - {self.identity.peer_id})
+
+    def _swarm_past(self, round_: int) -> bool:
+        """Another peer already committed a round after ``round_`` (its newest "digest" message says so): a peer that
+        joined late, or is far slower, is training a round the swarm left behind. Measured (benchmarks/links.py
+        --slow 3=10): a peer at 0.04 core caught up to round 8, then trained round 9's whole phase for 3 minutes
+        while the others went on to round 28, and committed it alone (it never heard round 9 close)."""
+        me = self.identity.peer_id
+        return any(o["round"] > round_ for o in self.commit.box.latest() if o["peer_id"] != me)
 
     def _averaged_without_us(self, round_: int, expected: set[str]) -> bool:
         """Stop looking for a group of ``round_``: the others averaged it already, as a group (two or more announced
@@ -463,6 +471,12 @@ class SwarmLink:
                 log.warning("round %d: caught up to the swarm's round %d instead", round_, self.peer.round)
                 how = "catch-up"
             agreement = replace(agreement, resync=how or "failed")
+        elif len(agreement.committed_by) <= 1 and self._swarm_past(round_) and self.catch_up():
+            # nobody else voted on this round and the others committed later ones: ours would be a lone fork
+            log.warning(
+                "round %d: nobody else committed it; caught up to the swarm's round %d", round_, self.peer.round
+            )
+            agreement = replace(agreement, resync="catch-up")
         return agreement
 
     def _judge_own_pace(self, round_: int, outcome: ExchangeOutcome, agreement: Agreement, ours: str) -> None:
