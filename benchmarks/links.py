@@ -207,7 +207,13 @@ eval.every_rounds=3``, 0.04 core; code at 2e14a77, 18:46-18:54 UTC): the fast pe
   peer took 2.5 min to start (imports at 0.04 core), caught up to round 8 by downloading the state (70 s), then
   trained round 9's whole phase (57 steps at 0.3 steps/s) while the swarm went on to round ~28: it never heard
   that round 9 was over (it joined after the others' round-9 messages), and its commit step ended alone with its
-  own state: a fork that only a restart repairs. Not handled.
+  own state: a fork that only a restart repairs.
+  After 21b0918 (a round another peer's newest "digest" message has passed closes at once, and a commit step nobody
+  else voted in catches up instead; 19:22-19:28 UTC, ``--timeout-s 420``): the slow peer caught up to round 9
+  (71 s download), stopped round 10 after 2 steps, caught up to round 17 (85 s) and committed it with the swarm's
+  digest: no fork. It follows ~6 rounds behind, by whole-state downloads. The fast peers: group of 3 in rounds
+  1-6, one digest, 0.922-0.940 (0.958-0.980 without eval); after round 6 their logs show re-syncs and lone
+  rounds (p1: 10 re-syncs over the run): each 6.7 MB catch-up fills one fast peer's 1 Mbit/s uplink for ~1 min.
 No slow peer, same code (a7837f3 / dc53fc1, ``--arms blocking,overlap --seeds 1`` / ``--seeds 0``, --no-solo):
   blocking 0.613-0.636 / 0.607-0.634, overlapped 0.899-0.933 / 0.871-0.936 (without eval 0.936-0.975 /
   0.909-0.977), group of 4 in every round, one digest every round, val loss overlap/blocking 1.023 / 1.019.
