@@ -69,6 +69,12 @@ def part_sizes(numel: int, codec: Codec, index: int = 0) -> list[int]:
     return sizes + [numel % per_part] if numel % per_part else sizes or [0]
 
 
+def _cut(flat: torch.Tensor, codec: Codec | None, index: int) -> list[torch.Tensor]:
+    """``flat`` in the parts hivemind would cut it into (one part without a codec)."""
+    sizes = part_sizes(flat.numel(), codec, index) if codec else [flat.numel()]
+    return list(torch.split(flat, sizes)) if flat.numel() else [flat]
+
+
 def on_grid(aggregate: Mapping[str, torch.Tensor], codec_name: str, block_size: int) -> dict[str, torch.Tensor]:
     """``aggregate`` moved to the nearest values its round object stores as codec bytes: each part (as
     ``encode_round`` cuts it) encoded and decoded once; unchanged for a codec without a grid. A peer that averages
@@ -79,10 +85,9 @@ def on_grid(aggregate: Mapping[str, torch.Tensor], codec_name: str, block_size: 
     codec, out = make_codec(codec_name, block_size), {}
     for index, name in enumerate(sorted(aggregate)):
         t = aggregate[name]
-        flat, parts, start = t.detach().to("cpu", torch.float32).reshape(-1), [], 0
-        for size in part_sizes(flat.numel(), codec, index):
-            part = flat[start : start + size].contiguous()
-            start += size
+        parts = []
+        for part in _cut(t.detach().to("cpu", torch.float32).reshape(-1), codec, index):
+            part = part.contiguous()
             if part.numel() and bool(torch.isfinite(part).all()):
                 part = codec.extract(codec.compress(part, CompressionInfo.from_tensor(part))).reshape(-1)
             parts.append(part)
@@ -107,12 +112,7 @@ def encode_round(
     tensors = []
     for index, name in enumerate(sorted(aggregate)):
         t = aggregate[name].detach().to("cpu", torch.float32).contiguous()
-        flat, parts, start = t.reshape(-1), [], 0
-        for size in part_sizes(flat.numel(), codec, index) if codec else [flat.numel()]:
-            part = flat[start : start + size]
-            start += size
-            parts.append(_encode_part(part, codec))
-        tensors.append([name, list(t.shape), parts])
+        tensors.append([name, list(t.shape), [_encode_part(part, codec) for part in _cut(t.reshape(-1), codec, index)]])
     body = {
         "format": FORMAT,
         "run_id": run_id,
