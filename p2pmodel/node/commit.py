@@ -203,14 +203,15 @@ class CommitStep:
         me = self.identity.peer_id
         start = time.monotonic()
         deadline = start + deadline_s
-        pushed = self._push(round_, digest, offer or {}) if vote else True
-        if vote and (self.gossip is None or not pushed):
+        mine = {me: digest} if vote else {}  # a peer sitting out counts the votes as the others do, without its own
+        pushed = vote and self._push(round_, digest, offer or {})
+        if vote and not pushed:
             self._store(round_, digest)  # without gossip (or when the push failed) the DHT carries our vote
         poll_s = POLL_S if self.gossip is None else LOCAL_POLL_S
         fallback_at = start if self.gossip is None else start + self.fallback_after_s
         fell_back = False
         from_dht: dict[str, str] = {}
-        live = set(eligible()) | {me}
+        live = (set(eligible()) - {me}) | set(mine)
         gone = set(former())
         while True:
             now = time.monotonic()
@@ -222,14 +223,14 @@ class CommitStep:
                         fell_back = True
                         self.fallbacks += 1
                         log.info("round %d: no digest yet from %s: asking them, and the DHT", round_, missing[:4])
-                        if pushed and vote:
+                        if pushed:
                             _in_thread(lambda: self._store(round_, digest))
                     _in_thread(lambda m=missing: self.gossip.catch_up(DIGEST_KIND, len(m), peers=m, limit=PULL_IDS))
                 if self.gossip is None or missing:
                     from_dht = self._read_dht(round_, from_dht)
                 fallback_at = now + (poll_s if self.gossip is None else self.dht_poll_s)
-            expected = set(participants()) | {me}
-            digests = {**from_dht, **self.box.digests(round_), me: digest}
+            expected = (set(participants()) - {me}) | set(mine)
+            digests = {**from_dht, **self.box.digests(round_), **mine}
             if expected <= set(digests) or now >= deadline:
                 break
             if settled(digests, live | expected | (gone & set(digests))):
@@ -239,7 +240,6 @@ class CommitStep:
         # a peer that left after committing this round voted like the others
         voters = expected | set(eligible()) | set(former())
         votes = {p: d for p, d in digests.items() if p in voters and is_hex64(d)}
-        votes[me] = digest
         missing = sorted(expected - set(digests))
         if missing:
             log.info("round %d: no digest from %d participant(s) in time: %s", round_, len(missing), missing[:4])

@@ -222,3 +222,13 @@ def test_a_peer_sitting_out_reads_the_others_votes_without_casting_one(gossip_st
     agreement = cs.agree(5, B, participants=lambda: {"p1", "p2"}, eligible=set, deadline_s=0.5, vote=False)
     assert agreement.winner == A and agreement.winner_votes == 2
     assert stored == [] and "me" not in cs.box.digests(5)  # neither pushed nor stored in the DHT
+
+
+def test_a_peer_sitting_out_reads_the_others_tie_as_they_do_not_tipped_by_its_own_state(gossip_step):
+    """Two voters split 1-1; the others break the tie to the smallest digest. Counting its own state (B) would make
+    the peer sitting out pick B while every voter commits A: it would have forked itself."""
+    cs, g, _, _, _ = gossip_step
+    g.deliver("p1", _body(5))
+    g.deliver("p2", _body(5, digest=B))
+    agreement = cs.agree(5, B, participants=lambda: {"p1", "p2"}, eligible=set, deadline_s=0.5, vote=False)
+    assert agreement.winner == A and agreement.winner_votes == 1 and agreement.committed_by == ["p1", "p2"]
