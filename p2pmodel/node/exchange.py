@@ -34,6 +34,9 @@ class Exchange(Protocol):
     def round_closed(self, round_: int) -> bool:
         """Stop the inner phase of ``round_`` now (another peer finished it)?"""
 
+    def sits_out(self, round_: int) -> bool:
+        """This peer leaves ``round_`` to the others (node/sit_out.py): it trains no inner phase for it."""
+
     def phase_done(self, round_: int) -> None:
         """This peer's inner phase of ``round_`` is over (the round closes for the others). ``average`` says it too;
         the overlapped schedule says it first, before the commit step of the round before, which the others
@@ -58,6 +61,9 @@ class SoloExchange:
     """No swarm: the outer step uses this peer's own pseudo-gradient; nothing to agree on or to offer."""
 
     def round_closed(self, round_: int) -> bool:
+        return False
+
+    def sits_out(self, round_: int) -> bool:
         return False
 
     def phase_done(self, round_: int) -> None:

@@ -49,6 +49,8 @@ from p2pmodel.node.commit import Agreement
 from p2pmodel.node.exchange import Exchange, ExchangeOutcome
 from p2pmodel.train import InnerStats
 
+SIT_OUT_POLL_S = 0.2  # a peer sitting a round out looks this often whether the others closed it
+
 
 @dataclass
 class RoundResult:
@@ -79,7 +81,15 @@ class InFlight:
 
 
 def _inner_phase(peer, exchange: Exchange, round_: int, interrupted, on_step, between=None) -> InnerStats:
-    """H inner steps (fewer once another peer finished the round); ``between()`` runs between steps."""
+    """H inner steps (fewer once another peer finished the round); ``between()`` runs between steps. A peer
+    sitting the round out (node/sit_out.py) trains none: the others' state replaces its work at the commit step,
+    so it waits for them to close the round (and trains after all if they are gone)."""
+    while exchange.sits_out(round_) and not interrupted():
+        if between is not None:
+            between()
+        if exchange.round_closed(round_):
+            return InnerStats(steps=0, samples=0, tokens=0, loss=float("nan"), seconds=0.0)
+        time.sleep(SIT_OUT_POLL_S)
     first = peer.trainer.step
 
     def stop_inner() -> bool:  # a peer finished its H steps (+ a short grace): the round closes, nobody idles

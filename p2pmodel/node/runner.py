@@ -173,7 +173,7 @@ async def _serve(
                             {
                                 "event": "round",
                                 **({} if result.report else {"val_loss": None, "perplexity": None}),  # not evaluated
-                                "train_loss": result.stats.loss,
+                                "train_loss": result.stats.loss if result.stats.steps else None,
                                 "group_size": result.outcome.group_size,
                                 "sat_out": result.outcome.sat_out,  # it left this round to the others
                                 "committed_by": len(result.agreement.committed_by),
@@ -240,10 +240,10 @@ async def _close_swarm(exchange: SwarmLink, p2pd: int | None, timeout_s: float =
 def _log_round(res: RoundResult, peer: Peer) -> None:
     o = res.outcome
     log.info(
-        "round %d committed: val_loss %s train_loss %.4f steps %d (%.1f steps/s) group %d%s digest %s",
+        "round %d committed: val_loss %s train_loss %s steps %d (%.1f steps/s) group %d%s digest %s",
         res.round,
         f"{res.report.val_loss:.4f}" if res.report else "-",
-        res.stats.loss,
+        f"{res.stats.loss:.4f}" if res.stats.steps else "-",
         res.stats.steps,
         res.stats.steps / max(res.stats.seconds, 1e-9),
         o.group_size,

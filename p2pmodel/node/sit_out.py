@@ -9,11 +9,11 @@ went to the slow peer's own state, which nobody could then download from it in t
 So a peer judges itself, from what it saw of its own rounds: a *miss* is a round it did not average in while at
 least two other peers agreed on a state without it. After ``after_misses`` misses in a row, or at once when its
 all-reduce ran but lost most of the other reducers' parts (the exchange itself measured its link as the one too
-slow), it sits out the next ``span`` rounds: it announces
-"leave" (the others stop expecting it in groups and in the commit step), keeps training in step with them (that
-work is dropped) and takes their committed state after each round (a re-sync). Then it announces "join" and
-tries again; a miss on that first try doubles the span (up to ``max_span``), a round averaged in resets it. Only
-the peer itself is judged: one slow peer cannot talk a fast one out of the swarm."""
+slow), it sits out the next ``span`` rounds: it announces "leave" (the others stop expecting it in groups and in
+the commit step), trains no inner phase (node/round.py: it waits for the others to close each round) and takes
+their committed state after each round (a re-sync). Then it announces "join" and tries again; a miss on that
+first try doubles the span (up to ``max_span``), a round averaged in resets it. Only the peer itself is judged:
+one slow peer cannot talk a fast one out of the swarm."""
 
 from __future__ import annotations
 

@@ -71,7 +71,9 @@ class PeerStatus:
         if res.report is not None:  # else a round between evaluations (eval.every_rounds): the last one stands
             self.g_val.set(res.report.val_loss)
             self.update(val_loss=res.report.val_loss, val_loss_round=res.round)
-        self.g_train.set(res.stats.loss)
+        if res.stats.steps:  # else a round sat out (node/sit_out.py): the last loss stands
+            self.g_train.set(res.stats.loss)
+            self.update(train_loss=res.stats.loss)
         self.g_peers.set(other_peers + 1)
         self.g_group.set(o.group_size)
         self.c_sent.inc(o.bytes_sent)
@@ -89,7 +91,6 @@ class PeerStatus:
         self.update(
             state="training",
             round=res.round,
-            train_loss=res.stats.loss,
             digest=peer.digest,
             version=versions[-1] if versions else None,
             versions=versions,

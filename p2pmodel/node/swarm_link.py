@@ -265,6 +265,10 @@ class SwarmLink:
         grace_s = CLOSE_GRACE * self.cfg.sync.matchmaking_time_s
         return self.pace.round_closed(round_, grace_s) or self._committed_by_others(round_) or self._swarm_past(round_)
 
+    def sits_out(self, round_: int) -> bool:
+        """While sitting out, and at least two others train: if they are gone, this peer trains alone after all."""
+        return self.sit_out.sits_out(round_) and len(self.peer_ids()) >= 2
+
     def phase_done(self, round_: int) -> None:
         if self.sit_out.sits_out(round_):
             return

@@ -35,6 +35,9 @@ class Alone:
     def round_closed(self, round_: int) -> bool:
         return False
 
+    def sits_out(self, round_: int) -> bool:
+        return False
+
     def phase_done(self, round_: int) -> None:
         pass
 

@@ -54,6 +54,9 @@ class PeerView:
     def round_closed(self, round_: int) -> bool:
         return False
 
+    def sits_out(self, round_: int) -> bool:
+        return False
+
     def phase_done(self, round_: int) -> None:
         pass
 
@@ -135,6 +138,9 @@ class LosingAlone:
         self.peer, self.started, self.started_during_resync = peer, [], {}
 
     def round_closed(self, round_: int) -> bool:
+        return False
+
+    def sits_out(self, round_: int) -> bool:
         return False
 
     def phase_done(self, round_: int) -> None:
