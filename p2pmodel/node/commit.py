@@ -162,6 +162,7 @@ class CommitStep:
         self.fallback_after_s, self.dht_poll_s = fallback_after_s, dht_poll_s
         self.box = DigestBox()
         self.fallbacks = 0  # commit steps that needed the fallback (tests, metrics)
+        self._early: tuple[int, str, threading.Thread, list[bool]] | None = None  # vote_early's push
         if gossip is not None:
             gossip.subscribe(DIGEST_KIND, self._on_digest, direct=True)
 
@@ -169,6 +170,32 @@ class CommitStep:
         if not valid_digest_message(msg.body, self.run_id):
             return False
         return self.box.add(msg.signer, msg.body, self._committed())
+
+    def vote_early(self, round_: int, digest: str, offer: dict) -> None:
+        """Push our vote for ``round_`` now, before ``agree`` (the overlapped schedule knows its state mid-phase):
+        the others' commit steps find it there. On a thread: a push can stall on a saturated link (seconds)."""
+        pushed = [False]
+
+        def push() -> None:
+            pushed[0] = self._push(round_, digest, offer)
+            if not pushed[0]:
+                self._store(round_, digest)
+
+        thread = threading.Thread(target=push, name="p2pmodel-vote", daemon=True)
+        self._early = (round_, digest, thread, pushed)
+        thread.start()
+
+    def _cast(self, round_: int, digest: str, offer: dict | None, deadline: float) -> bool:
+        """Our vote, unless ``vote_early`` cast it (then wait for that push, at most until ``deadline``); True when
+        it was pushed (else the DHT carries it)."""
+        early = self._early
+        if early is not None and early[:2] == (round_, digest):
+            early[2].join(max(deadline - time.monotonic(), 0.0))
+            return early[3][0]
+        pushed = self._push(round_, digest, offer or {})
+        if not pushed:
+            self._store(round_, digest)  # without gossip (or when the push failed) the DHT carries our vote
+        return pushed
 
     def close(self) -> None:
         if self.gossip is not None:
@@ -204,9 +231,7 @@ class CommitStep:
         start = time.monotonic()
         deadline = start + deadline_s
         mine = {me: digest} if vote else {}  # a peer sitting out counts the votes as the others do, without its own
-        pushed = vote and self._push(round_, digest, offer or {})
-        if vote and not pushed:
-            self._store(round_, digest)  # without gossip (or when the push failed) the DHT carries our vote
+        pushed = vote and self._cast(round_, digest, offer, deadline)
         poll_s = POLL_S if self.gossip is None else LOCAL_POLL_S
         fallback_at = start if self.gossip is None else start + self.fallback_after_s
         fell_back = False

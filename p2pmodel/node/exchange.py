@@ -42,6 +42,10 @@ class Exchange(Protocol):
         the overlapped schedule says it first, before the commit step of the round before, which the others
         wait for: so a slower peer's phase closes without waiting for that commit step."""
 
+    def vote(self, round_: int, patch: bytes | None) -> None:
+        """Announce the state this peer stepped to for ``round_`` now, before ``agree`` (which then only waits): the
+        overlapped schedule knows it mid-phase, and the others' commit steps need not wait for our phase to end."""
+
     def average(self, round_: int, delta: list[torch.Tensor], weight: float) -> ExchangeOutcome:
         """Combine this peer's ``delta`` (weighted by its samples) with the round's other peers'."""
 
@@ -65,6 +69,9 @@ class SoloExchange:
 
     def sits_out(self, round_: int) -> bool:
         return False
+
+    def vote(self, round_: int, patch: bytes | None) -> None:
+        pass
 
     def phase_done(self, round_: int) -> None:
         pass

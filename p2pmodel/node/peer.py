@@ -98,8 +98,8 @@ class Peer:
             for d, p in zip(by, self.model.parameters(), strict=True):
                 p.add_(d.to(p.device, p.dtype))
 
-    def set_global(self, state: dict[str, torch.Tensor]) -> None:
-        """Adopt a verified state (downloaded or restored) as θ_global and as the local weights."""
+    def set_global(self, state: dict[str, torch.Tensor], local: bool = True) -> None:
+        """Adopt a verified state (downloaded or restored) as θ_global and, with ``local``, as the local weights."""
         missing = set(self.names) ^ set(state)
         if missing:
             from p2pmodel.core.errors import IntegrityError
@@ -108,12 +108,13 @@ class Peer:
         with torch.no_grad():
             for name, g in zip(self.names, self.global_params, strict=True):
                 g.copy_(state[name])
-        self.load_global_into_local()
+        if local:
+            self.load_global_into_local()
         self.digest = self.global_digest()
 
-    def adopt(self, params: dict[str, torch.Tensor], momentum: list[torch.Tensor | None]) -> None:
-        """Take a verified downloaded state: θ_global, local weights and the outer momentum."""
-        self.set_global(params)
+    def adopt(self, params: dict[str, torch.Tensor], momentum: list[torch.Tensor | None], local: bool = True) -> None:
+        """Take a verified downloaded state: θ_global, the outer momentum and, with ``local``, the local weights."""
+        self.set_global(params, local)
         outer = self.outer.state_dict()
         outer["momentum_buffers"] = momentum
         self.outer.load_state_dict(outer)

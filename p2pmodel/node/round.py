@@ -12,6 +12,10 @@ Donchev, 2025), arranged so that every peer still commits the same bits:
   inner steps) the local weights are shifted by θ_r − start: the rest of the phase trains on from the real
   θ_r, as if it had started there, and Δ_{r+1} = θ_r − θ_local. This is the correction term: a stand-in's
   error lives only for the steps trained before the mean landed, and never reaches θ_global.
+- The outer step of round r is taken as soon as its mean lands (between two inner steps), and the vote for θ_r
+  goes out then (``Exchange.vote``), not after the phase: the others' commit steps find it when their phase ends.
+  Measured before (benchmarks/links.py, 4 peers at 0.4 core and 1 Mbit/s): the peer that finished its phase
+  first waited out the round's close grace for the others' votes, ~0.8 s of a 14 s round.
   Measured without a network (benchmarks/diloco_sim.py, 4 peers × 300 steps of configs/tiny.toml, H = 50, int4,
   seed 0; val loss after the same 6 commits): blocking 2.152; mean landing mid-phase (25 steps) and shifted:
   own Δ as stand-in 2.216, the paper's mixture (own Δ / M + the last mean for the others) 2.272; never
@@ -40,7 +44,7 @@ What a slower peer needs to stay in the groups (benchmarks/links.py --slow 3=2: 
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -91,26 +95,38 @@ def _inner_phase(peer, exchange: Exchange, round_: int, interrupted, on_step, be
             return InnerStats(steps=0, samples=0, tokens=0, loss=float("nan"), seconds=0.0)
         time.sleep(SIT_OUT_POLL_S)
     first = peer.trainer.step
+    aside = [0.0]  # seconds spent in ``between``: not inner compute
 
     def stop_inner() -> bool:  # a peer finished its H steps (+ a short grace): the round closes, nobody idles
         if between is not None:
+            t0 = time.perf_counter()
             between()
+            aside[0] += time.perf_counter() - t0
         return interrupted() or (peer.trainer.step > first and exchange.round_closed(round_))
 
-    return peer.trainer.run(peer.stream, peer.cfg.train.inner_steps, stop_inner, on_step, round_=round_)
+    stats = peer.trainer.run(peer.stream, peer.cfg.train.inner_steps, stop_inner, on_step, round_=round_)
+    return replace(stats, seconds=max(stats.seconds - aside[0], 0.0))
 
 
-def _step_and_agree(peer, exchange: Exchange, round_: int, outcome: ExchangeOutcome, samples: int, then=None):
-    """Outer step on the round's mean and the commit step (``then``: see Exchange.agree). Returns the round
-    committed (``round_``, or the swarm's later round when the commit step had to catch up to it), the agreement
-    and what to keep for patches once checkpointed (``keep_round``'s arguments, or None)."""
+@dataclass
+class Stepped:
+    """Round r's outer step, taken: the state this peer votes for."""
+
+    parent: str  # θ_{r-1}'s digest
+    ours: str  # θ_r's digest
+    adopted: bool  # a proposed state replaced the outer step (node/proposals.py)
+    patch: bytes | None  # the round's object, served with our vote
+
+
+def _outer_step(peer, round_: int, outcome: ExchangeOutcome) -> Stepped:
+    """θ_global ← OuterOpt(θ_global, mean Δ), or the state a quorum adopted, or nothing when the safety net refused
+    the mean (aggregate/guard.py); the local weights are left alone (an overlapped phase may be training on them)."""
     parent = peer.digest
     adopted = peer.take_adoption(round_)  # a proposed state the quorum accepted (node/proposals.py)
     if adopted is not None:  # every peer, this round: the round's mean is dropped, the momentum starts afresh
-        peer.adopt(adopted, [None] * len(peer.names))
-    elif outcome.applied:  # else the safety net refused the mean: every peer keeps its state (aggregate/guard.py)
+        peer.adopt(adopted, [None] * len(peer.names), local=False)
+    elif outcome.applied:
         peer.outer.step(outcome.mean_delta)  # θ_global ← OuterOpt(θ_global, mean Δ)
-    peer.load_global_into_local()
     peer.digest = ours = peer.global_digest()
     # the round as an object (versioning/round_object.py), served with our vote: a peer of the round whose
     # all-reduce was partial replays it (~0.14 of the state at int4) instead of downloading the state
@@ -122,7 +138,16 @@ def _step_and_agree(peer, exchange: Exchange, round_: int, outcome: ExchangeOutc
         and peer.cfg.versioning.keep_rounds
     ):
         patch = peer.round_object(round_, parent, outcome.mean_delta, outcome.contributions)
-    agreement = exchange.agree(round_, outcome, patch, then)  # the digest most peers hold wins; else re-sync
+    return Stepped(parent, ours, adopted is not None, patch)
+
+
+def _agree(peer, exchange: Exchange, round_: int, outcome: ExchangeOutcome, stepped: Stepped, samples: int, then=None):
+    """The commit step on the stepped state (``then``: see Exchange.agree). Returns the round committed
+    (``round_``, or the swarm's later round when the commit step had to catch up to it), the agreement and what
+    to keep for patches once checkpointed (``keep_round``'s arguments, or None)."""
+    peer.load_global_into_local()
+    agreement = exchange.agree(round_, outcome, stepped.patch, then)  # the digest most peers hold wins; else re-sync
+    ours, patch = stepped.ours, stepped.patch
     if peer.digest != ours:  # adopted another state: which updates it used is the others' record, not ours
         outcome.contributions = {}
     peer.samples_total += samples
@@ -130,7 +155,9 @@ def _step_and_agree(peer, exchange: Exchange, round_: int, outcome: ExchangeOutc
     peer.counters["bytes_received"] += outcome.bytes_received
     committed = max(round_, peer.round)  # peer.round moves only on a catch-up
     # our object is kept for patches unless the commit step replaced our state (a re-sync keeps the winner's)
-    kept = (round_, patch, parent, ours) if patch is not None and peer.digest == ours and committed == round_ else None
+    kept = None
+    if patch is not None and peer.digest == ours and committed == round_:
+        kept = (round_, patch, stepped.parent, ours)
     return committed, agreement, kept
 
 
@@ -166,7 +193,9 @@ def run_round(
     waited = time.perf_counter()
     outcome = exchange.average(round_, delta, weight=float(stats.samples))  # weighted mean Δ of the group
     wait_s = time.perf_counter() - waited
-    committed, agreement, kept = _step_and_agree(peer, exchange, round_, outcome, stats.samples)
+    committed, agreement, kept = _agree(
+        peer, exchange, round_, outcome, _outer_step(peer, round_, outcome), stats.samples
+    )
     report, eval_s = _evaluate_and_checkpoint(peer, committed, outcome, kept)
     round_ = committed
     exchange.after_commit(round_, stats.samples / max(stats.seconds, 1e-9), outcome)  # serve it
@@ -226,9 +255,15 @@ def run_overlapped_round(
     start = peer.outer.peek(flight.delta)  # the stand-in for the mean in flight: this peer's own Δ
     peer.set_local(start)
     landed: list[list[torch.Tensor]] = []  # θ_round_ (the real one), once the exchange is back
+    stepped: list[Stepped] = []
 
-    def land(outcome: ExchangeOutcome) -> None:  # move the local trajectory from the stand-in onto the real θ
-        real = peer.outer.peek(outcome.mean_delta) if outcome.applied else [g.clone() for g in peer.global_params]
+    def land(outcome: ExchangeOutcome) -> None:
+        # θ_round_ is known: take the outer step and vote for it now, mid-phase (the others' commit steps find our
+        # vote there when their phase ends, instead of waiting out the round's close grace for it), then move the
+        # local trajectory from the stand-in onto it
+        stepped.append(_outer_step(peer, round_, outcome))
+        exchange.vote(round_, stepped[0].patch)
+        real = [g.clone() for g in peer.global_params]
         peer.shift_local([r - s for r, s in zip(real, start, strict=True)])
         landed.append(real)
 
@@ -255,8 +290,8 @@ def run_overlapped_round(
     # lost) and before this round's evaluation and checkpoint: a peer that re-syncs or evaluates slowly still
     # reaches the next matchmaking window (its group's "base" is the state the commit step settled on)
     following = InFlight(round_ + 1, next_delta, ahead.samples)
-    committed, agreement, kept = _step_and_agree(
-        peer, exchange, round_, outcome, flight.samples, then=lambda: following.start(exchange)
+    committed, agreement, kept = _agree(
+        peer, exchange, round_, outcome, stepped[0], flight.samples, then=lambda: following.start(exchange)
     )
     if committed == round_:
         peer.in_flight = following

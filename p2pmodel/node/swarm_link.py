@@ -99,6 +99,7 @@ class SwarmLink:
         self.committed = Committed(peer.round, peer.digest)
         self._lose_part = _rounds_from_env(LOSE_PART_ENV)
         self._miss_rounds = _rounds_from_env(MISS_ROUNDS_ENV)
+        self._voted: tuple[int, str, dict] = (0, "", {})  # (round, digest, offer) of our early vote
         self.sit_out = SitOut()  # rounds this peer leaves to the others while its link cannot keep up
         # fire-and-forget DHT stores (ready fallback, state offers, run records), in order, off the round's path
         self._publisher = Publisher()
@@ -269,6 +270,14 @@ class SwarmLink:
         """While sitting out, and at least two others train: if they are gone, this peer trains alone after all."""
         return self.sit_out.sits_out(round_) and len(self.peer_ids()) >= 2
 
+    def vote(self, round_: int, patch: bytes | None) -> None:
+        """Push our vote for ``round_`` before the commit step (Exchange.vote); a peer sitting out casts none."""
+        if self.sit_out.sits_out(round_):
+            return
+        offer = self.offers.prepare(round_, patch)
+        self._voted = (round_, self.peer.digest, offer)
+        self.commit.vote_early(round_, self.peer.digest, offer)
+
     def phase_done(self, round_: int) -> None:
         if self.sit_out.sits_out(round_):
             return
@@ -429,9 +438,11 @@ class SwarmLink:
         # a group that formed later may still be averaging: give it a matchmaking window, requests and a stall
         deadline_s = sync.matchmaking_time_s + 2 * sync.request_timeout_s + 2 * sync.chunk_timeout_s
         # our vote names the package (and round object) we serve: a re-sync needs no DHT lookup
-        offer = self.offers.prepare(round_, patch)
-        fallbacks = self.commit.fallbacks
         ours = self.peer.digest
+        voted_round, voted_digest, offer = self._voted
+        if (voted_round, voted_digest) != (round_, ours):  # not voted yet (Exchange.vote)
+            offer = self.offers.prepare(round_, patch)
+        fallbacks = self.commit.fallbacks
         agreement = self.commit.agree(
             round_,
             ours,

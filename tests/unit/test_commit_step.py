@@ -232,3 +232,18 @@ def test_a_peer_sitting_out_reads_the_others_tie_as_they_do_not_tipped_by_its_ow
     g.deliver("p2", _body(5, digest=B))
     agreement = cs.agree(5, B, participants=lambda: {"p1", "p2"}, eligible=set, deadline_s=0.5, vote=False)
     assert agreement.winner == A and agreement.winner_votes == 1 and agreement.committed_by == ["p1", "p2"]
+
+
+def test_a_vote_cast_early_is_pushed_once_and_the_commit_step_only_waits(gossip_step):
+    """The overlapped schedule votes mid-phase (Exchange.vote); its commit step then reads the others' votes."""
+    cs, g, stored, _, _ = gossip_step
+    published = []
+    deliver = g.publish
+    g.publish = lambda kind, body: published.append(body["round"]) or deliver(kind, body)
+    cs.vote_early(5, A, {})
+    g.deliver("p1", _body(5))
+    agreement = cs.agree(5, A, participants=lambda: {"p1"}, eligible=set, deadline_s=2)
+    assert published == [5] and stored == [] and cs.box.digests(5) == {"me": A, "p1": A}
+    assert agreement.winner == A and agreement.missing == []
+    cs.agree(6, A, participants=set, eligible=set, deadline_s=0.1)  # another round: its own push
+    assert published == [5, 6]

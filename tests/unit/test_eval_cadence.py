@@ -38,6 +38,9 @@ class Alone:
     def sits_out(self, round_: int) -> bool:
         return False
 
+    def vote(self, round_: int, patch: bytes | None) -> None:
+        pass
+
     def phase_done(self, round_: int) -> None:
         pass
 

@@ -43,6 +43,9 @@ class SittingOut:
     def sits_out(self, round_: int) -> bool:
         return round_ in self.rounds
 
+    def vote(self, round_: int, patch: bytes | None) -> None:
+        pass
+
     def phase_done(self, round_: int) -> None:
         pass
 
