@@ -217,6 +217,24 @@ eval.every_rounds=3``, 0.04 core; code at 2e14a77, 18:46-18:54 UTC): the fast pe
 No slow peer, same code (a7837f3 / dc53fc1, ``--arms blocking,overlap --seeds 1`` / ``--seeds 0``, --no-solo):
   blocking 0.613-0.636 / 0.607-0.634, overlapped 0.899-0.933 / 0.871-0.936 (without eval 0.936-0.975 /
   0.909-0.977), group of 4 in every round, one digest every round, val loss overlap/blocking 1.023 / 1.019.
+Votes cast mid-phase (c9fde3f: an overlapped peer takes round r's outer step and pushes its vote as soon as r's mean
+lands, between two inner steps; the commit step after the phase finds the others' votes there). Before (code at
+b6d04d1, ``--arms overlap --seeds 0 --no-solo --set eval.every_rounds=3``, 20:19 UTC): 0.865-0.929 (0.905-0.978
+without eval); the peer that finished its phase first waited out the close grace for the others' votes (1.0-1.2 s
+of a 15 s round beyond its inner phase, 0.3-0.4 s for the others). After (2026-12-07, 20:32-20:52 UTC, nothing else
+running; ``--arms blocking,overlap --seeds 0,1 --set eval.every_rounds=3``, solo 4.10 inner steps/s, 0.94):
+  arm/seed    utilisation (per peer)  without eval   steps vs solo  val loss (vs blocking)  round wall  re-syncs
+  blocking/0  0.597-0.620             0.615-0.638    0.586-0.591    2.153                   21.1 s      0
+  blocking/1  0.549-0.577             0.562-0.590    0.594-0.615    2.145                   19.4 s      1 (partial)
+  overlap/0   0.934-0.941             0.977-0.982    0.946-0.954    2.231 (1.036)           12.9 s      0
+  overlap/1   0.763-0.937             0.792-0.977    0.787-0.966    2.214 (1.032)           13.6 s      3
+  overlap/1   0.927-0.932             0.974-0.976    (--no-solo)                            13.7 s      0
+  The blocking exchange costs 0.64-0.68 of the inner phase. In the first overlap/1 run a partial all-reduce in round 4
+  left two peers alone in rounds 5 and 6 (logs not kept); the second run of the same seed (--keep) had none. What is
+  left of an overlapped round is the evaluation every third round (1.3-1.8 s at 0.4 core: 0.04 of the wall time)
+  and ~0.3 s a round (commit step, checkpoint). One peer at half CPU (``--arms overlap --slow 3=2 --seeds 0
+  --no-solo``): group of 4 in every round, one digest every round, the slow peer 104 inner steps to the fast peers'
+  247-250; fast peers 0.936-0.938 (0.974-0.980 without eval).
 Scale (--cpu 0 --rate-mbit 0 --no-solo, H = 20, eval.batches=2, data.max_corpus_bytes=2000000, 5 rounds):
   peers  round wall (median, min-max)  wire bytes/peer (total; per round)  payload/round  digests  RSS (sum)
   4      12.3 s (12.0-14.9)            11.7 MB; 2.42 MB                    1.43 MB        agree    2.3 GB
