@@ -12,10 +12,6 @@ Donchev, 2025), arranged so that every peer still commits the same bits:
   inner steps) the local weights are shifted by θ_r − start: the rest of the phase trains on from the real
   θ_r, as if it had started there, and Δ_{r+1} = θ_r − θ_local. This is the correction term: a stand-in's
   error lives only for the steps trained before the mean landed, and never reaches θ_global.
-- The outer step of round r is taken as soon as its mean lands (between two inner steps), and the vote for θ_r
-  goes out then (``Exchange.vote``), not after the phase: the others' commit steps find it when their phase ends.
-  Measured before (benchmarks/links.py, 4 peers at 0.4 core and 1 Mbit/s): the peer that finished its phase
-  first waited out the round's close grace for the others' votes, ~0.8 s of a 14 s round.
   Measured without a network (benchmarks/diloco_sim.py, 4 peers × 300 steps of configs/tiny.toml, H = 50, int4,
   seed 0; val loss after the same 6 commits): blocking 2.152; mean landing mid-phase (25 steps) and shifted:
   own Δ as stand-in 2.216, the paper's mixture (own Δ / M + the last mean for the others) 2.272; never
@@ -27,6 +23,10 @@ Donchev, 2025), arranged so that every peer still commits the same bits:
   it wins where the link is slow: when a blocking exchange costs half the inner phase, 20 overlapped rounds take
   the time of ~13 blocking ones (blocking after 13: 1.746). The paper reports +0.4-0.75 % at 1B parameters.
   So overlap is a setting for slow links, off by default.
+- The outer step of round r is taken as soon as its mean lands (between two inner steps), and the vote for θ_r
+  goes out then (``Exchange.vote``), not after the phase: the others' commit steps find it when their phase ends.
+  Measured before (benchmarks/links.py, 4 peers at 0.4 core and 1 Mbit/s): the peer that finished its phase
+  first waited out the round's close grace for the others' votes, ~0.8 s of a 14 s round.
 
 A peer that has no delta in flight for the round it commits (it just started, caught up or re-synced) trains
 that round's inner phase first, without overlap; a delta in flight when the peer stops is dropped (one inner
@@ -114,7 +114,6 @@ class Stepped:
 
     parent: str  # θ_{r-1}'s digest
     ours: str  # θ_r's digest
-    adopted: bool  # a proposed state replaced the outer step (node/proposals.py)
     patch: bytes | None  # the round's object, served with our vote
 
 
@@ -138,7 +137,7 @@ def _outer_step(peer, round_: int, outcome: ExchangeOutcome) -> Stepped:
         and peer.cfg.versioning.keep_rounds
     ):
         patch = peer.round_object(round_, parent, outcome.mean_delta, outcome.contributions)
-    return Stepped(parent, ours, adopted is not None, patch)
+    return Stepped(parent, ours, patch)
 
 
 def _agree(peer, exchange: Exchange, round_: int, outcome: ExchangeOutcome, stepped: Stepped, samples: int, then=None):
