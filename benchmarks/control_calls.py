@@ -2,7 +2,7 @@
 and its averager's), counted by protocol, and every DHT get/store made through hivemind's DHT object, by key.
 One JSON object on stdout.
 
-``benchmarks/links.py`` measures the control bytes per peer per round on the wire (260-470 K at 4 peers, target
+``benchmarks/links.py`` measures the control bytes per peer per round on the wire (230-470 K at 4 peers, target
 20 K); ``benchmarks/control_ops.py`` prices one call of each kind (a bare unary call ~0.95 KB on the wire besides
 its payload). This script says how many of each a round makes, so the bytes can be attributed: it starts a
 bootstrap and ``--peers`` real peers on 127.0.0.1 (LocalSwarm, configs/tiny.toml), each with
