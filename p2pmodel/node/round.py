@@ -270,9 +270,13 @@ def run_overlapped_round(
         if not landed and exchange_job.done():
             land(exchange_job.result(interrupted))
 
+    def stopped() -> None:  # before the commit: what this peer holds (and reports) is its last committed state
+        if stepped:  # the stepped state goes with the process; a restart resumes from the checkpoint
+            peer.digest = stepped[0].parent
+
     ahead = _inner_phase(peer, exchange, round_ + 1, interrupted, on_step, between_steps)
     if interrupted():
-        return None
+        return stopped()
     # say so now, not once the commit step below is over: the others' commit step waits for our digest, and a
     # slower peer's phase of round_ + 1 closes on our "ready" (else a fast peer waits out its whole commit
     # deadline for a slow one's digest, while the slow one trains on for lack of a "ready")
@@ -280,7 +284,7 @@ def run_overlapped_round(
     waited = time.perf_counter()
     outcome = exchange_job.result(interrupted)
     if outcome is None:
-        return None
+        return stopped()
     wait_s = time.perf_counter() - waited
     if not landed:  # it came back after the phase: the same shift, at the end
         land(outcome)

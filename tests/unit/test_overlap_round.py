@@ -226,3 +226,16 @@ def test_an_overlapped_peer_votes_for_a_round_while_it_trains_the_next(tmp_path)
         step, digest = link.votes[r]
         assert link.phase_end[r] <= step < link.phase_end[r + 1], (r, step, link.phase_end)
         assert digest == link.agreed[r]  # the state it voted for is the one its commit step put up
+
+
+def test_a_peer_stopped_after_its_mid_phase_vote_reports_its_last_committed_state(tmp_path):
+    """Its outer step of round r is taken mid-phase; stopped before r's commit, the digest it reports (the "stopped"
+    line, the summary) is round r - 1's, the one its checkpoint holds."""
+    torch.set_num_threads(1)
+    peer = Peer(load_config(TINY, [*SETTINGS, "train.inner_steps=6"]), tmp_path, "a")
+    link = VotingAlone(peer)
+    for r in (1, 2):
+        assert run_round(peer, link, r, lambda: False).round == r
+    assert run_round(peer, link, 3, lambda: 3 in link.votes) is None  # stopped right after the vote for round 3
+    assert link.votes[3][1] != link.agreed[2]  # it had stepped to round 3's state
+    assert peer.digest == link.agreed[2] == peer.store.head()["digest"] and peer.round == 2
