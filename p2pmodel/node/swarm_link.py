@@ -100,7 +100,6 @@ class SwarmLink:
         self._lose_part = _rounds_from_env(LOSE_PART_ENV)
         self._miss_rounds = _rounds_from_env(MISS_ROUNDS_ENV)
         self._voted: tuple[int, str, dict] = (0, "", {})  # (round, digest, offer) of our early vote
-        self._close_asked: tuple[int, float] = (0, 0.0)  # round_closed's last call: (round, when)
         self.sit_out = SitOut()  # rounds this peer leaves to the others while its link cannot keep up
         # fire-and-forget DHT stores (ready fallback, state offers, run records), in order, off the round's path
         self._publisher = Publisher()
@@ -263,17 +262,8 @@ class SwarmLink:
     # --- Exchange ------------------------------------------------------------------------------------
     def round_closed(self, round_: int) -> bool:
         """True once another peer finished ``round_`` at least the grace period ago, or already committed it (a
-        peer that started or caught up while the others were finishing the round): stop the inner phase.
-
-        Asked once per inner step: a step that would end past the grace is not started (the time between two
-        calls is this peer's step). The first finisher's matchmaking starts at once (overlapped, since its vote no
-        longer waits for the others'), so a slow peer joins it the grace later, not the grace plus one of its
-        steps. Measured without this (the overlapped slow-peer scenario test, 1 s a step, 2 s window): in 1 of 3
-        runs the slow peer came too late for round 2's group and averaged alone."""
-        now = time.monotonic()
-        (last_round, last_at), self._close_asked = self._close_asked, (round_, now)
-        step_s = now - last_at if last_round == round_ else 0.0
-        grace_s = max(CLOSE_GRACE * self.cfg.sync.matchmaking_time_s - step_s, 0.0)
+        peer that started or caught up while the others were finishing the round): stop the inner phase."""
+        grace_s = CLOSE_GRACE * self.cfg.sync.matchmaking_time_s
         return self.pace.round_closed(round_, grace_s) or self._committed_by_others(round_) or self._swarm_past(round_)
 
     def sits_out(self, round_: int) -> bool:

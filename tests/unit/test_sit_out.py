@@ -88,32 +88,3 @@ def test_the_swarm_is_past_a_round_once_another_peer_committed_a_later_one():
     assert not SwarmLink._swarm_past(link, 9)  # ours does not count; p1 is at this round, not past it
     offers.append({"peer_id": "p2", "round": 28})
     assert SwarmLink._swarm_past(link, 9) and not SwarmLink._swarm_past(link, 28)
-
-
-def test_a_peer_does_not_start_a_step_that_would_end_past_the_close_grace(monkeypatch):
-    """SwarmLink.round_closed, asked once per inner step: the grace it gives the round's close shrinks by this peer's
-    step (the time between two calls), so a slow peer joins the first finisher's matchmaking the grace later,
-    not the grace plus one of its steps."""
-    from types import SimpleNamespace
-
-    from p2pmodel.node import swarm_link
-    from p2pmodel.node.swarm_link import CLOSE_GRACE, SwarmLink
-
-    now = [100.0]
-    monkeypatch.setattr(swarm_link.time, "monotonic", lambda: now[0])
-    asked: list[float] = []
-    link = SimpleNamespace(
-        cfg=SimpleNamespace(sync=SimpleNamespace(matchmaking_time_s=3.0)),
-        pace=SimpleNamespace(round_closed=lambda r, grace_s: asked.append(round(grace_s, 6)) and False),
-        _committed_by_others=lambda r: False,
-        _swarm_past=lambda r: False,
-        _close_asked=(0, 0.0),
-    )
-    grace = CLOSE_GRACE * 3.0
-    for dt in (0.0, 0.25, 0.25, 0.8, 5.0):  # this peer's steps: 0.25 s, then 0.8 s, then longer than the grace
-        now[0] += dt
-        SwarmLink.round_closed(link, 7)
-    assert asked == [round(grace, 6), round(grace - 0.25, 6), round(grace - 0.25, 6), round(grace - 0.8, 6), 0.0]
-    now[0] += 9.0
-    SwarmLink.round_closed(link, 8)  # a new round: no step measured yet
-    assert asked[-1] == round(grace, 6)
