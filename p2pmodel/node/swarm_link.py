@@ -317,6 +317,7 @@ class SwarmLink:
             expected_size=len(expected),
             round_=round_,
             give_up=lambda: self._averaged_without_us(round_, expected),
+            members=sorted(expected),
         )
         mixed = res.succeeded and not all(_same_base(v, base) for v in res.gathered.values())
         if not res.succeeded or mixed or res.group_size < 2:

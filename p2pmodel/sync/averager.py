@@ -12,8 +12,8 @@ What changes against ``hivemind.averaging.DecentralizedAverager``:
   commit step's majority digest resolves (DESIGN.md "Commit step"). Never "keep your own";
 - optional sender-side error feedback: ``residuals[i] = local - decoded(bytes we sent)`` in float32, and
   the full local value on spans zeroed by a failed reducer (nothing of it got through);
-- the leader search queries the DHT at most every 0.5 s instead of in a tight loop, and a declaration is left
-  to expire instead of being withdrawn by a second DHT store (``matchmaking.py``);
+- matchmaking declares this averager straight to the peers the node expects in the round (``step(members=)``),
+  not in the DHT, and the leader search reads the declarations received (``matchmaking.py``);
 - ``step(weight, timeout)`` returns an ``AveragingResult`` and never raises for network failures.
 
 Notes for callers: hivemind names RPC handlers after the averager's class, so every peer of a swarm must
@@ -41,12 +41,13 @@ from hivemind.averaging.control import AveragingStage, StepControl
 from hivemind.averaging.group_info import GroupInfo
 from hivemind.compression import CompressionBase, NoCompression
 from hivemind.dht import DHT
+from hivemind.p2p import P2PContext, PeerID
 from hivemind.utils import get_logger
 from hivemind.utils.timed_storage import get_dht_time
 
 from p2pmodel.core.lifeline import arm_child
 from p2pmodel.sync.allreduce import DeterministicAllReduceRunner
-from p2pmodel.sync.matchmaking import keep_declarations, space_leader_search
+from p2pmodel.sync.matchmaking import Declaration, DirectDeclarations, install
 from p2pmodel.sync.result import AveragingResult, RoundReport
 
 __all__ = ["AveragingResult", "DeterministicAllReduceRunner", "DeterministicAverager"]
@@ -83,6 +84,8 @@ class DeterministicAverager(DecentralizedAverager):
     """
 
     runner_class: type[DeterministicAllReduceRunner] = DeterministicAllReduceRunner  # tests inject faults here
+    _rpc_handlers = None  # hivemind caches a servicer's handlers per class: collect this class's own (rpc_declare)
+    _stub_type = None
 
     def __init__(
         self,
@@ -191,6 +194,7 @@ class DeterministicAverager(DecentralizedAverager):
         expected_size: int | None = None,
         round_: int | None = None,
         give_up: Callable[[], bool] | None = None,
+        members: Sequence[str] = (),
     ) -> AveragingResult:
         """Find a group within ``timeout`` s and average with it, weighted by ``weight`` (samples processed).
 
@@ -200,6 +204,9 @@ class DeterministicAverager(DecentralizedAverager):
         ``round_``: only peers averaging the same round meet (it becomes the matchmaking group key, which
         hivemind's leaders check on every join request). Without it a peer still looking for a group of round
         r joined the others' group of round r + 1, and the whole group failed its gather check.
+
+        ``members``: the peers (base58 ids) expected in the group; this averager declares itself to them, and to any
+        other peer that declares itself to it (``matchmaking.py``: nothing goes through the DHT).
 
         ``give_up``: polled every ``_POLL_S`` while this peer is still looking for a group; True ends the search
         at once (e.g. the others already committed the round: their group formed without us, and waiting out
@@ -221,7 +228,9 @@ class DeterministicAverager(DecentralizedAverager):
         configured = self.matchmaking_kwargs["target_group_size"] or expected_size
         target = None if expected_size is None else max(2, min(int(expected_size), configured))
         bits = None if round_ is None else round_group_bits(round_)
-        self._outer_pipe.send(("_expect_group", [target, bits], {}))  # handled before the step, in pipe order
+        self._outer_pipe.send(
+            ("_expect_group", [target, bits, list(members)], {})
+        )  # handled before the step, in pipe order
         control = None
         try:
             control = super().step(gather=gather, weight=float(weight), timeout=timeout, wait=False)
@@ -253,16 +262,37 @@ class DeterministicAverager(DecentralizedAverager):
             if give_up() and control.stage in _NO_GROUP_YET:
                 raise _GaveUp
 
-    async def _expect_group(self, size: int | None, group_bits: str | None) -> None:  # in the averager process
-        """Assemble at ``size``; look for a group under the key of ``group_bits`` (hivemind's bucket bits)."""
+    async def _expect_group(  # in the averager process
+        self, size: int | None, group_bits: str | None, members: Sequence[str] = ()
+    ) -> None:
+        """Assemble at ``size``; look for a group under the key of ``group_bits`` (hivemind's bucket bits), among
+        ``members``."""
         self._matchmaking.target_group_size = size or self.matchmaking_kwargs["target_group_size"]
+        keys = self._declarations()
         if group_bits is not None:
-            self._matchmaking.group_key_manager.group_bits = group_bits
+            keys.group_bits = group_bits
+        keys.set_members(members)
 
-    async def _step(self, **kwargs):  # runs in the averager's process, where _matchmaking lives
-        space_leader_search(self._matchmaking.potential_leaders)
-        keep_declarations(self._matchmaking.potential_leaders)
-        return await super()._step(**kwargs)
+    def _declarations(self) -> DirectDeclarations:  # in the averager process, once _matchmaking exists
+        return install(self._matchmaking, self._declare_to, self._ask_for_declarations, self.request_timeout)
+
+    async def _declare_to(self, peer: PeerID, message: Declaration, timeout: float) -> Declaration:
+        return await self.get_stub(self._p2p, peer, namespace=self.prefix).rpc_declare(message, timeout=timeout)
+
+    async def _ask_for_declarations(self, peer: PeerID, message: Declaration, timeout: float) -> Declaration:
+        return await self.get_stub(self._p2p, peer, namespace=self.prefix).rpc_declarations(message, timeout=timeout)
+
+    async def rpc_declare(self, request: Declaration, context: P2PContext) -> Declaration:
+        """Another averager looks for a group under ``request.key`` until ``request.expiration`` (matchmaking.py)."""
+        if getattr(self, "_matchmaking", None) is not None:  # handlers are up a moment before matchmaking
+            self._declarations().receive(context.remote_id, request)
+        return Declaration()
+
+    async def rpc_declarations(self, request: Declaration, context: P2PContext) -> Declaration:
+        """The declarations this averager holds under ``request.key`` (asked by peers in client mode)."""
+        if getattr(self, "_matchmaking", None) is None:
+            return Declaration(request.key)
+        return self._declarations().answer(request)
 
     async def _aggregate_with_group(self, group_info: GroupInfo, min_vector_size: int, **kwargs) -> RoundReport:
         gathered = await super()._aggregate_with_group(group_info, min_vector_size, **kwargs)

@@ -21,7 +21,7 @@ from p2pmodel.compress import make_codec
 from p2pmodel.compress.base import HEADER
 from p2pmodel.sync import AveragingResult, DeterministicAverager
 from p2pmodel.sync.allreduce import DeterministicAllReduceRunner
-from p2pmodel.sync.averager import GAVE_UP
+from p2pmodel.sync.averager import GAVE_UP, round_group_bits
 
 SHAPES = [(300, 512), (1001,), (96, 700)]  # ~222k floats, several parts per reducer at 64 KiB parts
 PART_SIZE_BYTES = 2**16
@@ -85,7 +85,12 @@ def start_averagers(dhts, inputs, cls=DeterministicAverager, prefix=None, group_
     return [start(i) for i in range(len(inputs))]  # hivemind starts averagers from the main thread only
 
 
+def ids(averagers) -> list[str]:
+    return [a.peer_id.to_base58() for a in averagers]
+
+
 def step_all(averagers, weights, **kwargs):
+    kwargs.setdefault("members", ids(averagers))
     with ThreadPoolExecutor(len(averagers)) as pool:
         return list(pool.map(lambda aw: aw[0].step(aw[1], **kwargs), zip(averagers, weights, strict=True)))
 
@@ -135,7 +140,7 @@ def test_stock_hivemind_and_ours_on_the_same_inputs(dhts):
     stock = start_averagers(dhts, inputs, cls=hivemind.DecentralizedAverager)
     try:
         with ThreadPoolExecutor(8) as pool:
-            ours_futures = [pool.submit(a.step, w, 20.0) for a, w in zip(ours, weights, strict=True)]
+            ours_futures = [pool.submit(a.step, w, 20.0, members=ids(ours)) for a, w in zip(ours, weights, strict=True)]
             stock_futures = [pool.submit(a.step, weight=w, timeout=20.0) for a, w in zip(stock, weights, strict=True)]
             assert all(f.result().complete for f in ours_futures)
             assert all(f.result() is not None for f in stock_futures)
@@ -193,10 +198,11 @@ def test_a_reducer_sending_nan_is_a_failed_reducer_and_no_nan_reaches_the_others
     codec = make_codec("int4")
     survivors = start_averagers(dhts[:2], inputs[:2], prefix=prefix, group_size=3, codec=codec)
     (forger,) = start_averagers(dhts[2:3], inputs[2:], prefix=prefix, group_size=3, runner=_SendsNaN, codec=codec)
-    thread = threading.Thread(target=forger.step, args=(weights[2], 12.0), daemon=True)
+    everyone = ids([*survivors, forger])
+    thread = threading.Thread(target=forger.step, args=(weights[2], 12.0), kwargs=dict(members=everyone), daemon=True)
     try:
         thread.start()
-        results = step_all(survivors, weights[:2], timeout=12.0)
+        results = step_all(survivors, weights[:2], timeout=12.0, members=everyone)
         assert all(r.succeeded and r.group_size == 3 for r in results), results
         assert [r.failed_reducers for r in results] == [(str(forger.peer_id),)] * 2
         outputs = [held(a) for a in survivors]
@@ -217,10 +223,11 @@ def test_peer_killed_mid_round(dhts, runner):
     prefix = f"kill{uuid.uuid4().hex[:8]}"
     survivors = start_averagers(dhts[:2], inputs[:2], prefix=prefix, group_size=3, error_feedback=True)
     (victim,) = start_averagers(dhts[2:3], inputs[2:], prefix=prefix, group_size=3, runner=runner)
-    thread = threading.Thread(target=victim.step, args=(weights[2], 12.0), daemon=True)
+    everyone = ids([*survivors, victim])
+    thread = threading.Thread(target=victim.step, args=(weights[2], 12.0), kwargs=dict(members=everyone), daemon=True)
     try:
         thread.start()
-        results = step_all(survivors, weights[:2], timeout=12.0)
+        results = step_all(survivors, weights[:2], timeout=12.0, members=everyone)
         assert all(r.succeeded for r in results), [r.reason for r in results]
         assert all(r.group_size == 3 for r in results), results
         assert all(r.elapsed_s < 12.0 + MATCHMAKING["allreduce_timeout"] for r in results)
@@ -252,7 +259,7 @@ def test_peers_of_different_rounds_never_meet_and_no_group_is_a_failure_result(d
     try:
         with ThreadPoolExecutor(2) as pool:
             steps = [
-                pool.submit(a.step, w, timeout=3.0, round_=r)
+                pool.submit(a.step, w, timeout=3.0, round_=r, members=ids(averagers))
                 for a, w, r in zip(averagers, weights, (6, 7), strict=True)
             ]
             results = [f.result() for f in steps]
@@ -280,7 +287,7 @@ def test_give_up_ends_the_search_for_a_group_and_the_next_round_still_meets(dhts
         flag = threading.Event()
         timer = threading.Timer(1.0, flag.set)
         timer.start()
-        lone = averagers[0].step(weights[0], timeout=20.0, round_=3, give_up=flag.is_set)
+        lone = averagers[0].step(weights[0], timeout=20.0, round_=3, give_up=flag.is_set, members=ids(averagers))
         timer.cancel()
         assert not lone.succeeded and lone.reason == GAVE_UP, lone
         assert lone.elapsed_s < 10.0, lone  # half the 20 s matchmaking timeout: it did not wait it out
@@ -289,11 +296,34 @@ def test_give_up_ends_the_search_for_a_group_and_the_next_round_still_meets(dhts
 
         with ThreadPoolExecutor(2) as pool:
             steps = [
-                pool.submit(a.step, w, timeout=10.0, round_=4, expected_size=2, give_up=lambda: False)
+                pool.submit(
+                    a.step, w, timeout=10.0, round_=4, expected_size=2, give_up=lambda: False, members=ids(averagers)
+                )
                 for a, w in zip(averagers, weights, strict=True)
             ]
             together = [f.result() for f in steps]
         assert all(r.succeeded and r.group_size == 2 for r in together), together
         assert digest(held(averagers[0])) == digest(held(averagers[1]))
+    finally:
+        shutdown_all(averagers)
+
+
+@pytest.mark.timeout(60)
+def test_groups_form_from_direct_declarations_and_the_dht_holds_none(dhts):
+    """Each averager declares itself straight to the peers it is told to expect (sync/matchmaking.py): after the
+    round the DHT holds nothing under the round's group key (hivemind stores every declaration there). The third
+    averager is in client mode: it serves no requests, so no declaration reaches it; it finds its leader by asking
+    the others, and the group of three forms."""
+    inputs, weights = make_inputs(3, seed=17)
+    prefix = f"direct{uuid.uuid4().hex[:8]}"
+    servers = start_averagers(dhts[:2], inputs[:2], prefix=prefix, group_size=3)
+    (client,) = start_averagers(dhts[2:3], inputs[2:], prefix=prefix, group_size=3, client_mode=True)
+    averagers = [*servers, client]
+    try:
+        results = step_all(averagers, weights, timeout=10.0, round_=9, expected_size=3)
+        assert all(r.succeeded and r.group_size == 3 for r in results), results
+        assert len({digest(held(a)) for a in averagers}) == 1
+        for node in dhts[:3]:
+            assert node.get(f"{prefix}.0b{round_group_bits(9)}", latest=True) is None
     finally:
         shutdown_all(averagers)

@@ -20,7 +20,7 @@ def test_the_group_key_is_built_from_the_bucket_bits_and_checked_on_every_join_r
 
 def test_the_target_group_size_is_read_while_the_group_assembles():
     assert "self.target_group_size" in inspect.getsource(Matchmaking)
-    assert "group_key_manager.group_bits" in inspect.getsource(DeterministicAverager._expect_group)
+    assert "keys.group_bits = group_bits" in inspect.getsource(DeterministicAverager._expect_group)
 
 
 def test_round_bits_differ_for_nearby_rounds_and_have_a_fixed_width():
@@ -28,3 +28,24 @@ def test_round_bits_differ_for_nearby_rounds_and_have_a_fixed_width():
     assert len(set(bits)) == len(bits)
     assert all(len(b) == ROUND_KEY_BITS and set(b) <= {"0", "1"} for b in bits)
     assert round_group_bits(5) == round_group_bits(5 + (1 << ROUND_KEY_BITS))
+
+
+def test_the_leader_search_reaches_the_dht_only_through_the_group_key_manager():
+    """sync/matchmaking.py replaces ``Matchmaking.group_key_manager`` to keep declarations off the DHT: if hivemind
+    stored or read them any other way, the DHT traffic would come back unnoticed (and groups might not form)."""
+    from hivemind.averaging.matchmaking import PotentialLeaders
+
+    search = inspect.getsource(PotentialLeaders)
+    assert "key_manager.declare_averager(" in search and "key_manager.get_averagers(" in search
+    assert "dht." not in search
+    matchmaking = inspect.getsource(Matchmaking)
+    assert "self.group_key_manager" in matchmaking and "dht.store" not in matchmaking and "dht.get" not in matchmaking
+    assert "begin_search(step, self.group_key_manager" in matchmaking
+
+
+def test_an_averager_in_client_mode_serves_no_requests():
+    """Why a client-mode averager asks for declarations (sync/matchmaking.py) instead of receiving them."""
+    from hivemind.averaging import DecentralizedAverager
+
+    run = inspect.getsource(DecentralizedAverager._run_internal)
+    assert "if not self.client_mode:\n                    await self.add_p2p_handlers" in run

@@ -1,90 +1,181 @@
-"""The leader search of hivemind's matchmaking, spaced: a peer waiting for its group queries the DHT every
-``interval_s`` at most, where stock hivemind 1.1.12 re-queries in a tight loop (p2pmodel/sync/matchmaking.py)."""
+"""Matchmaking without the DHT (p2pmodel/sync/matchmaking.py): declarations go straight to the expected peers,
+received ones are checked and kept, and hivemind's leader search reads them without a tight loop. The calls are
+fakes here; tests/integration/test_sync_averager.py runs the real ones between averagers."""
 
 import asyncio
+import json
+from types import SimpleNamespace
 
 import pytest
+from hivemind.averaging.key_manager import GroupKeyManager
 from hivemind.averaging.matchmaking import PotentialLeaders
 from hivemind.p2p import PeerID
 from hivemind.utils.timed_storage import get_dht_time
 
-from p2pmodel.sync.matchmaking import space_leader_search
+from p2pmodel.sync.matchmaking import MAX_KEYS, MAX_MESSAGE_BYTES, Declaration, DirectDeclarations, install
+
+ME, A, B, C = (PeerID(bytes([0x12, 0x20]) + bytes([i]) * 32) for i in range(4))  # sha256 multihashes
+KEY = "p2pmodel_t.0b0101"
 
 
-class CountingKeys:
-    """A group key manager that finds nobody (the waiting case) and counts the DHT queries."""
+class Calls:
+    """The two calls, recorded; ``failing`` peers raise, ``held`` is what ``ask`` answers."""
 
-    current_key = "p2pmodel_test.0b"
+    def __init__(self, failing=(), held=()):
+        self.declared: list[tuple[PeerID, str, float]] = []
+        self.asked: list[PeerID] = []
+        self.failing, self.held = set(failing), list(held)
 
-    def __init__(self):
-        self.calls = 0
+    async def declare(self, peer, message, timeout):
+        self.declared.append((peer, message.key, message.expiration))
+        if peer in self.failing:
+            raise ConnectionError("gone")
+        return Declaration()
 
-    async def get_averagers(self, group_key, only_active):
-        self.calls += 1
-        await asyncio.sleep(0)  # a DHT answer arrives on a later loop turn
-        return []
+    async def ask(self, peer, message, timeout):
+        self.asked.append(peer)
+        if peer in self.failing:
+            raise ConnectionError("gone")
+        return Declaration(message.key, 0.0, self.held)
 
 
-async def _search(spaced: bool, window_s: float) -> int:
-    leaders = PotentialLeaders(PeerID(b"x" * 34), min_matchmaking_time=window_s, target_group_size=4)
-    if spaced:
-        space_leader_search(leaders, interval_s=0.1)
-        space_leader_search(leaders, interval_s=0.1)  # idempotent
-    keys = CountingKeys()
+def make(calls: Calls, client_mode=False, poll_s=0.1) -> DirectDeclarations:
+    base = GroupKeyManager(SimpleNamespace(peer_id=ME), "p2pmodel_t", "0101", 4)
+    return DirectDeclarations(base, calls.declare, calls.ask, client_mode, request_timeout=1.0, poll_s=poll_s)
+
+
+@pytest.mark.timeout(10)
+def test_a_declaration_goes_to_the_expected_peers_and_a_withdrawal_sends_nothing():
+    async def main():
+        calls = Calls(failing={B})
+        keys = make(calls)
+        keys.set_members([A.to_base58(), B.to_base58(), ME.to_base58(), "not a peer id", A.to_base58()])
+        assert keys.members == (A, B)
+        expires = get_dht_time() + 5
+        assert await keys.declare_averager(KEY, ME, expires) is True  # a peer that is gone does not fail it
+        assert sorted(calls.declared) == sorted([(A, KEY, expires), (B, KEY, expires)])
+        assert await keys.declare_averager(KEY, ME, expires, looking_for_group=False) is True
+        assert len(calls.declared) == 2
+        assert keys.held(KEY) == []  # withdrawn here: no longer offered to peers that ask
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(10)
+def test_only_live_declarations_of_this_swarm_are_kept_and_bounded():
+    async def main():
+        keys = make(Calls())
+        now = get_dht_time()
+        assert keys.receive(A, Declaration(KEY, now + 3))
+        refused = [
+            (B, Declaration("other_run.0b0101", now + 3)),  # another run's prefix
+            (B, Declaration("p2pmodel_t.0bxyz", now + 3)),  # not a group key
+            (B, Declaration(KEY, now - 1)),  # expired
+            (B, Declaration(KEY, now + 3600)),  # far beyond any matchmaking window
+            (B, Declaration(KEY, float("nan"))),
+            (ME, Declaration(KEY, now + 3)),  # ourselves
+        ]
+        assert [keys.receive(peer, message) for peer, message in refused] == [False] * len(refused)
+        assert keys.held(KEY) == [(A, now + 3)]
+        for i in range(MAX_KEYS + 3):
+            keys.receive(A, Declaration(f"p2pmodel_t.0b{i:b}1", now + 3))
+        assert len(keys._held) == MAX_KEYS
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(10)
+def test_a_peer_that_declares_to_us_unasked_gets_our_declaration_back():
+    async def main():
+        calls = Calls()
+        keys = make(calls)
+        keys.set_members([A.to_base58()])
+        expires = get_dht_time() + 5
+        await keys.declare_averager(KEY, ME, expires)
+        keys.receive(C, Declaration(KEY, get_dht_time() + 4))  # C knew us; we did not expect C
+        keys.receive(A, Declaration(KEY, get_dht_time() + 4))  # A has ours already
+        await asyncio.sleep(0.05)
+        assert calls.declared == [(A, KEY, expires), (C, KEY, expires)]
+
+    asyncio.run(main())
+
+
+def test_messages_are_schema_checked_and_bounded():
+    message = Declaration(KEY, 12.5, [(A.to_base58(), 13.0)])
+    back = Declaration.FromString(message.SerializeToString())
+    assert (back.key, back.expiration, back.declared) == (KEY, 12.5, [(A.to_base58(), 13.0)])
+    bad = [
+        b"[]",
+        json.dumps({"k": KEY, "e": 1.0}).encode(),  # a field missing
+        json.dumps({"k": 5, "e": 1.0, "d": []}).encode(),
+        json.dumps({"k": KEY, "e": "soon", "d": []}).encode(),
+        json.dumps({"k": KEY, "e": 1.0, "d": [["x", "y"]]}).encode(),
+        json.dumps({"k": KEY, "e": 1.0, "d": [], "x": 1}).encode(),
+        b" " * (MAX_MESSAGE_BYTES + 1),
+    ]
+    for data in bad:
+        with pytest.raises(ValueError):
+            Declaration.FromString(data)
+
+
+async def _search(keys: DirectDeclarations, window_s: float, declare_at_s: float | None = None) -> tuple[int, float]:
+    """hivemind's leader search over ``keys`` with the queue kept empty, as ``pop_next_leader`` does while it waits:
+    (get_averagers calls, seconds until a declaration made at ``declare_at_s`` reached the queue)."""
+    leaders = PotentialLeaders(ME, min_matchmaking_time=window_s, target_group_size=4)
+    calls = 0
+    get = keys.get_averagers
+
+    async def counted(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        return await get(*args, **kwargs)
+
+    keys.get_averagers = counted
     leaders.running.set()
-    leaders.search_end_time = get_dht_time() + window_s
+    started = get_dht_time()
+    leaders.search_end_time = started + window_s
     task = asyncio.create_task(leaders._update_queue_periodically(keys))
-    while not task.done():  # what pop_next_leader does while its queue stays empty
+    seen_after = float("inf")
+    while not task.done():
+        if declare_at_s is not None and get_dht_time() - started >= declare_at_s:
+            keys.receive(A, Declaration(keys.current_key, started + window_s + 5))
+            declare_at_s, declared = None, get_dht_time()
+        if seen_after == float("inf") and len(leaders.leader_queue) and declare_at_s is None:
+            seen_after = get_dht_time() - declared
         leaders.update_triggered.set()
         await asyncio.sleep(0)
     await task
-    return keys.calls
+    return calls, seen_after
 
 
 @pytest.mark.timeout(30)
-def test_leader_search_is_spaced():
-    window = 1.0
-    stock = asyncio.run(_search(spaced=False, window_s=window))
-    spaced = asyncio.run(_search(spaced=True, window_s=window))
-    assert 2 <= spaced <= window / 0.1 + 2  # still searching, never more than once per interval
-    assert stock > 5 * spaced  # the tight loop this guards against
+def test_the_leader_search_waits_for_a_declaration_instead_of_looping():
+    async def main():
+        calls, seen_after = await _search(make(Calls(), poll_s=0.2), window_s=1.0, declare_at_s=0.3)
+        assert 2 <= calls <= 1.0 / 0.2 + 3  # hivemind re-reads at once while its queue is empty (thousands)
+        assert seen_after < 0.1  # a new declaration wakes it: it does not wait out the poll interval
+
+    asyncio.run(main())
 
 
-class RecordingKeys:
-    current_key = "p2pmodel_test.0b01"
+@pytest.mark.timeout(10)
+def test_in_client_mode_the_search_asks_the_expected_peers_in_turn():
+    async def main():
+        now = get_dht_time()
+        calls = Calls(failing={A}, held=[(B.to_base58(), now + 3), (ME.to_base58(), now + 3), ("bad", now + 3)])
+        keys = make(calls, client_mode=True, poll_s=0.01)
+        keys.set_members([A.to_base58(), B.to_base58()])
+        assert await keys.get_averagers(KEY, only_active=True) == [(B, now + 3)]
+        assert calls.asked == [A, B]  # A failed: B answered
+        await keys.get_averagers(KEY, only_active=True)
+        assert calls.asked == [A, B, A, B]
 
-    def __init__(self):
-        self.stored = []
-
-    async def declare_averager(self, group_key, peer_id, expiration_time, looking_for_group=True):
-        self.stored.append(looking_for_group)
-        return True
-
-    async def update_key_on_not_enough_peers(self):
-        pass
-
-
-async def _declare_then_stop(kept: bool) -> list[bool]:
-    from types import SimpleNamespace
-
-    from p2pmodel.sync.matchmaking import keep_declarations
-
-    leaders = PotentialLeaders(PeerID(b"x" * 34), min_matchmaking_time=5.0, target_group_size=4)
-    if kept:
-        keep_declarations(leaders)
-        keep_declarations(leaders)  # idempotent
-    keys = RecordingKeys()
-    leaders.running.set()
-    leaders.search_end_time = get_dht_time() + 5.0
-    task = asyncio.create_task(leaders._declare_averager_periodically(SimpleNamespace(scheduled_time=0.0), keys))
-    while not keys.stored:
-        await asyncio.sleep(0.01)
-    task.cancel()  # the search ended: a group formed
-    await asyncio.gather(task, return_exceptions=True)
-    return keys.stored
+    asyncio.run(main())
 
 
-@pytest.mark.timeout(30)
-def test_a_declaration_is_left_to_expire_not_withdrawn():
-    assert asyncio.run(_declare_then_stop(kept=False)) == [True, False]  # hivemind: a second store withdraws it
-    assert asyncio.run(_declare_then_stop(kept=True)) == [True]
+def test_install_replaces_the_key_manager_once_and_keeps_its_bits():
+    base = GroupKeyManager(SimpleNamespace(peer_id=ME), "p2pmodel_t", "0110", 4)
+    matchmaking = SimpleNamespace(group_key_manager=base, client_mode=False)
+    keys = install(matchmaking, Calls().declare, Calls().ask, 1.0)
+    assert matchmaking.group_key_manager is keys and keys.current_key == "p2pmodel_t.0b0110"
+    assert install(matchmaking, Calls().declare, Calls().ask, 1.0) is keys
