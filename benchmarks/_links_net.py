@@ -72,12 +72,13 @@ def cfs_quota_us(cpu: float, slow: float = 1.0, period_us: int = PERIOD_US) -> i
     return max(1000, int(round(cpu / slow * period_us)))
 
 
-def parse_link_stats(text: str) -> dict[str, tuple[int, int]]:
-    """{ifname: (rx_bytes, tx_bytes)} from ``ip -s -j link show``."""
+def parse_link_stats(text: str) -> dict[str, tuple[int, int, int, int]]:
+    """{ifname: (rx_bytes, tx_bytes, rx_packets, tx_packets)} from ``ip -s -j link show``."""
     out = {}
     for link in json.loads(text or "[]"):
         s = link.get("stats64") or link.get("stats") or {}
-        out[link["ifname"]] = (int(s["rx"]["bytes"]), int(s["tx"]["bytes"]))
+        rx, tx = s["rx"], s["tx"]
+        out[link["ifname"]] = (int(rx["bytes"]), int(tx["bytes"]), int(rx.get("packets", 0)), int(tx.get("packets", 0)))
     return out
 
 
@@ -222,11 +223,11 @@ class Topology:
 
     # --- measurements ---
 
-    def counters(self) -> dict[str, tuple[int, int]]:
-        """{node: (sent, received)} bytes, read on the hub end (hub rx = what the node sent, after its uplink cap;
-        hub tx = what it received, after its downlink cap)."""
+    def counters(self) -> dict[str, tuple[int, int, int, int]]:
+        """{node: (sent, received, sent packets, received packets)} bytes, read on the hub end (hub rx = what the
+        node sent, after its uplink cap; hub tx = what it received, after its downlink cap)."""
         stats = parse_link_stats(_run(["ip", "-n", self.hub, "-s", "-j", "link", "show"]))
-        return {n.name: (stats[n.hub_if][0], stats[n.hub_if][1]) for n in self.nodes.values() if n.hub_if in stats}
+        return {n.name: stats[n.hub_if] for n in self.nodes.values() if n.hub_if in stats}
 
     def cpu_ns(self) -> dict[str, int]:
         out = {}

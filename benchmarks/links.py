@@ -51,7 +51,10 @@ hub-side veth counters sampled every ``--sample-s`` (0.5 s) and interpolated at 
   wire_bytes_per_round  between its first and last commit, / rounds; ``payload_bytes_per_round`` from the events'
                       bytes_sent + bytes_received (the averaging payload the peer counts);
                       ``control_bytes_per_round`` = the difference (DHT, gossip, commit step, state offers,
-                      TCP/IP and libp2p framing of the payload itself), ``control_bytes_per_s`` the same over
+                      TCP/IP and libp2p framing of the payload itself); ``control_bytes_per_round_above_tcp``
+                      the same less every packet's Ethernet/IP/TCP headers (66 bytes a packet, counted from
+                      the veth's packet counters: most of them carry the payload, and their ACKs),
+                      ``packets_per_round`` sent + received; ``control_bytes_per_s`` the same over
                       time; ``inner_phase_bytes_per_s``: bytes while it computes (each round's
                       [arrival - round_s, + inner_s]: background DHT/gossip traffic), and
                       ``control_bytes_per_round_outside_inner`` what is left per round (exchange, commit step;
@@ -393,13 +396,15 @@ def run_overrides(args: argparse.Namespace, arm: str, seed: int | None) -> list[
 # --- metrics (pure: plain events and samples in, numbers out) ------------------------------------------------
 
 
-Samples = list[tuple[float, dict[str, tuple[int, int]]]]
+Samples = list[tuple[float, dict[str, tuple[int, ...]]]]  # (sent, received[, sent packets, received packets])
+TCPIP_HEADER_BYTES = 66  # a packet's Ethernet (14), IPv4 (20) and TCP (20 + 12 of timestamps) headers on the veth
 
 
-def wire_at(samples: Samples, node: str, t: float) -> float | None:
-    """sent + received bytes of ``node`` at time ``t``, linearly interpolated between samples (clamped at the
-    ends)."""
-    pts = [(ts, sum(c[node])) for ts, c in samples if node in c]
+def wire_at(samples: Samples, node: str, t: float, packets: bool = False) -> float | None:
+    """sent + received bytes (``packets``: packets) of ``node`` at time ``t``, linearly interpolated between
+    samples (clamped at the ends)."""
+    pick = slice(2, 4) if packets else slice(0, 2)
+    pts = [(ts, sum(c[node][pick])) for ts, c in samples if node in c and (not packets or len(c[node]) >= 4)]
     if not pts:
         return None
     if t <= pts[0][0]:
@@ -483,6 +488,13 @@ def peer_metrics(evs: list[tuple[float, dict]], samples: Samples | None = None, 
                 control_bytes_per_round=round(control / n),
                 control_bytes_per_s=round(control / seconds) if seconds > 0 else None,
             )
+            p0, p1 = wire_at(samples, node, t0, packets=True), wire_at(samples, node, t1, packets=True)
+            if p0 is not None and p1 is not None:
+                headers = (p1 - p0) * TCPIP_HEADER_BYTES
+                out.update(
+                    packets_per_round=round((p1 - p0) / n),
+                    control_bytes_per_round_above_tcp=round((control - headers) / n),
+                )
             # the inner phase of a round: [arrival - round_s, arrival - round_s + inner_s] (the event follows the
             # commit by milliseconds): bytes then are background traffic, none of it averaging payload
             bg = 0.0
@@ -540,6 +552,7 @@ def run_summary(per_peer: dict[str, dict], fast: list[str], solo: dict | None) -
         "payload_bytes_per_peer_per_round": stats(_vals(per_peer, "payload_bytes_per_round")),
         "control_bytes_per_peer_per_round": stats(_vals(per_peer, "control_bytes_per_round")),
         "control_bytes_per_peer_per_s": stats(_vals(per_peer, "control_bytes_per_s")),
+        "control_bytes_per_peer_per_round_above_tcp": stats(_vals(per_peer, "control_bytes_per_round_above_tcp")),
         "inner_phase_bytes_per_peer_per_s": stats(_vals(per_peer, "inner_phase_bytes_per_s")),
         "control_bytes_per_peer_per_round_outside_inner": stats(
             _vals(per_peer, "control_bytes_per_round_outside_inner")

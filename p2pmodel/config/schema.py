@@ -77,7 +77,13 @@ class SwarmConfig(_Section):
     relays: list[str] = Field(
         default_factory=list, description="Relays for use_auto_relay (multiaddrs with /p2p/); empty = initial_peers."
     )
-    record_ttl_s: float = Field(60.0, gt=1, le=3600, description="Lifetime of this peer's signed DHT record.")
+    record_ttl_s: float = Field(
+        300.0,
+        gt=1,
+        le=3600,
+        description="Lifetime of this peer's signed DHT record, refreshed every third of it (a crashed peer stays "
+        "listed this long; a refresh is a DHT store, ~30 KB of calls at 4 peers, benchmarks/control_calls.py).",
+    )
     join_timeout_s: float = Field(30.0, gt=0, le=600, description="Deadline to reach the initial peers.")
 
 

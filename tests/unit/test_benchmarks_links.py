@@ -104,10 +104,10 @@ def test_link_stats_and_stale_runs():
     text = json.dumps(
         [
             {"ifname": "lo", "stats64": {"rx": {"bytes": 5}, "tx": {"bytes": 5}}},
-            {"ifname": "lk1ah2", "stats64": {"rx": {"bytes": 100}, "tx": {"bytes": 250}}},
+            {"ifname": "lk1ah2", "stats64": {"rx": {"bytes": 100, "packets": 2}, "tx": {"bytes": 250, "packets": 3}}},
         ]
     )
-    assert net.parse_link_stats(text) == {"lo": (5, 5), "lk1ah2": (100, 250)}
+    assert net.parse_link_stats(text) == {"lo": (5, 5, 0, 0), "lk1ah2": (100, 250, 2, 3)}
     names = ["p2plinks-1a-hub", "p2plinks-1a-p0", "p2plinks-2b-hub", "other", "p2plinks-zz-x"]
     assert net.stale_suffixes(names, alive=lambda pid: pid == 0x2B) == ["1a"]
 
@@ -170,6 +170,13 @@ def test_peer_metrics_utilisation_exchange_cost_and_control_bytes():
     assert links.wire_at(samples, "p0", 50.0) == 0 and links.wire_at(samples, "p0", 500.0) == 37500
     assert links.wire_at(samples, "px", 1.0) is None
     assert links.wire_total(samples, "p0") == {"sent": 18000, "received": 19500, "total": 37500}
+    assert "control_bytes_per_round_above_tcp" not in m  # no packet counts in these samples
+    # with packet counts: 100 packets a second, each with 66 bytes of Ethernet/IP/TCP headers
+    counted = [(t, {"p0": (*c["p0"], int(t - 100) * 50, int(t - 100) * 50)}) for t, c in samples]
+    headers = 24 * 100 * links.TCPIP_HEADER_BYTES
+    with_packets = links.peer_metrics(evs, counted, "p0")
+    assert with_packets["packets_per_round"] == 1200
+    assert with_packets["control_bytes_per_round_above_tcp"] == round((wire_124 - 4000 - headers) / 2)
     one = links.peer_metrics(evs[:1])
     assert one["utilisation"] is None and one["rounds"] == 1 and "control_bytes_per_round" not in one
     assert links.peer_metrics([])["rounds"] == 0
