@@ -185,13 +185,17 @@ class CommitStep:
         self._early = (round_, digest, thread, pushed)
         thread.start()
 
+    def voted(self, round_: int, digest: str) -> bool:
+        """Whether ``vote_early`` cast this vote (``agree`` then needs no offer: the pushed vote carried it)."""
+        return self._early is not None and self._early[:2] == (round_, digest)
+
     def _cast(self, round_: int, digest: str, offer: dict | None, deadline: float) -> bool:
         """Our vote, unless ``vote_early`` cast it (then wait for that push, at most until ``deadline``); True when
         it was pushed (else the DHT carries it)."""
-        early = self._early
-        if early is not None and early[:2] == (round_, digest):
-            early[2].join(max(deadline - time.monotonic(), 0.0))
-            return early[3][0]
+        if self.voted(round_, digest):
+            _, _, thread, pushed = self._early
+            thread.join(max(deadline - time.monotonic(), 0.0))
+            return pushed[0]
         pushed = self._push(round_, digest, offer or {})
         if not pushed:
             self._store(round_, digest)  # without gossip (or when the push failed) the DHT carries our vote

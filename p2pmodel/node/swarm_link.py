@@ -99,7 +99,6 @@ class SwarmLink:
         self.committed = Committed(peer.round, peer.digest)
         self._lose_part = _rounds_from_env(LOSE_PART_ENV)
         self._miss_rounds = _rounds_from_env(MISS_ROUNDS_ENV)
-        self._voted: tuple[int, str, dict] = (0, "", {})  # (round, digest, offer) of our early vote
         self.sit_out = SitOut()  # rounds this peer leaves to the others while its link cannot keep up
         # fire-and-forget DHT stores (ready fallback, state offers, run records), in order, off the round's path
         self._publisher = Publisher()
@@ -274,9 +273,7 @@ class SwarmLink:
         """Push our vote for ``round_`` before the commit step (Exchange.vote); a peer sitting out casts none."""
         if self.sit_out.sits_out(round_):
             return
-        offer = self.offers.prepare(round_, patch)
-        self._voted = (round_, self.peer.digest, offer)
-        self.commit.vote_early(round_, self.peer.digest, offer)
+        self.commit.vote_early(round_, self.peer.digest, self.offers.prepare(round_, patch))
 
     def phase_done(self, round_: int) -> None:
         if self.sit_out.sits_out(round_):
@@ -440,9 +437,8 @@ class SwarmLink:
         deadline_s = sync.matchmaking_time_s + 2 * sync.request_timeout_s + 2 * sync.chunk_timeout_s
         # our vote names the package (and round object) we serve: a re-sync needs no DHT lookup
         ours = self.peer.digest
-        voted_round, voted_digest, offer = self._voted
-        if (voted_round, voted_digest) != (round_, ours):  # not voted yet (Exchange.vote)
-            offer = self.offers.prepare(round_, patch)
+        voted = self.commit.voted(round_, ours)  # Exchange.vote pushed it, with its offer, mid-phase
+        offer = None if voted else self.offers.prepare(round_, patch)
         fallbacks = self.commit.fallbacks
         agreement = self.commit.agree(
             round_,
