@@ -27,6 +27,15 @@ train.torch_threads=1; rounds of 9.7 s on loopback), per peer per round, steady:
   the DHT traffic, and even the gossip alone (~22 KB on a peer's link, both directions) is above the issue's 20 KB
   target: getting there means matchmaking from the gossiped "ready" messages (no DHT) and fewer pushes a round.
 
+Then (2026-12-07, ~23:30 UTC, same command) with matchmaking declared straight to the expected peers (no DHT) and
+peer records living 300 s (refreshed every 100 s, was 20 s), per peer per round, steady (rounds of 9.7 s):
+  /p2pmodel/gossip/1       6.0 calls   ~11.0 KB on the wire
+  DHTProtocol.rpc_find     2.2 calls    ~8.9 KB  (the peer list, read every 30 s in a peer's first minutes, then
+                                                  every 300 s; the "ready" fallback poll every 60 s)
+  ...rpc_declare           2.4 calls    ~2.5 KB  (the matchmaking declarations)
+  DHTProtocol.rpc_store    none in the steady window (a peer record refresh is ~30 KB of calls)
+  22.4 KB a round in all (38.2 KB with the 60 s records, ~49 KB before both): ~45 KB on a peer's link.
+
   python benchmarks/control_calls.py                      # 4 peers, 8 rounds, overlapped
   python benchmarks/control_calls.py --set sync.overlap=false --rounds 6
 """
