@@ -228,9 +228,8 @@ class DeterministicAverager(DecentralizedAverager):
         configured = self.matchmaking_kwargs["target_group_size"] or expected_size
         target = None if expected_size is None else max(2, min(int(expected_size), configured))
         bits = None if round_ is None else round_group_bits(round_)
-        self._outer_pipe.send(
-            ("_expect_group", [target, bits, list(members)], {})
-        )  # handled before the step, in pipe order
+        # handled in the averager process before the step, in pipe order
+        self._outer_pipe.send(("_expect_group", [target, bits, list(members)], {}))
         control = None
         try:
             control = super().step(gather=gather, weight=float(weight), timeout=timeout, wait=False)
