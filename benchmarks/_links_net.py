@@ -82,6 +82,15 @@ def parse_link_stats(text: str) -> dict[str, tuple[int, int, int, int]]:
     return out
 
 
+def parse_tcp_snmp(text: str) -> dict[str, int]:
+    """{"OutSegs", "RetransSegs"} from a namespace's ``/proc/net/snmp`` (its "Tcp:" header and value lines)."""
+    rows = [line.split()[1:] for line in text.splitlines() if line.startswith("Tcp:")]
+    if len(rows) < 2:
+        return {}
+    values = dict(zip(rows[0], rows[1], strict=False))
+    return {k: int(values[k]) for k in ("OutSegs", "RetransSegs") if k in values}
+
+
 def stale_suffixes(netns_names: list[str], alive) -> list[str]:
     """Suffixes of ``p2plinks-<hexpid>-*`` namespaces whose creating PID no longer runs (``alive(pid) -> bool``)."""
     rx = re.compile(rf"^{PREFIX}-([0-9a-f]+)-")
@@ -228,6 +237,17 @@ class Topology:
         node sent, after its uplink cap; hub tx = what it received, after its downlink cap)."""
         stats = parse_link_stats(_run(["ip", "-n", self.hub, "-s", "-j", "link", "show"]))
         return {n.name: stats[n.hub_if] for n in self.nodes.values() if n.hub_if in stats}
+
+    def tcp_segments(self) -> dict[str, dict[str, int]]:
+        """{node: {"OutSegs", "RetransSegs"}}: TCP segments each node's namespace sent and sent again (its own SNMP
+        counters; a retransmission crosses the capped link again, so it is in the wire bytes)."""
+        out = {}
+        for n in self.nodes.values():
+            try:
+                out[n.name] = parse_tcp_snmp(_run(["ip", "netns", "exec", n.ns, "cat", "/proc/net/snmp"]))
+            except Exception:  # a namespace gone: no figure
+                continue
+        return out
 
     def cpu_ns(self) -> dict[str, int]:
         out = {}

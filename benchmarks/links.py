@@ -61,6 +61,8 @@ hub-side veth counters sampled every ``--sample-s`` (0.5 s) and interpolated at 
                       blocking arms only: an overlapped exchange runs during the inner phase);
                       this split needs samples much shorter than the exchange (uncapped, a sub-second all-reduce
                       is smeared over a sample interval and partly counted in the inner phase)
+  tcp_out_segs, tcp_retrans_segs, tcp_retrans_fraction: TCP segments its namespace sent over the whole arm and the
+                      share sent again (/proc/net/snmp); tcp_retrans_bytes_max bounds their bytes (x 1448)
   (with --keep/--workdir, <run>/bytes_timeline.jsonl has every sample, in unix time)
   log: how often its log says re-syncing, a failed state download, a partial all-reduce ("received N% results"),
   no averaging group; cpu_s (cpuacct), mem_peak_mb (memory.max_usage_in_bytes: includes page cache charged to
@@ -509,6 +511,20 @@ def peer_metrics(evs: list[tuple[float, dict]], samples: Samples | None = None, 
     return out
 
 
+def tcp_retransmissions(before: dict[str, int], after: dict[str, int]) -> dict:
+    """TCP segments a peer's namespace sent over the arm, and the share it sent again (``tcp_retrans_fraction``;
+    ``tcp_retrans_bytes_max`` = retransmissions x a full segment of 1448 bytes, an upper bound of their bytes)."""
+    if not all(k in d for d in (before, after) for k in ("OutSegs", "RetransSegs")):
+        return {}
+    out_segs, again = after["OutSegs"] - before["OutSegs"], after["RetransSegs"] - before["RetransSegs"]
+    return {
+        "tcp_out_segs": out_segs,
+        "tcp_retrans_segs": again,
+        "tcp_retrans_fraction": _r(again / out_segs, 4) if out_segs > 0 else None,
+        "tcp_retrans_bytes_max": again * 1448,
+    }
+
+
 def _waits(events: list[dict]) -> list[float]:
     """The events' exchange_wait_s (how long the round waited for its exchange; absent in older peers)."""
     return [float(e["exchange_wait_s"]) for e in events if e.get("exchange_wait_s") is not None]
@@ -553,6 +569,7 @@ def run_summary(per_peer: dict[str, dict], fast: list[str], solo: dict | None) -
         "control_bytes_per_peer_per_round": stats(_vals(per_peer, "control_bytes_per_round")),
         "control_bytes_per_peer_per_s": stats(_vals(per_peer, "control_bytes_per_s")),
         "control_bytes_per_peer_per_round_above_tcp": stats(_vals(per_peer, "control_bytes_per_round_above_tcp")),
+        "tcp_retrans_fraction": stats(_vals(per_peer, "tcp_retrans_fraction")),
         "inner_phase_bytes_per_peer_per_s": stats(_vals(per_peer, "inner_phase_bytes_per_s")),
         "control_bytes_per_peer_per_round_outside_inner": stats(
             _vals(per_peer, "control_bytes_per_round_outside_inner")
@@ -742,7 +759,7 @@ def run_arm(args, topo: net.Topology, workdir: Path, arm: str, rate: float | Non
     started = time.monotonic()
     deadline = started + (args.timeout_s if args.timeout_s is not None else 120.0 + 60.0 * args.rounds)
     load_start = load()
-    cpu0 = topo.cpu_ns()
+    cpu0, tcp0 = topo.cpu_ns(), topo.tcp_segments()
     topo.reset_mem_peak()
     sampler = net.Sampler(topo, args.sample_s).start()
     result: dict = {"arm": arm, "seed": seed, "rate_mbit": rate, "overrides": overrides}
@@ -772,7 +789,7 @@ def run_arm(args, topo: net.Topology, workdir: Path, arm: str, rate: float | Non
             with open(run_dir / "bytes_timeline.jsonl", "w") as f:
                 for t, c in sampler.samples:
                     f.write(json.dumps({"unix": round(h.to_wall(t), 2), "sent_received": c}) + "\n")
-        cpu1, mem = topo.cpu_ns(), topo.mem()
+        cpu1, mem, tcp1 = topo.cpu_ns(), topo.mem(), topo.tcp_segments()
         per_peer = {}
         for p in procs:
             evs = [(t, e) for t, e in p.round_events() if int(e["round"]) <= args.rounds]
@@ -788,6 +805,7 @@ def run_arm(args, topo: net.Topology, workdir: Path, arm: str, rate: float | Non
                 cpu_cores=node.cpu / node.slow if node.cpu else None,
                 up_mbit=node.up_mbit,
                 down_mbit=node.down_mbit,
+                **tcp_retransmissions(tcp0.get(p.name, {}), tcp1.get(p.name, {})),
             )
             per_peer[p.name] = m
         fast = [n for n in nodes if n in per_peer and not _slowed(args, n)]

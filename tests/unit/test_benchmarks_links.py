@@ -267,3 +267,22 @@ def test_log_counts_stop_at_the_harness_s_stop(tmp_path):
     assert counts["partial_allreduce"] == 1 and counts["resyncs"] == 1
     log.write_text("Averaging: received 23.5% results\n")  # no stop in the log: everything counts
     assert links.log_counts(log)["partial_allreduce"] == 1
+
+
+def test_tcp_retransmissions_from_the_namespace_snmp_counters():
+    snmp = (
+        "Ip: Forwarding DefaultTTL\nIp: 1 64\n"
+        "Tcp: RtoAlgorithm RtoMin OutSegs RetransSegs InErrs\nTcp: 1 200 1000 30 0\n"
+        "Udp: InDatagrams\nUdp: 5\n"
+    )
+    before = net.parse_tcp_snmp(snmp)
+    assert before == {"OutSegs": 1000, "RetransSegs": 30}
+    assert net.parse_tcp_snmp("Ip: x\nIp: 1\n") == {}
+    after = {"OutSegs": 3000, "RetransSegs": 130}
+    assert links.tcp_retransmissions(before, after) == {
+        "tcp_out_segs": 2000,
+        "tcp_retrans_segs": 100,
+        "tcp_retrans_fraction": 0.05,
+        "tcp_retrans_bytes_max": 144800,
+    }
+    assert links.tcp_retransmissions({}, after) == {}
