@@ -240,6 +240,14 @@ running; ``--arms blocking,overlap --seeds 0,1 --set eval.every_rounds=3``, solo
   and ~0.3 s a round (commit step, checkpoint). One peer at half CPU (``--arms overlap --slow 3=2 --seeds 0
   --no-solo``): group of 4 in every round, one digest every round, the slow peer 104 inner steps to the fast peers'
   247-250; fast peers 0.936-0.938 (0.974-0.980 without eval).
+After matchmaking without the DHT and 300 s peer records (2026-12-07/08, 23:35-00:46 UTC, code at b874b65-0880bd2;
+``--arms overlap --no-solo --set eval.every_rounds=3``): 11 overlapped runs over seeds 0-2, one digest every round in
+all; without a partial all-reduce 0.973-0.983 without eval (0.92-0.94 with it), but 6 of the 11 had one (a chunk
+past sync.chunk_timeout_s = 5 s) and re-synced, against 0 of 2 runs of the old code (ec7d767) in the same window.
+Rounds are shorter (inner phases 11.7-12.7 s against 13.7-14.5 s: the DHT's matchmaking took CPU from the same
+quota). TCP retransmissions (tcp_retrans_fraction, seed 1): 13-29 % of the segments sent blocking, 18-46 %
+overlapped, with tbf's 200 ms queue (25 KB at 1 Mbit/s); 8-20 % with --latency-ms 1000, which still had partials in
+one of two runs. Control on the wire (blocking, seed 0): 172-237 K per peer per round, 86-145 K above TCP/IP headers.
 Scale (--cpu 0 --rate-mbit 0 --no-solo, H = 20, eval.batches=2, data.max_corpus_bytes=2000000, 5 rounds):
   peers  round wall (median, min-max)  wire bytes/peer (total; per round)  payload/round  digests  RSS (sum)
   4      12.3 s (12.0-14.9)            11.7 MB; 2.42 MB                    1.43 MB        agree    2.3 GB
