@@ -241,8 +241,8 @@ running; ``--arms blocking,overlap --seeds 0,1 --set eval.every_rounds=3``, solo
   --no-solo``): group of 4 in every round, one digest every round, the slow peer 104 inner steps to the fast peers'
   247-250; fast peers 0.936-0.938 (0.974-0.980 without eval).
 After matchmaking without the DHT and 300 s peer records (2026-12-07/08, 23:35-00:46 UTC, code at b874b65-0880bd2;
-``--arms overlap --no-solo --set eval.every_rounds=3``): 11 overlapped runs over seeds 0-2, one digest every round in
-all; without a partial all-reduce 0.973-0.983 without eval (0.92-0.94 with it), but 6 of the 11 had one (a chunk
+``--arms overlap --no-solo --set eval.every_rounds=3``): 12 overlapped runs over seeds 0-2, one digest every round in
+all; without a partial all-reduce 0.973-0.983 without eval (0.89-0.94 with it), but 6 of the 12 had one (a chunk
 past sync.chunk_timeout_s = 5 s) and re-synced, against 0 of 2 runs of the old code (ec7d767) in the same window.
 Rounds are shorter (inner phases 11.7-12.7 s against 13.7-14.5 s: the DHT's matchmaking took CPU from the same
 quota). TCP retransmissions (tcp_retrans_fraction, seed 1): 13-29 % of the segments sent blocking, 18-46 %
