@@ -20,7 +20,8 @@ followers, ``rpc_join_group``, expirations, group keys) is unchanged.
   peer at a time for the declarations it holds (``rpc_declarations``), every ``LEADER_POLL_S``.
 
 Everything received is bounded and checked before use (``Declaration.FromString``, ``receive``); the sender is
-the libp2p peer of the call, never a field of the message, so no peer can declare for another.
+the libp2p peer of the call, never a field of the message, so no peer can declare for another, and one peer holds
+declarations under ``MAX_KEYS_PER_PEER`` keys at most (``_make_room``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 LEADER_POLL_S = 0.5  # a follower learns of a leader no later than this even if a declaration was lost
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_KEYS = 16  # group keys held at once (one per round: only the rounds at hand)
+MAX_KEYS_PER_PEER = 3  # keys one peer holds a declaration under (the rounds at hand: this one, the next)
 MAX_PER_KEY = 1024  # declarations held under one key
 MAX_AHEAD_S = 600.0  # a declaration expiring later than this is refused (windows are seconds long)
 
@@ -156,12 +158,11 @@ class DirectDeclarations(GroupKeyManager):
             return False
         self._forget_expired(now)
         held = self._held.get(key)
-        if held is None:
-            if len(self._held) >= MAX_KEYS:
-                return False
-            held = self._held[key] = {}
-        if peer not in held and len(held) >= MAX_PER_KEY:
+        if held is not None and peer not in held and len(held) >= MAX_PER_KEY:
             return False
+        if held is None or peer not in held:
+            self._make_room(peer, key)
+            held = self._held.setdefault(key, {})
         held[peer] = expiration
         self._changed.set()
         mine = self._mine.get(key)
@@ -211,6 +212,20 @@ class DirectDeclarations(GroupKeyManager):
     def answer(self, message: Declaration) -> Declaration:
         """What ``rpc_declarations`` returns: the live declarations under the asked key."""
         return Declaration(message.key, 0.0, [(peer.to_base58(), t) for peer, t in self.held(message.key)])
+
+    def _make_room(self, peer: PeerID, key: GroupKey) -> None:
+        """Before ``peer`` declares under ``key``, where it holds none: drop its declaration that expires first if it
+        holds ``MAX_KEYS_PER_PEER``, and, for a new key, the key with the fewest declarations (never the one we look
+        under) if the table holds ``MAX_KEYS``. So one member cannot crowd a round out with made-up rounds: its own
+        displace each other, and a round the swarm declares under holds more declarations than any made-up one."""
+        own = sorted((t, key) for key, held in self._held.items() for p, t in held.items() if p == peer)
+        for _, old in own[: max(0, len(own) - MAX_KEYS_PER_PEER + 1)]:
+            del self._held[old][peer]
+        for empty in [k for k, held in self._held.items() if not held]:
+            del self._held[empty]
+        while key not in self._held and len(self._held) >= MAX_KEYS:
+            fewest = min((k for k in self._held if k != self.current_key), key=lambda k: len(self._held[k]))
+            del self._held[fewest]
 
     def _forget_expired(self, now: float) -> None:
         for key in [k for k, held in self._held.items() if all(t <= now for t in held.values())]:

@@ -77,9 +77,33 @@ def test_only_live_declarations_of_this_swarm_are_kept_and_bounded():
         ]
         assert [keys.receive(peer, message) for peer, message in refused] == [False] * len(refused)
         assert keys.held(KEY) == [(A, now + 3)]
-        for i in range(MAX_KEYS + 3):
-            keys.receive(A, Declaration(f"p2pmodel_t.0b{i:b}1", now + 3))
-        assert len(keys._held) == MAX_KEYS
+
+    asyncio.run(main())
+
+
+def _peer(i: int) -> PeerID:
+    return PeerID(bytes([0x12, 0x20]) + i.to_bytes(4, "big") * 8)
+
+
+@pytest.mark.timeout(10)
+def test_made_up_rounds_cannot_crowd_a_real_round_out_of_the_table():
+    """One member declaring under many made-up round keys keeps only its latest few; many members doing so evict
+    each other's keys, not a round the swarm declares under (more declarations), nor the key we look under."""
+
+    async def main():
+        keys = make(Calls())
+        now = get_dht_time()
+        for i in range(10):  # one member, ten made-up rounds
+            assert keys.receive(B, Declaration(f"p2pmodel_t.0b1{i:08b}", now + 3 + i))
+        assert sorted(t for held in keys._held.values() for t in held.values()) == [now + 10, now + 11, now + 12]
+        real = "p2pmodel_t.0b0111"
+        for peer in (A, C, _peer(1)):
+            keys.receive(peer, Declaration(real, now + 4))
+        keys.receive(_peer(2), Declaration(KEY, now + 4))  # the key we look under: one declaration so far
+        for i in range(3, 3 + 3 * MAX_KEYS):  # many members, one made-up round each
+            keys.receive(_peer(i), Declaration(f"p2pmodel_t.0b11{i:08b}", now + 5))
+        assert len(keys._held) <= MAX_KEYS
+        assert len(keys.held(real)) == 3 and keys.held(KEY) == [(_peer(2), now + 4)]
 
     asyncio.run(main())
 
